@@ -1,0 +1,47 @@
+"""neuraxle_stream: scikit-learn-style pipelines run as parallel streams.
+
+Steps run in long-lived workers (threads or processes), one bounded queue
+between stages, a joiner restoring input order; the output equals what the
+same steps give in a sequential ``sklearn.pipeline.Pipeline``.
+"""
+
+from .exceptions import (
+    BrokenPipelineError,
+    CacheWarning,
+    InvalidParameterError,
+    RemoteTraceback,
+    WorkerError,
+)
+from .joiner import WorkersJoiner
+from .messages import MinibatchError, QueuedMinibatchTask
+from .pipeline import ParallelWorkersWrapper, SequentialQueuedPipeline, StripAbsentValues
+from .savers import BaseSaver, CloudpickleSaver, TorchSaver
+from .steps import BaseTransformer, Identity, NonFittableMixin
+from .union import ParallelQueuedFeatureUnion
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # steps
+    "BaseTransformer",
+    "NonFittableMixin",
+    "Identity",
+    # pipelines
+    "SequentialQueuedPipeline",
+    "ParallelQueuedFeatureUnion",
+    "ParallelWorkersWrapper",
+    "WorkersJoiner",
+    "QueuedMinibatchTask",
+    "MinibatchError",
+    "StripAbsentValues",
+    # savers
+    "BaseSaver",
+    "CloudpickleSaver",
+    "TorchSaver",
+    # errors
+    "InvalidParameterError",
+    "BrokenPipelineError",
+    "WorkerError",
+    "RemoteTraceback",
+    "CacheWarning",
+]

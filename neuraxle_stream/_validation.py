@@ -1,0 +1,196 @@
+"""Parameter validation and step-form parsing, with scikit-learn's messages.
+
+Pipelines declare their parameters in a table (``_parameter_constraints``),
+checked at the start of each call, never in ``__init__``; every message has the
+form "The 'batch_size' parameter of SequentialQueuedPipeline must be an int in
+the range [1, inf). Got 0 instead."
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+from sklearn.utils._param_validation import InvalidParameterError as _SkInvalidParameterError
+from sklearn.utils._param_validation import (
+    Interval,
+    Options,
+    StrOptions,
+    validate_parameter_constraints,
+)
+
+from .exceptions import InvalidParameterError
+from .steps import as_step, step_display_name
+
+__all__ = ["COMMON_CONSTRAINTS", "StageDesc", "parse_steps", "validate_params"]
+
+_POSITIVE_INT = Interval(numbers.Integral, 1, None, closed="left")
+_POSITIVE_REAL = Interval(numbers.Real, 0, None, closed="neither")
+
+COMMON_CONSTRAINTS: dict[str, list[Any]] = {
+    "batch_size": [_POSITIVE_INT],
+    "n_workers_per_step": [_POSITIVE_INT],
+    "max_queued_minibatches": [_POSITIVE_INT, None],
+    "data_joiner": [callable, None],
+    "use_processes": ["boolean"],
+    "use_savers": ["boolean"],
+    "keep_incomplete_batch": ["boolean"],
+    "default_value_data_inputs": "no_validation",
+    "default_value_expected_outputs": "no_validation",
+    "backend": [StrOptions({"process", "thread", "ray"}), None],
+    "mp_context": "no_validation",  # a name or a context object: checked in validate_params
+    "hooks": [None],  # hooks are not available in this version
+    "memory": [None],  # caching is not available in this version
+    "output_order": [StrOptions({"input", "completion"})],
+    "progress": [Options(bool, {False})],  # progress bars are not available in this version
+    "verbose": ["verbose"],
+    "timeout": [_POSITIVE_REAL, None],
+}
+
+
+def validate_params(constraints: dict[str, Any], params: dict[str, Any], caller: str) -> None:
+    """Check ``params`` against ``constraints``; raise :class:`InvalidParameterError`."""
+    try:
+        validate_parameter_constraints(constraints, params, caller_name=caller)
+    except _SkInvalidParameterError as exc:
+        raise InvalidParameterError(str(exc)) from None
+    context = params.get("mp_context")
+    if context is not None and not (
+        context in ("forkserver", "spawn", "fork") or hasattr(context, "get_start_method")
+    ):
+        raise InvalidParameterError(
+            f"The 'mp_context' parameter of {caller} must be a str among "
+            f"{{'fork', 'forkserver', 'spawn'}}, a multiprocessing context or None. "
+            f"Got {context!r} instead."
+        )
+
+
+@dataclass
+class StageDesc:
+    """One entry of ``steps``, parsed: what the stage runs and with how many workers."""
+
+    name: str
+    step: Any
+    n_workers: int
+    max_queue_size: int | None
+    worker_arguments: list[list[tuple[str, Any]]] = field(default_factory=list)
+    owner: Any = None  # the object the user put in ``steps`` (a wrapper, a function...)
+
+    @property
+    def runnable(self) -> Any:
+        """The object the workers run (callables become per-item steps)."""
+        return as_step(self.step)
+
+
+def _bad(caller: str, what: str, allowed: str, got: Any) -> InvalidParameterError:
+    return InvalidParameterError(
+        f"The {what} of {caller} must be {allowed}. Got {got!r} instead."
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_step(caller: str, step: Any, where: str) -> None:
+    if not (hasattr(step, "transform") or callable(step)):
+        raise _bad(caller, f"step {where}", "an object with a transform method or a callable", step)
+
+
+def _worker_args(caller: str, name: str, args: Any, n_workers: int) -> list[list[tuple[str, Any]]]:
+    what = f"worker_arguments of step {name!r}"
+    if not isinstance(args, list | tuple):
+        raise _bad(caller, what, "a list with one entry per worker", args)
+    if len(args) != n_workers:
+        raise InvalidParameterError(
+            f"The {what} of {caller} must have one entry per worker ({n_workers}). "
+            f"Got {len(args)} entries instead."
+        )
+    per_worker = []
+    for entry in args:
+        if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str):
+            per_worker.append([entry])  # Neuraxle's flat form: one pair per worker
+            continue
+        if not isinstance(entry, list | tuple) or not all(
+            isinstance(p, list | tuple) and len(p) == 2 and isinstance(p[0], str) for p in entry
+        ):
+            raise _bad(caller, what, "a list of (param, value) pairs per worker", entry)
+        per_worker.append([tuple(p) for p in entry])
+    return per_worker  # type: ignore[return-value]
+
+
+def parse_steps(steps: Any, caller: str, n_workers_per_step: int, max_queued: int | None) -> list[StageDesc]:
+    """Parse the five step forms of ``steps`` into :class:`StageDesc` entries.
+
+    Forms: ``step`` · ``(name, step)`` · ``(name, n_workers, step)`` ·
+    ``(name, n_workers, max_queue_size, step)`` ·
+    ``(name, n_workers, worker_arguments, max_queue_size, step)``.
+    """
+    from .pipeline import ParallelWorkersWrapper
+
+    if not isinstance(steps, list | tuple):
+        raise _bad(caller, "'steps' parameter", "a list of steps", steps)
+    stages: list[StageDesc] = []
+    for position, entry in enumerate(steps):
+        where = f"at position {position}"
+        name: str | None = None
+        n_workers, max_queue, worker_args = n_workers_per_step, max_queued, None
+        if isinstance(entry, tuple):
+            if not 2 <= len(entry) <= 5:
+                raise _bad(
+                    caller, f"step {where}",
+                    "a step or a tuple (name, [n_workers, [worker_arguments,] [max_queue_size,]] step)"
+                    f" of 2 to 5 items; got a {len(entry)}-tuple", entry,
+                )
+            name, *middle, step = entry
+            if not isinstance(name, str):
+                raise _bad(caller, f"name of the step {where}", "a str", name)
+            if middle:
+                n_workers = middle[0]
+                if not _is_int(n_workers) or n_workers < 1:
+                    raise _bad(caller, f"n_workers of step {name!r}", "an int in the range [1, inf)", n_workers)
+            if len(middle) >= 2:
+                max_queue = middle[-1]
+                if not _is_int(max_queue) or max_queue < 1:
+                    raise _bad(caller, f"max_queue_size of step {name!r}", "an int in the range [1, inf)", max_queue)
+            if len(middle) == 3:
+                worker_args = _worker_args(caller, name, middle[1], int(n_workers))
+        else:
+            step = entry
+        _check_step(caller, step, where if name is None else repr(name))
+        owner = step
+        if isinstance(step, ParallelWorkersWrapper):
+            if len(entry) < 3 if isinstance(entry, tuple) else True:
+                n_workers = step.n_workers
+                if step.max_queued_minibatches is not None:
+                    max_queue = step.max_queued_minibatches
+            step = step.wrapped
+        stages.append(StageDesc(name or "", step, int(n_workers), max_queue, worker_args or [], owner))
+    _name_stages(stages, caller)
+    return stages
+
+
+def _name_stages(stages: list[StageDesc], caller: str) -> None:
+    """Give unnamed steps unique lowercase class names, as ``make_pipeline`` does."""
+    explicit = [s.name for s in stages if s.name]
+    if len(set(explicit)) != len(explicit):
+        dupes = sorted({n for n in explicit if explicit.count(n) > 1})
+        raise InvalidParameterError(f"The step names of {caller} must be unique. Got duplicates {dupes} instead.")
+    for s in stages:
+        if "__" in s.name:
+            raise InvalidParameterError(
+                f"The step names of {caller} must not contain '__'. Got {s.name!r} instead."
+            )
+    defaults = [step_display_name(s.owner) for s in stages if not s.name]
+    counts = {n: defaults.count(n) for n in defaults}
+    seen: dict[str, int] = {}
+    for s in stages:
+        if s.name:
+            continue
+        base = step_display_name(s.owner)
+        if counts[base] > 1 or base in explicit:
+            seen[base] = seen.get(base, 0) + 1
+            s.name = f"{base}-{seen[base]}"
+        else:
+            s.name = base

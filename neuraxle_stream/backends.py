@@ -1,0 +1,216 @@
+"""Backends: where workers run (threads or processes) and what joins them.
+
+A backend makes the queues, the shared counters and the workers of a run.
+:class:`ThreadBackend` passes objects by reference between threads;
+:class:`ProcessBackend` starts one process per worker (``forkserver`` on
+Linux by default) and moves messages through a
+:class:`~neuraxle_stream.transport.Transport`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+from abc import ABC, abstractmethod
+from multiprocessing.context import BaseContext
+from typing import Any
+
+from .queues import (
+    Channel,
+    ProcessChannel,
+    ProcessResultChannel,
+    ResultChannel,
+    ThreadChannel,
+    ThreadResultChannel,
+)
+from .workers import StageSpec, WorkerIO, process_main, worker_loop
+
+__all__ = ["Backend", "ProcessBackend", "ThreadBackend", "WorkerHandle", "resolve_context"]
+
+BACKENDS = ("process", "thread", "ray")
+START_METHODS = ("forkserver", "spawn", "fork")
+
+
+class WorkerHandle(ABC):
+    """A running worker, as the supervisor sees it."""
+
+    step_name: str
+    worker_index: int
+    sentinel: Any = None
+
+    @abstractmethod
+    def is_alive(self) -> bool:
+        """Whether the worker still runs."""
+
+    @abstractmethod
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the worker to end."""
+
+    def kill(self) -> None:  # noqa: B027 - threads cannot be killed
+        """Stop the worker at once, where the backend can."""
+
+    def describe_exit(self) -> str:
+        """How the worker ended, for error messages."""
+        return "ended"
+
+
+class _SharedInt:
+    """An int shared between threads, with the ``multiprocessing.Value`` interface."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+        self._lock = threading.Lock()
+
+    def get_lock(self) -> threading.Lock:
+        return self._lock
+
+
+class Backend(ABC):
+    """Makes the queues and workers of a run."""
+
+    name: str
+    #: Whether exceptions must be made picklable to reach the parent.
+    portable: bool
+
+    @abstractmethod
+    def channel(self, maxsize: int) -> Channel:
+        """A bounded queue between stages."""
+
+    @abstractmethod
+    def result_channel(self) -> ResultChannel:
+        """The channel from the workers to the parent."""
+
+    @abstractmethod
+    def shared_int(self, value: int, lock: bool = True) -> Any:
+        """An int visible to the parent and every worker."""
+
+    @abstractmethod
+    def shared_array(self, typecode: str, size: int) -> Any:
+        """A fixed-size array of ints (``"q"``) or floats (``"d"``) written by workers."""
+
+    @abstractmethod
+    def start_worker(self, spec: StageSpec, worker_index: int, io: WorkerIO) -> WorkerHandle:
+        """Start one worker of a stage."""
+
+
+class _ThreadHandle(WorkerHandle):
+    def __init__(self, thread: threading.Thread, spec: StageSpec, worker_index: int) -> None:
+        self.thread, self.step_name, self.worker_index = thread, spec.name, worker_index
+
+    def is_alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+
+class ThreadBackend(Backend):
+    """Workers are threads of the calling process; each holds its own step copy."""
+
+    name = "thread"
+    portable = False
+
+    def channel(self, maxsize: int) -> Channel:
+        return ThreadChannel(maxsize)
+
+    def result_channel(self) -> ResultChannel:
+        return ThreadResultChannel()
+
+    def shared_int(self, value: int, lock: bool = True) -> Any:
+        return _SharedInt(value)
+
+    def shared_array(self, typecode: str, size: int) -> Any:
+        return [-1 if typecode == "q" else 0.0] * size
+
+    def start_worker(self, spec: StageSpec, worker_index: int, io: WorkerIO) -> WorkerHandle:
+        thread = threading.Thread(
+            target=worker_loop,
+            args=(spec, worker_index, io),
+            name=f"neuraxle_stream:{spec.name}:{worker_index}",
+            daemon=True,
+        )
+        thread.start()
+        return _ThreadHandle(thread, spec, worker_index)
+
+
+class _ProcessHandle(WorkerHandle):
+    def __init__(self, process: Any, spec: StageSpec, worker_index: int) -> None:
+        self.process, self.step_name, self.worker_index = process, spec.name, worker_index
+        self.sentinel = process.sentinel
+
+    def is_alive(self) -> bool:
+        return bool(self.process.is_alive())
+
+    def join(self, timeout: float | None = None) -> None:
+        self.process.join(timeout)
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+
+    def describe_exit(self) -> str:
+        code = self.process.exitcode
+        if code is None:
+            return "is still running"
+        if code < 0:
+            import signal
+
+            try:
+                sig = signal.Signals(-code).name
+            except ValueError:
+                sig = f"signal {-code}"
+            return f"was killed by {sig} (exit code {code})"
+        return f"exited with code {code}"
+
+
+def resolve_context(mp_context: Any) -> BaseContext:
+    """The ``multiprocessing`` context for ``mp_context`` (a name, a context or ``None``)."""
+    if isinstance(mp_context, BaseContext):
+        return mp_context
+    if mp_context is None:
+        mp_context = "forkserver" if sys.platform.startswith("linux") else "spawn"
+    ctx = multiprocessing.get_context(mp_context)
+    if mp_context == "forkserver":
+        # Workers fork from a server that has our worker module (and numpy,
+        # scikit-learn) imported already: a worker starts in milliseconds.
+        ctx.set_forkserver_preload(["__main__", "neuraxle_stream.workers"])
+    return ctx
+
+
+class ProcessBackend(Backend):
+    """One process per worker; messages cross through the transport."""
+
+    name = "process"
+    portable = True
+
+    def __init__(self, mp_context: Any = None, total_workers: int = 1) -> None:
+        self.ctx = resolve_context(mp_context)
+        self.thread_limit = max(1, (os.cpu_count() or 1) // max(1, total_workers))
+
+    def channel(self, maxsize: int) -> Channel:
+        return ProcessChannel(self.ctx, maxsize)
+
+    def result_channel(self) -> ResultChannel:
+        return ProcessResultChannel(self.ctx)
+
+    def shared_int(self, value: int, lock: bool = True) -> Any:
+        return self.ctx.Value("q", value, lock=lock)
+
+    def shared_array(self, typecode: str, size: int) -> Any:
+        array = self.ctx.RawArray(typecode, size)
+        if typecode == "q":
+            array[:] = [-1] * size
+        return array
+
+    def start_worker(self, spec: StageSpec, worker_index: int, io: WorkerIO) -> WorkerHandle:
+        io.thread_limit = self.thread_limit
+        process = self.ctx.Process(  # type: ignore[attr-defined]
+            target=process_main,
+            args=(spec, worker_index, io),
+            name=f"neuraxle_stream:{spec.name}:{worker_index}",
+            daemon=True,
+        )
+        process.start()
+        return _ProcessHandle(process, spec, worker_index)

@@ -1,0 +1,574 @@
+"""Queued pipelines: the description a user builds, run by a :class:`Runtime`.
+
+:class:`SequentialQueuedPipeline` runs its steps as a chain of stages, each
+with its own workers; :class:`ParallelWorkersWrapper` is one such stage, usable
+on its own. Both are scikit-learn estimators whose ``__init__`` only stores
+its parameters: workers, queues and processes exist only while a call runs,
+or inside ``with pipeline:``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from sklearn.exceptions import NotFittedError
+from sklearn.utils import Bunch
+from sklearn.utils.validation import check_is_fitted
+
+from . import _containers
+from ._validation import COMMON_CONSTRAINTS, StageDesc, parse_steps, validate_params
+from .backends import Backend, ProcessBackend, ThreadBackend
+from .exceptions import InvalidParameterError
+from .runtime import Runtime
+from .savers import save_step
+from .steps import BaseTransformer, is_fittable, iter_items
+from .workers import StageSpec
+
+__all__ = ["ParallelWorkersWrapper", "SequentialQueuedPipeline", "StripAbsentValues"]
+
+
+class StripAbsentValues:
+    """A ``default_value_*`` that trims the last short minibatch instead of padding it.
+
+    Examples
+    --------
+    >>> from neuraxle_stream import SequentialQueuedPipeline, Identity
+    >>> p = SequentialQueuedPipeline([Identity()], batch_size=2, use_processes=False,
+    ...                              default_value_data_inputs=StripAbsentValues())
+    >>> p.transform([1, 2, 3])
+    [1, 2, 3]
+    """
+
+    def __repr__(self) -> str:
+        return "StripAbsentValues()"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StripAbsentValues)
+
+    def __hash__(self) -> int:
+        return hash(StripAbsentValues)
+
+
+class _QueuedBase(BaseTransformer):
+    """What the queued composites share: validation, runs, lifecycle, params."""
+
+    _parameter_constraints: dict[str, Any] = {}
+
+    # -- to be given by subclasses ------------------------------------------------
+
+    def _stage_descs(self) -> list[StageDesc]:
+        raise NotImplementedError
+
+    def _lanes(self, descs: list[StageDesc], start: int, stop: int) -> list[list[StageDesc]]:
+        return [descs[start:stop]]
+
+    def _join_lanes(self, outputs: list[Any], descs: list[StageDesc]) -> Any:
+        return outputs[0]
+
+    def _settings(self) -> dict[str, Any]:
+        return self.get_params(deep=False)
+
+    # -- steps and names ---------------------------------------------------------
+
+    @property
+    def named_steps(self) -> Bunch:
+        """The steps by name, as given (fitted in place by ``fit``)."""
+        return Bunch(**{d.name: d.owner for d in self._stage_descs()})
+
+    def __getitem__(self, key: int | str | slice) -> Any:
+        descs = self._stage_descs()
+        if isinstance(key, str):
+            return self.named_steps[key]
+        if isinstance(key, slice):
+            clone_params = self.get_params(deep=False)
+            clone_params["steps"] = list(self.steps)[key]  # type: ignore[attr-defined]
+            return type(self)(**clone_params)
+        return descs[key].owner
+
+    def __len__(self) -> int:
+        return len(self._stage_descs())
+
+    # -- validation --------------------------------------------------------------
+
+    def _check_params(self) -> dict[str, Any]:
+        settings = self._settings()
+        validate_params(self._parameter_constraints, settings, type(self).__name__)
+        if settings.get("backend") == "ray":
+            raise InvalidParameterError(
+                f"The 'backend' parameter of {type(self).__name__}: 'ray' is not available "
+                "in this version; use 'process' or 'thread'."
+            )
+        return settings
+
+    def _backend_name(self, settings: dict[str, Any]) -> str:
+        if settings.get("backend") is not None:
+            name: str = settings["backend"]
+        else:
+            name = "process" if settings.get("use_processes", True) else "thread"
+        if name == "process" and multiprocessing.current_process().daemon:
+            return "thread"  # nested inside a worker process: daemons cannot have children
+        return name
+
+    # -- runs ----------------------------------------------------------------------
+
+    def _specs(self, lanes: list[list[StageDesc]], settings: dict[str, Any]) -> list[list[StageSpec]]:
+        specs = []
+        for lane_index, lane in enumerate(lanes):
+            lane_specs = []
+            for i, d in enumerate(lane):
+                step = d.runnable
+                queue = d.max_queue_size if d.max_queue_size is not None else 2 * d.n_workers
+                lane_specs.append(
+                    StageSpec(
+                        name=d.name,
+                        lane=lane_index,
+                        index=i,
+                        n_workers=d.n_workers,
+                        max_queue_size=queue,
+                        payload=save_step(step, d.name, settings.get("use_savers", False)),
+                        worker_arguments=d.worker_arguments,
+                        may_change_length=bool(getattr(step, "may_change_length", False)),
+                    )
+                )
+            specs.append(lane_specs)
+        return specs
+
+    def _make_backend(self, settings: dict[str, Any], specs: list[list[StageSpec]]) -> Backend:
+        if self._backend_name(settings) == "thread":
+            return ThreadBackend()
+        total = sum(s.n_workers for lane in specs for s in lane)
+        return ProcessBackend(settings.get("mp_context"), total_workers=total)
+
+    def _runtime(self, specs: list[list[StageSpec]], settings: dict[str, Any]) -> Runtime:
+        """The runtime for these stages: a kept one inside ``with``, else a new one."""
+        live: dict[Any, Runtime] = self.__dict__.setdefault("_runtimes", {})
+        key = (self._backend_name(settings), str(settings.get("mp_context")), repr(specs))
+        runtime = live.get(key)
+        if runtime is not None and not runtime.broken:
+            return runtime
+        runtime = Runtime(specs, self._make_backend(settings, specs), timeout=settings.get("timeout"))
+        if self.__dict__.get("_keep_alive"):
+            live[key] = runtime
+        return runtime
+
+    def _release(self, runtime: Runtime, failed: bool) -> None:
+        """End of a call: stop the workers unless ``with pipeline:`` keeps them."""
+        keep = self.__dict__.get("_keep_alive") and not runtime.broken
+        if keep:
+            return
+        for key, value in list(self.__dict__.get("_runtimes", {}).items()):
+            if value is runtime:
+                del self._runtimes[key]
+        if failed:
+            try:
+                runtime.close(graceful=not runtime.broken)
+            except Exception:  # the error being raised already says what went wrong
+                pass
+        else:
+            runtime.close(graceful=True)
+
+    def _minibatches(self, X: Any, settings: dict[str, Any], padded: dict[int, int]) -> Iterator[tuple[Any, Any]]:
+        batch_size = settings.get("batch_size") or 32
+        default = settings.get("default_value_data_inputs")
+        for index, batch in enumerate(_containers.iter_row_batches(X, batch_size)):
+            n = _containers.num_rows(batch)
+            if n < batch_size:
+                if not settings.get("keep_incomplete_batch", True):
+                    return
+                if default is not None and not isinstance(default, StripAbsentValues):
+                    batch = _containers.pad_rows(batch, batch_size - n, default)
+                    padded[index] = n
+            yield batch, None
+
+    def _run(
+        self, X: Any, start: int, stop: int, settings: dict[str, Any], ordered: bool = True
+    ) -> Iterator[tuple[int, Any]]:
+        """Run stages ``start:stop`` on ``X``; yield ``(index, joined minibatch output)``."""
+        descs = self._stage_descs()
+        lanes = self._lanes(descs, start, stop)
+        specs = self._specs(lanes, settings)
+        runtime = self._runtime(specs, settings)
+        padded: dict[int, int] = {}
+        failed = True
+        try:
+            for index, outputs in runtime.run(self._minibatches(X, settings, padded), ordered=ordered):
+                out = self._join_lanes(outputs, lanes[0] if len(lanes) == 1 else [lane[0] for lane in lanes])
+                if index in padded:
+                    out = _containers.slice_rows(out, 0, padded.pop(index))
+                yield index, out
+            failed = False
+        finally:
+            self._release(runtime, failed)
+
+    def _transform_range(self, X: Any, start: int, stop: int, settings: dict[str, Any]) -> Any:
+        if _containers.is_sequence(X) and _containers.num_rows(X) == 0:
+            return _containers.empty_rows(X)
+        parts = [out for _, out in self._run(X, start, stop, settings)]
+        joiner = settings.get("data_joiner")
+        if joiner is not None:
+            return joiner.transform(parts) if hasattr(joiner, "transform") else joiner(parts)
+        if not parts:
+            return _containers.empty_rows(X)
+        return _containers.concat_rows(parts)
+
+    # -- public API ----------------------------------------------------------------
+
+    def fit(self, X: Any, y: Any = None, **fit_params: Any) -> _QueuedBase:
+        """Fit every fittable step on the output of the stages before it."""
+        self._fit(X, y, transform=False)
+        return self
+
+    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
+        """Fit, then return the outputs of the whole pipeline for ``X``."""
+        return self._fit(X, y, transform=True)
+
+    def transform(self, X: Any) -> Any:
+        """Run ``X`` through every stage and return the joined outputs, in input order."""
+        settings = self._check_params()
+        return self._transform_range(X, 0, len(self._stage_descs()), settings)
+
+    def stream(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        """Yield the outputs for the items of ``iterable``, one item at a time.
+
+        The source is read lazily, so it may be endless; at most the queue
+        bounds are in flight. Items come in input order, or as completed with
+        ``output_order="completion"``. Closing the generator stops the workers.
+        """
+        settings = self._check_params()
+        ordered = settings.get("output_order", "input") == "input"
+        n = len(self._stage_descs())
+        for _, out in self._run(iterable, 0, n, settings, ordered=ordered):
+            yield from iter_items(out)
+
+    def _fit(self, X: Any, y: Any, transform: bool) -> Any:
+        raise NotImplementedError
+
+    def _fit_step(self, desc: StageDesc, X: Any, y: Any, settings: dict[str, Any], position: int) -> None:
+        t0 = time.perf_counter()
+        desc.step.fit(X, y)
+        if settings.get("verbose"):
+            total = len(self._stage_descs())
+            print(
+                f"[{type(self).__name__}] ... (step {position + 1} of {total}) "
+                f"Fitting {desc.name}, total={time.perf_counter() - t0:5.1f}s"
+            )
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def __enter__(self) -> _QueuedBase:
+        self._keep_alive = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers kept by ``with pipeline:``; safe to call twice."""
+        self._keep_alive = False
+        runtimes = self.__dict__.pop("_runtimes", {})
+        errors = []
+        for runtime in runtimes.values():
+            try:
+                runtime.close(graceful=not runtime.broken)
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_runtimes", None)
+        state.pop("_keep_alive", None)
+        return state  # type: ignore[no-any-return]
+
+    # -- scikit-learn ---------------------------------------------------------------
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Parameters, with each step's as ``name__param`` when ``deep``."""
+        params: dict[str, Any] = super().get_params(deep=False)
+        if not deep:
+            return params
+        try:
+            descs = self._stage_descs()
+        except InvalidParameterError:
+            return params
+        for d in descs:
+            params[d.name] = d.owner
+            if hasattr(d.owner, "get_params"):
+                for key, value in d.owner.get_params(deep=True).items():
+                    params[f"{d.name}__{key}"] = value
+        return params
+
+    def set_params(self, **params: Any) -> _QueuedBase:
+        """Set parameters; ``name=step`` replaces a step, ``name__param`` sets its param."""
+        if not params:
+            return self
+        own = set(self.get_params(deep=False))
+        for key in [k for k in params if k in own]:
+            setattr(self, key, params.pop(key))
+        names = {d.name: d for d in self._stage_descs()} if params else {}
+        for key in [k for k in params if k in names]:
+            self._replace_step(key, params.pop(key))
+            names = {d.name: d for d in self._stage_descs()}
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in params.items():
+            name, sep, sub = key.partition("__")
+            if not sep or name not in names:
+                raise InvalidParameterError(
+                    f"Invalid parameter {key!r} for {type(self).__name__}. Valid parameters are: "
+                    f"{sorted(own | set(names))!r}."
+                )
+            nested.setdefault(name, {})[sub] = value
+        for name, sub_params in nested.items():
+            names[name].owner.set_params(**sub_params)
+        return self
+
+    def _replace_step(self, name: str, new: Any) -> None:
+        steps = list(self.steps)  # type: ignore[attr-defined]
+        for i, d in enumerate(self._stage_descs()):
+            if d.name == name:
+                entry = steps[i]
+                steps[i] = (*entry[:-1], new) if isinstance(entry, tuple) else (name, new)
+        self.steps = steps
+
+    def __sklearn_is_fitted__(self) -> bool:
+        for d in self._stage_descs():
+            if is_fittable(d.step):
+                try:
+                    check_is_fitted(d.step)
+                except NotFittedError:
+                    return False
+        return True
+
+    @property
+    def n_features_in_(self) -> int:
+        """Number of features seen by the first step during ``fit``."""
+        return self._stage_descs()[0].step.n_features_in_  # type: ignore[no-any-return]
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        try:
+            descs = self._stage_descs()
+            tags.requires_fit = any(is_fittable(d.step) for d in descs)
+            first = descs[0].step
+            if hasattr(first, "__sklearn_tags__"):
+                tags.input_tags = first.__sklearn_tags__().input_tags
+        except (InvalidParameterError, IndexError):
+            pass
+        return tags
+
+
+_SEQUENTIAL_CONSTRAINTS = {"steps": [list, tuple], **COMMON_CONSTRAINTS}
+
+
+class SequentialQueuedPipeline(_QueuedBase):
+    """Run steps in sequence, each stage with its own workers, linked by bounded queues.
+
+    The data are cut into minibatches of ``batch_size``; each stage runs its step
+    in ``n_workers`` workers that each hold their own copy of the step; a joiner
+    restores input order. ``fit_transform(X, y)`` gives what
+    ``sklearn.pipeline.make_pipeline(*steps).fit_transform(X, y)`` gives.
+
+    Parameters
+    ----------
+    steps : list
+        Steps in any of the forms ``step``, ``(name, step)``,
+        ``(name, n_workers, step)``, ``(name, n_workers, max_queue_size, step)``,
+        ``(name, n_workers, worker_arguments, max_queue_size, step)``.
+    batch_size : int, default=32
+        Rows per minibatch.
+    n_workers_per_step : int, default=1
+        Workers of a step whose form does not say.
+    max_queued_minibatches : int or None, default=None
+        Bound of each stage's input queue; ``None`` is twice the stage's workers.
+    data_joiner : callable or step, default=None
+        Joins the list of minibatch outputs; ``None`` concatenates them.
+    use_processes : bool, default=True
+        Neuraxle's spelling of ``backend``: processes (True) or threads.
+    use_savers : bool, default=False
+        Kept for Neuraxle compatibility; steps always travel through savers.
+    keep_incomplete_batch : bool, default=True
+        Keep the last short minibatch (``False`` drops it).
+    default_value_data_inputs : Any, default=None
+        When not ``None``, pads the last short minibatch with this value; the
+        outputs of the padded rows are removed again.
+        :class:`StripAbsentValues` keeps it short.
+    default_value_expected_outputs : Any, default=None
+        Kept for Neuraxle compatibility.
+    backend : {"process", "thread"} or None, default=None
+        Where workers run; wins over ``use_processes``.
+    mp_context : str or multiprocessing context, default=None
+        Start method for process workers (``forkserver`` on Linux by default).
+    hooks, memory, progress : default None/False
+        Reserved for hooks, caching and progress bars; must be left unset.
+    output_order : {"input", "completion"}, default="input"
+        Order of ``stream`` outputs.
+    verbose : bool, default=False
+        Print one line per step fitted.
+    timeout : float or None, default=None
+        Seconds a worker may spend on one minibatch before a ``TimeoutError``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> p = SequentialQueuedPipeline([("scale", 2, StandardScaler())], batch_size=2,
+    ...                              backend="thread")
+    >>> p.fit_transform(np.array([[0.0], [2.0], [4.0]])).ravel()
+    array([-1.22474487,  0.        ,  1.22474487])
+    """
+
+    _parameter_constraints = _SEQUENTIAL_CONSTRAINTS
+
+    def __init__(
+        self,
+        steps: list[Any],
+        batch_size: int = 32,
+        n_workers_per_step: int = 1,
+        max_queued_minibatches: int | None = None,
+        data_joiner: Any = None,
+        use_processes: bool = True,
+        use_savers: bool = False,
+        keep_incomplete_batch: bool = True,
+        default_value_data_inputs: Any = None,
+        default_value_expected_outputs: Any = None,
+        *,
+        backend: str | None = None,
+        mp_context: Any = None,
+        hooks: Any = None,
+        memory: Any = None,
+        output_order: str = "input",
+        progress: bool = False,
+        verbose: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        self.steps = steps
+        self.batch_size = batch_size
+        self.n_workers_per_step = n_workers_per_step
+        self.max_queued_minibatches = max_queued_minibatches
+        self.data_joiner = data_joiner
+        self.use_processes = use_processes
+        self.use_savers = use_savers
+        self.keep_incomplete_batch = keep_incomplete_batch
+        self.default_value_data_inputs = default_value_data_inputs
+        self.default_value_expected_outputs = default_value_expected_outputs
+        self.backend = backend
+        self.mp_context = mp_context
+        self.hooks = hooks
+        self.memory = memory
+        self.output_order = output_order
+        self.progress = progress
+        self.verbose = verbose
+        self.timeout = timeout
+
+    def _stage_descs(self) -> list[StageDesc]:
+        return parse_steps(
+            self.steps, type(self).__name__, self.n_workers_per_step, self.max_queued_minibatches
+        )
+
+    def _fit(self, X: Any, y: Any, transform: bool) -> Any:
+        settings = self._check_params()
+        descs = self._stage_descs()
+        fittable = [i for i, d in enumerate(descs) if is_fittable(d.step)]
+        if fittable and not _containers.is_sequence(X):
+            X = list(X)  # fitting needs the whole data: read the source once
+        data, start = X, 0
+        for k in fittable:
+            if k > start:
+                data = self._transform_range(data, start, k, settings)
+            self._fit_step(descs[k], data, y, settings, k)
+            start = k
+        if not transform:
+            return self
+        return self._transform_range(data, start, len(descs), settings)
+
+
+_WRAPPER_CONSTRAINTS = {
+    "wrapped": "no_validation",
+    "n_workers": [COMMON_CONSTRAINTS["n_workers_per_step"][0]],
+    **{k: COMMON_CONSTRAINTS[k] for k in (
+        "max_queued_minibatches", "use_processes", "use_savers", "backend",
+        "mp_context", "hooks", "timeout",
+    )},
+    "batch_size": [COMMON_CONSTRAINTS["batch_size"][0], None],
+}
+
+
+class ParallelWorkersWrapper(_QueuedBase):
+    """One stage: ``n_workers`` workers sharing one bounded input queue.
+
+    Inside a pipeline it sets the workers and queue bound of the step it wraps;
+    on its own it is a one-stage queued pipeline.
+
+    Parameters
+    ----------
+    wrapped : step
+        The step each worker holds a copy of.
+    n_workers : int, default=1
+        Number of workers.
+    max_queued_minibatches : int or None, default=None
+        Bound of the input queue; ``None`` is ``2 * n_workers``.
+    use_processes, use_savers : bool
+        As on :class:`SequentialQueuedPipeline`.
+    batch_size : int or None, default=None
+        Rows per minibatch when used on its own (``None``: 32); inside a
+        pipeline, the pipeline's.
+
+    Examples
+    --------
+    >>> w = ParallelWorkersWrapper(lambda x: x * 2, n_workers=2, backend="thread")
+    >>> w.transform([1, 2, 3])
+    [2, 4, 6]
+    """
+
+    _parameter_constraints = _WRAPPER_CONSTRAINTS
+
+    def __init__(
+        self,
+        wrapped: Any,
+        n_workers: int = 1,
+        max_queued_minibatches: int | None = None,
+        use_processes: bool = True,
+        use_savers: bool = False,
+        *,
+        batch_size: int | None = None,
+        backend: str | None = None,
+        mp_context: Any = None,
+        hooks: Any = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.wrapped = wrapped
+        self.n_workers = n_workers
+        self.max_queued_minibatches = max_queued_minibatches
+        self.use_processes = use_processes
+        self.use_savers = use_savers
+        self.batch_size = batch_size
+        self.backend = backend
+        self.mp_context = mp_context
+        self.hooks = hooks
+        self.timeout = timeout
+
+    @property
+    def steps(self) -> list[Any]:
+        """The single stage, as a step list."""
+        return [self.wrapped]
+
+    def _stage_descs(self) -> list[StageDesc]:
+        descs = parse_steps([self.wrapped], type(self).__name__, self.n_workers, self.max_queued_minibatches)
+        descs[0].owner = self.wrapped
+        return descs
+
+    def _replace_step(self, name: str, new: Any) -> None:
+        self.wrapped = new
+
+    def _fit(self, X: Any, y: Any, transform: bool) -> Any:
+        settings = self._check_params()
+        desc = self._stage_descs()[0]
+        if is_fittable(desc.step):
+            if not _containers.is_sequence(X):
+                X = list(X)
+            self._fit_step(desc, X, y, settings, 0)
+        return self._transform_range(X, 0, 1, settings) if transform else self

@@ -1,0 +1,189 @@
+"""Bounded queues between stages, and the result channel back to the parent.
+
+Two families, one interface:
+
+- :class:`ThreadChannel` is a ``queue.Queue`` of Python objects: nothing is
+  copied or pickled between threads.
+- :class:`ProcessChannel` is a pipe guarded by a reader lock, a writer lock and
+  a semaphore of free slots. Each message is encoded once by a
+  :class:`~neuraxle_stream.transport.Transport`, synchronously in the thread
+  that puts it, so an object that cannot be encoded fails in its own worker
+  (``multiprocessing.Queue`` would drop it in a feeder thread).
+
+The bound (``maxsize``) is the backpressure setting: a fast stage waits on a
+full queue instead of filling memory; a larger bound smooths out uneven
+minibatch times at the cost of more minibatches held in memory.
+
+The result channel (workers -> parent) is unbounded: the parent limits how many
+minibatches are in flight, so it never holds more than that bound.
+"""
+
+from __future__ import annotations
+
+import queue
+from abc import ABC, abstractmethod
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import BaseContext
+from typing import Any
+
+from .transport import PickleTransport, Transport
+
+__all__ = ["Channel", "ProcessChannel", "ResultChannel", "ThreadChannel"]
+
+
+class Channel(ABC):
+    """A bounded FIFO queue between two stages."""
+
+    maxsize: int
+
+    @abstractmethod
+    def put(self, item: Any, timeout: float | None = None) -> bool:
+        """Put ``item``, waiting for a free slot; ``False`` if ``timeout`` passed first."""
+
+    @abstractmethod
+    def get(self) -> Any:
+        """Take the next item, waiting for one."""
+
+    def close(self) -> None:  # noqa: B027 - nothing to release for most channels
+        """Release the parent's handles once every worker has stopped."""
+
+
+class ResultChannel(ABC):
+    """Many workers put; only the parent gets."""
+
+    @abstractmethod
+    def put(self, item: Any) -> None:
+        """Send ``item`` to the parent."""
+
+    @abstractmethod
+    def get_ready(self, timeout: float | None, sentinels: list[Any]) -> tuple[list[Any], list[Any]]:
+        """Wait for messages or for one of ``sentinels`` (dead workers).
+
+        Returns the messages available now and the sentinels that fired.
+        """
+
+    def close(self) -> None:  # noqa: B027
+        """Release the parent's handles."""
+
+
+class ThreadChannel(Channel):
+    """A bounded ``queue.Queue``; items are passed by reference."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize)
+
+    def put(self, item: Any, timeout: float | None = None) -> bool:
+        try:
+            self._queue.put(item, timeout=timeout)
+        except queue.Full:
+            return False
+        return True
+
+    def get(self) -> Any:
+        return self._queue.get()
+
+    def qsize(self) -> int:
+        """Number of items waiting."""
+        return self._queue.qsize()
+
+
+class ThreadResultChannel(ResultChannel):
+    """An unbounded ``queue.SimpleQueue``."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def put(self, item: Any) -> None:
+        self._queue.put(item)
+
+    def get_ready(self, timeout: float | None, sentinels: list[Any]) -> tuple[list[Any], list[Any]]:
+        try:
+            first = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return [], []
+        items = [first]
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items, []
+
+
+class ProcessChannel(Channel):
+    """A bounded pipe shared by the processes of two stages.
+
+    Writers take a free slot, then write one encoded message under the writer
+    lock; readers read one message under the reader lock, then free the slot.
+    """
+
+    def __init__(self, ctx: BaseContext, maxsize: int, transport: Transport | None = None) -> None:
+        self.maxsize = maxsize
+        self._reader, self._writer = ctx.Pipe(duplex=False)
+        self._rlock = ctx.Lock()
+        self._wlock = ctx.Lock()
+        self._slots = ctx.BoundedSemaphore(maxsize)
+        self._transport = transport or PickleTransport()
+
+    def put(self, item: Any, timeout: float | None = None) -> bool:
+        data = self._transport.dumps(item)
+        if not self._slots.acquire(timeout=timeout):
+            return False
+        with self._wlock:
+            self._writer.send_bytes(data)
+        return True
+
+    def get(self) -> Any:
+        with self._rlock:
+            data = self._reader.recv_bytes()
+        self._slots.release()
+        return self._transport.loads(data)
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+        self._transport.close()
+
+
+class ProcessResultChannel(ResultChannel):
+    """An unbounded pipe from every worker to the parent.
+
+    The parent blocks on the pipe *and* on the workers' process sentinels at
+    once (``multiprocessing.connection.wait``), so a dead worker is noticed
+    the moment it dies, without polling.
+    """
+
+    def __init__(self, ctx: BaseContext, transport: Transport | None = None) -> None:
+        self._reader, self._writer = ctx.Pipe(duplex=False)
+        self._wlock = ctx.Lock()
+        self._transport = transport or PickleTransport()
+
+    def put(self, item: Any) -> None:
+        data = self._transport.dumps(item)
+        with self._wlock:
+            self._writer.send_bytes(data)
+
+    def get_ready(self, timeout: float | None, sentinels: list[Any]) -> tuple[list[Any], list[Any]]:
+        reader: Connection = self._reader
+        ready = wait([reader, *sentinels], timeout)
+        items = []
+        if reader in ready:
+            while True:
+                items.append(self._transport.loads(reader.recv_bytes()))
+                if not reader.poll(0):
+                    break
+        fired = [s for s in ready if s is not reader]
+        return items, fired
+
+    def drain(self) -> list[Any]:
+        """Read what is waiting now, without blocking."""
+        items = []
+        while self._reader.poll(0):
+            items.append(self._transport.loads(self._reader.recv_bytes()))
+        return items
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+        self._transport.close()
+

@@ -1,0 +1,169 @@
+"""Steps: the units of work a queued pipeline runs in its workers.
+
+A step is any object with ``transform(data_inputs)``: a subclass of
+:class:`BaseTransformer`, any scikit-learn transformer, or a plain callable,
+which is applied to each item of a minibatch (SPDL's ``pipe(op)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sklearn.base import BaseEstimator, TransformerMixin
+
+__all__ = [
+    "BaseTransformer",
+    "Identity",
+    "NonFittableMixin",
+]
+
+
+class BaseTransformer(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+    """Base class of the steps of a queued pipeline.
+
+    Subclass it and implement ``transform(self, data_inputs)``; implement
+    ``fit(self, data_inputs, expected_outputs=None)`` too when the step learns
+    from data. ``fit_transform`` returns the outputs, as in scikit-learn.
+
+    Optional ``setup()`` and ``teardown()`` run once in each worker, after the
+    step arrives there and after its last minibatch: load a model, open a file,
+    release them. The parent never calls them during a queued run.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> class AddOne(BaseTransformer):
+    ...     def transform(self, data_inputs):
+    ...         return np.asarray(data_inputs) + 1
+    >>> AddOne().fit_transform(np.array([1, 2]))
+    array([2, 3])
+    """
+
+    def fit(self, data_inputs: Any, expected_outputs: Any = None) -> BaseTransformer:
+        """Learn nothing; steps that learn override this. Returns ``self``."""
+        return self
+
+    def transform(self, data_inputs: Any) -> Any:
+        """Transform a minibatch; subclasses implement it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement transform(data_inputs).")
+
+    def fit_transform(self, data_inputs: Any, expected_outputs: Any = None, **fit_params: Any) -> Any:
+        """Fit on the data, then return its transformed outputs."""
+        return self.fit(data_inputs, expected_outputs, **fit_params).transform(data_inputs)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        if type(self).fit is BaseTransformer.fit:
+            tags.requires_fit = False
+        return tags
+
+
+class NonFittableMixin:
+    """Mark a step as stateless: ``fit`` is a no-op and it never needs fitting.
+
+    Put it before the base class: ``class Scale(NonFittableMixin, BaseTransformer)``.
+    A stateless step never forces a fitting barrier in a queued pipeline.
+    """
+
+    def fit(self, data_inputs: Any, expected_outputs: Any = None, **fit_params: Any) -> Any:
+        """Do nothing and return ``self``."""
+        return self
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()  # type: ignore[misc]
+        tags.requires_fit = False
+        return tags
+
+
+class Identity(NonFittableMixin, BaseTransformer):
+    """A step that returns its inputs unchanged.
+
+    Examples
+    --------
+    >>> Identity().transform([1, 2, 3])
+    [1, 2, 3]
+    """
+
+    def transform(self, data_inputs: Any) -> Any:
+        """Return ``data_inputs`` as they are."""
+        return data_inputs
+
+
+class ItemFunction(NonFittableMixin, BaseTransformer):
+    """Wraps a plain callable as a per-item step: ``list(map(func, minibatch))``."""
+
+    def __init__(self, func: Callable[[Any], Any]) -> None:
+        self.func = func
+
+    def transform(self, data_inputs: Any) -> list[Any]:
+        """Apply ``func`` to each item of the minibatch."""
+        return list(map(self.func, iter_items(data_inputs)))
+
+    def __repr__(self) -> str:
+        return f"ItemFunction({getattr(self.func, '__qualname__', self.func)!r})"
+
+
+def iter_items(data: Any) -> Iterable[Any]:
+    """The items of a minibatch: rows of a DataFrame, elements otherwise."""
+    if hasattr(data, "iloc") and hasattr(data, "columns"):
+        return (data.iloc[i] for i in range(len(data)))
+    return iter(data)
+
+
+def as_step(obj: Any) -> Any:
+    """The step for an entry of ``steps``: itself, or an :class:`ItemFunction`."""
+    if hasattr(obj, "transform"):
+        return obj
+    if callable(obj):
+        return ItemFunction(obj)
+    return obj
+
+
+def step_display_name(step: Any) -> str:
+    """The default name of an unnamed step: its lowercase class or function name."""
+    if isinstance(step, ItemFunction):
+        step = step.func
+    if not hasattr(step, "transform") and callable(step):
+        return str(getattr(step, "__name__", type(step).__name__)).lower()
+    return type(step).__name__.lower()
+
+
+def is_fittable(step: Any) -> bool:
+    """Whether the step must be fitted before it transforms.
+
+    True when its class defines its own ``fit`` (or it is a scikit-learn
+    estimator that requires fitting) and it is not tagged ``requires_fit=False``.
+    """
+    if isinstance(step, ItemFunction) or not callable(getattr(step, "fit", None)):
+        return False
+    if isinstance(step, BaseTransformer) and type(step).fit is BaseTransformer.fit:
+        return False
+    tags_method = getattr(step, "__sklearn_tags__", None)
+    if tags_method is not None:
+        try:
+            return bool(tags_method().requires_fit)
+        except Exception:  # a third-party estimator with broken tags: assume stateful
+            return True
+    return True
+
+
+def call_hook(step: Any, name: str) -> None:
+    """Call the optional ``setup`` or ``teardown`` method of a step, if any."""
+    method = getattr(step, name, None)
+    if callable(method):
+        method()
+
+
+def apply_worker_arguments(step: Any, arguments: Iterable[tuple[str, Any]]) -> None:
+    """Set per-worker ``(param, value)`` pairs on a worker's copy of a step."""
+    pairs = dict(arguments)
+    if not pairs:
+        return
+    params = step.get_params(deep=True) if hasattr(step, "get_params") else {}
+    known = {k: v for k, v in pairs.items() if k in params}
+    if known:
+        step.set_params(**known)
+    for key, value in pairs.items():
+        if key not in known:
+            setattr(step, key, value)

@@ -1,0 +1,119 @@
+"""The queued feature union: every minibatch goes to every branch.
+
+Each branch is a lane with its own workers; per minibatch, the joiner waits for
+every branch's output and joins them in branch order along the last axis (a
+horizontal stack for 2-D arrays, like scikit-learn's ``FeatureUnion``).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from . import _containers
+from ._validation import COMMON_CONSTRAINTS, StageDesc, parse_steps
+from .pipeline import _QueuedBase
+from .steps import is_fittable
+
+__all__ = ["ParallelQueuedFeatureUnion"]
+
+
+class ParallelQueuedFeatureUnion(_QueuedBase):
+    """Run every branch on every minibatch, in parallel, and join their outputs.
+
+    Takes the parameters of
+    :class:`~neuraxle_stream.SequentialQueuedPipeline`. Fittable branches are
+    fitted on the same input, in parallel threads of the parent; then one run
+    sends each minibatch to every branch. Per minibatch the branch outputs are
+    joined in branch order along the last axis: 2-D arrays side by side (as
+    ``sklearn.pipeline.FeatureUnion``), 1-D outputs as one column each,
+    DataFrames side by side, lists as tuples.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> union = ParallelQueuedFeatureUnion(
+    ...     [("double", lambda x: 2 * x), ("square", lambda x: x * x)], backend="thread")
+    >>> union.transform([1, 2, 3])
+    [(2, 1), (4, 4), (6, 9)]
+    """
+
+    _parameter_constraints = {"steps": [list, tuple], **COMMON_CONSTRAINTS}
+
+    def __init__(
+        self,
+        steps: list[Any],
+        batch_size: int = 32,
+        n_workers_per_step: int = 1,
+        max_queued_minibatches: int | None = None,
+        data_joiner: Any = None,
+        use_processes: bool = True,
+        use_savers: bool = False,
+        keep_incomplete_batch: bool = True,
+        default_value_data_inputs: Any = None,
+        default_value_expected_outputs: Any = None,
+        *,
+        backend: str | None = None,
+        mp_context: Any = None,
+        hooks: Any = None,
+        memory: Any = None,
+        output_order: str = "input",
+        progress: bool = False,
+        verbose: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        self.steps = steps
+        self.batch_size = batch_size
+        self.n_workers_per_step = n_workers_per_step
+        self.max_queued_minibatches = max_queued_minibatches
+        self.data_joiner = data_joiner
+        self.use_processes = use_processes
+        self.use_savers = use_savers
+        self.keep_incomplete_batch = keep_incomplete_batch
+        self.default_value_data_inputs = default_value_data_inputs
+        self.default_value_expected_outputs = default_value_expected_outputs
+        self.backend = backend
+        self.mp_context = mp_context
+        self.hooks = hooks
+        self.memory = memory
+        self.output_order = output_order
+        self.progress = progress
+        self.verbose = verbose
+        self.timeout = timeout
+
+    def _stage_descs(self) -> list[StageDesc]:
+        return parse_steps(
+            self.steps, type(self).__name__, self.n_workers_per_step, self.max_queued_minibatches
+        )
+
+    def _lanes(self, descs: list[StageDesc], start: int, stop: int) -> list[list[StageDesc]]:
+        return [[d] for d in descs]
+
+    def _join_lanes(self, outputs: list[Any], descs: list[StageDesc]) -> Any:
+        if len(outputs) == 1:
+            return outputs[0]
+        return _containers.join_columns(outputs, [d.name for d in descs])
+
+    def transform(self, X: Any) -> Any:
+        """Run every branch on ``X`` and return the joined outputs."""
+        settings = self._check_params()
+        if not self._stage_descs():
+            raise ValueError("ParallelQueuedFeatureUnion needs at least one branch.")
+        return self._transform_range(X, 0, 1, settings)
+
+    def _fit(self, X: Any, y: Any, transform: bool) -> Any:
+        settings = self._check_params()
+        descs = self._stage_descs()
+        if not descs:
+            raise ValueError("ParallelQueuedFeatureUnion needs at least one branch.")
+        fittable = [(i, d) for i, d in enumerate(descs) if is_fittable(d.step)]
+        if not _containers.is_sequence(X):
+            X = list(X)
+        if len(fittable) == 1:
+            self._fit_step(fittable[0][1], X, y, settings, fittable[0][0])
+        elif fittable:
+            with ThreadPoolExecutor(max_workers=len(fittable)) as pool:
+                futures = [pool.submit(self._fit_step, d, X, y, settings, i) for i, d in fittable]
+                for future in futures:
+                    future.result()
+        return self._transform_range(X, 0, 1, settings) if transform else self
