@@ -9,6 +9,7 @@ Linux by default) and moves messages through a
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import sys
@@ -25,11 +26,13 @@ from .queues import (
     ThreadChannel,
     ThreadResultChannel,
 )
+from .transport import Transport, default_transport
 from .workers import StageSpec, WorkerIO, process_main, worker_loop
 
 __all__ = ["Backend", "ProcessBackend", "ThreadBackend", "WorkerHandle", "resolve_context"]
 
 BACKENDS = ("process", "thread", "ray")
+_backend_ids = itertools.count()
 START_METHODS = ("forkserver", "spawn", "fork")
 
 
@@ -185,15 +188,21 @@ class ProcessBackend(Backend):
     name = "process"
     portable = True
 
-    def __init__(self, mp_context: Any = None, total_workers: int = 1) -> None:
+    def __init__(
+        self, mp_context: Any = None, total_workers: int = 1, transport: Transport | None = None
+    ) -> None:
         self.ctx = resolve_context(mp_context)
         self.thread_limit = max(1, (os.cpu_count() or 1) // max(1, total_workers))
+        prefix = f"nxs-{os.getpid()}-{next(_backend_ids)}"
+        # One transport for every queue of the run: closing the result channel
+        # at the end of the run unlinks every shared-memory segment it left.
+        self.transport = transport or default_transport(prefix)
 
     def channel(self, maxsize: int) -> Channel:
-        return ProcessChannel(self.ctx, maxsize)
+        return ProcessChannel(self.ctx, maxsize, self.transport)
 
     def result_channel(self) -> ResultChannel:
-        return ProcessResultChannel(self.ctx)
+        return ProcessResultChannel(self.ctx, self.transport)
 
     def shared_int(self, value: int, lock: bool = True) -> Any:
         return self.ctx.Value("q", value, lock=lock)

@@ -126,9 +126,13 @@ class ProcessChannel(Channel):
         self._transport = transport or PickleTransport()
 
     def put(self, item: Any, timeout: float | None = None) -> bool:
-        data = self._transport.dumps(item)
         if not self._slots.acquire(timeout=timeout):
             return False
+        try:
+            data = self._transport.dumps(item)
+        except BaseException:
+            self._slots.release()
+            raise
         with self._wlock:
             self._writer.send_bytes(data)
         return True
