@@ -59,6 +59,27 @@ def is_sequence(data: Any) -> bool:
     )
 
 
+def as_rows(data: Any) -> Any:
+    """Return ``data``, or ``numpy.asarray(data)`` for a bare array-like.
+
+    An object that is not a sequence (see `is_sequence`) but exposes
+    ``__array__`` (an xarray or polars object, scikit-learn's ``_NotAnArray``)
+    has no native row slicing, and iterating it may not give its rows: it is
+    read as an ndarray, as a scikit-learn estimator would read it.
+
+    Examples
+    --------
+    >>> class ArrayLike:
+    ...     def __array__(self, dtype=None, copy=None):
+    ...         return np.arange(3)
+    >>> as_rows(ArrayLike())
+    array([0, 1, 2])
+    """
+    if not is_sequence(data) and hasattr(data, "__array__"):
+        return np.asarray(data)
+    return data
+
+
 def num_rows(data: Any) -> int:
     """Return the number of rows (items along the first axis) of ``data``.
 

@@ -144,14 +144,15 @@ class _QueuedBase(BaseTransformer):
 
     def _runtime(self, specs: list[list[StageSpec]], settings: dict[str, Any]) -> Runtime:
         """The runtime for these stages: a kept one inside ``with``, else a new one."""
-        live: dict[Any, Runtime] = self.__dict__.setdefault("_runtimes", {})
+        # ``_runtimes`` exists only inside ``with``: a plain call leaves __dict__ as it was.
+        live: dict[Any, Runtime] = self.__dict__.get("_runtimes", {})
         key = (self._backend_name(settings), str(settings.get("mp_context")), repr(specs))
         runtime = live.get(key)
         if runtime is not None and not runtime.broken:
             return runtime
         runtime = Runtime(specs, self._make_backend(settings, specs), timeout=settings.get("timeout"))
         if self.__dict__.get("_keep_alive"):
-            live[key] = runtime
+            self.__dict__.setdefault("_runtimes", {})[key] = runtime
         return runtime
 
     def _release(self, runtime: Runtime, failed: bool) -> None:
@@ -218,17 +219,17 @@ class _QueuedBase(BaseTransformer):
 
     def fit(self, X: Any, y: Any = None, **fit_params: Any) -> _QueuedBase:
         """Fit every fittable step on the output of the stages before it."""
-        self._fit(X, y, transform=False)
+        self._fit(_containers.as_rows(X), y, transform=False)
         return self
 
     def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
         """Fit, then return the outputs of the whole pipeline for ``X``."""
-        return self._fit(X, y, transform=True)
+        return self._fit(_containers.as_rows(X), y, transform=True)
 
     def transform(self, X: Any) -> Any:
         """Run ``X`` through every stage and return the joined outputs, in input order."""
         settings = self._check_params()
-        return self._transform_range(X, 0, len(self._stage_descs()), settings)
+        return self._transform_range(_containers.as_rows(X), 0, len(self._stage_descs()), settings)
 
     def stream(self, iterable: Iterable[Any]) -> Iterator[Any]:
         """Yield the outputs for the items of ``iterable``, one item at a time.
@@ -267,7 +268,7 @@ class _QueuedBase(BaseTransformer):
 
     def close(self) -> None:
         """Stop the workers kept by ``with pipeline:``; safe to call twice."""
-        self._keep_alive = False
+        self.__dict__.pop("_keep_alive", None)
         runtimes = self.__dict__.pop("_runtimes", {})
         errors = []
         for runtime in runtimes.values():

@@ -40,17 +40,21 @@ class BaseTransformer(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     array([2, 3])
     """
 
-    def fit(self, data_inputs: Any, expected_outputs: Any = None) -> BaseTransformer:
-        """Learn nothing; steps that learn override this. Returns ``self``."""
+    def fit(self, X: Any, y: Any = None) -> BaseTransformer:
+        """Learn nothing; steps that learn override this. Returns ``self``.
+
+        Subclasses may name the arguments ``(data_inputs, expected_outputs=None)``
+        as Neuraxle does: the pipelines and ``fit_transform`` pass them by position.
+        """
         return self
 
     def transform(self, data_inputs: Any) -> Any:
         """Transform a minibatch; subclasses implement it."""
         raise NotImplementedError(f"{type(self).__name__} must implement transform(data_inputs).")
 
-    def fit_transform(self, data_inputs: Any, expected_outputs: Any = None, **fit_params: Any) -> Any:
+    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
         """Fit on the data, then return its transformed outputs."""
-        return self.fit(data_inputs, expected_outputs, **fit_params).transform(data_inputs)
+        return self.fit(X, y, **fit_params).transform(X)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -66,7 +70,7 @@ class NonFittableMixin:
     A stateless step never forces a fitting barrier in a queued pipeline.
     """
 
-    def fit(self, data_inputs: Any, expected_outputs: Any = None, **fit_params: Any) -> Any:
+    def fit(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
         """Do nothing and return ``self``."""
         return self
 
@@ -88,6 +92,14 @@ class Identity(NonFittableMixin, BaseTransformer):
     def transform(self, data_inputs: Any) -> Any:
         """Return ``data_inputs`` as they are."""
         return data_inputs
+
+    def __sklearn_tags__(self) -> Any:
+        # Like FunctionTransformer(validate=False): any input, passed through.
+        tags = super().__sklearn_tags__()
+        tags.no_validation = True
+        tags.input_tags.sparse = True
+        tags.input_tags.allow_nan = True
+        return tags
 
 
 class ItemFunction(NonFittableMixin, BaseTransformer):

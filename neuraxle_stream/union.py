@@ -13,6 +13,7 @@ from typing import Any
 from . import _containers
 from ._validation import COMMON_CONSTRAINTS, StageDesc, parse_steps
 from .pipeline import _QueuedBase
+from .exceptions import InvalidParameterError
 from .steps import is_fittable
 
 __all__ = ["ParallelQueuedFeatureUnion"]
@@ -86,6 +87,19 @@ class ParallelQueuedFeatureUnion(_QueuedBase):
             self.steps, type(self).__name__, self.n_workers_per_step, self.max_queued_minibatches
         )
 
+    def __sklearn_tags__(self) -> Any:
+        # Every branch sees the same input: it must suit all of them.
+        tags = super().__sklearn_tags__()
+        try:
+            branch_tags = [d.step.__sklearn_tags__().input_tags for d in self._stage_descs()
+                           if hasattr(d.step, "__sklearn_tags__")]
+        except InvalidParameterError:
+            return tags
+        if branch_tags:
+            tags.input_tags.allow_nan = all(t.allow_nan for t in branch_tags)
+            tags.input_tags.sparse = all(t.sparse for t in branch_tags)
+        return tags
+
     def _lanes(self, descs: list[StageDesc], start: int, stop: int) -> list[list[StageDesc]]:
         return [[d] for d in descs]
 
@@ -99,7 +113,7 @@ class ParallelQueuedFeatureUnion(_QueuedBase):
         settings = self._check_params()
         if not self._stage_descs():
             raise ValueError("ParallelQueuedFeatureUnion needs at least one branch.")
-        return self._transform_range(X, 0, 1, settings)
+        return self._transform_range(_containers.as_rows(X), 0, 1, settings)
 
     def _fit(self, X: Any, y: Any, transform: bool) -> Any:
         settings = self._check_params()

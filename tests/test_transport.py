@@ -24,7 +24,9 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/s
 DTYPES = ["bool", "int8", "uint16", "int32", "int64", "float16", "float32", "float64", "complex128", "U5", "M8[ms]"]
 
 
-def segments(prefix: str = "nxs-") -> list[str]:
+def segments(prefix: str | None = None) -> list[str]:
+    """Segments of runs started by this test process (other processes may run tests too)."""
+    prefix = prefix or f"nxs-{os.getpid()}-"
     return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(prefix))
 
 
