@@ -125,7 +125,7 @@ def _module_skeleton(torch: Any, module: Any) -> Any:
     ``state_dict`` and are assigned on load.
     """
 
-    class _SkeletonPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    class _SkeletonPickler(cloudpickle.Pickler):
         def reducer_override(self, obj: Any) -> Any:
             if isinstance(obj, torch.nn.Parameter):
                 return _meta_parameter, (tuple(obj.shape), obj.dtype, obj.requires_grad)
@@ -153,7 +153,7 @@ def _meta_parameter(shape: tuple[int, ...], dtype: Any, requires_grad: bool) -> 
 def _saver_for(step: Any, use_savers: bool) -> BaseSaver:
     for saver in getattr(type(step), "savers", None) or ():
         if saver.can_save(step):
-            return saver  # type: ignore[no-any-return]
+            return saver
     torch_saver = TorchSaver()
     if torch_saver.can_save(step):
         return torch_saver

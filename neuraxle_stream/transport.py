@@ -9,6 +9,7 @@ through reusable shared memory and puts only small headers on the pipe.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import mmap
@@ -63,7 +64,7 @@ def _dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | Non
         _TensorPickler(out, protocol=5, buffer_callback=buffer_callback).dump(obj)
         return out.getvalue()
     except (pickle.PicklingError, AttributeError, TypeError):
-        return cloudpickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)  # type: ignore[no-any-return]
+        return cloudpickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
 
 
 class _TensorPickler(pickle.Pickler):
@@ -260,10 +261,8 @@ class _Segment:
 
 
 def _unlink(name: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(SHM_DIR, name))
-    except FileNotFoundError:
-        pass
 
 
 def unlink_segments(prefix: str) -> int:
