@@ -1,0 +1,102 @@
+"""Every script in examples/, and the code blocks of docs/, run to completion.
+
+Each runs in its own interpreter. The ```python blocks of a page run in order,
+in one interpreter, as a reader pasting them one after the other would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+_PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+#: Each example is meant to run in under 20 s on 2 cores; the margin covers a loaded CI machine.
+TIMEOUT = 150
+
+
+def _env() -> dict[str, str]:
+    """The environment of the child: this checkout first on the import path."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def test_examples_exist() -> None:
+    names = {p.name for p in EXAMPLES}
+    assert {
+        "sequential_vs_queued.py",
+        "feature_union.py",
+        "custom_steps.py",
+        "errors.py",
+    } <= names
+
+
+@pytest.mark.timeout(TIMEOUT + 30)
+@pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_runs(script: Path) -> None:
+    source = script.read_text()
+    assert 'if __name__ == "__main__":' in source, "examples must guard their entry point"
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, (
+        f"{script.name} exited with {result.returncode}\n"
+        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+    )
+    assert result.stdout.strip(), f"{script.name} printed nothing"
+
+
+def _python_blocks(page: Path) -> list[str]:
+    return _PYTHON_BLOCK.findall(page.read_text())
+
+
+@pytest.mark.timeout(TIMEOUT + 30)
+@pytest.mark.parametrize("page", [p for p in DOCS if _python_blocks(p)], ids=lambda p: p.name)
+def test_doc_code_blocks_run(page: Path) -> None:
+    # Run with -c: there is no main module file for the process workers to
+    # import again, as in a notebook, so the blocks need no __main__ guard.
+    code = "\n".join(_python_blocks(page))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, (
+        f"the code blocks of {page.name} failed\n"
+        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+    )
+
+
+def test_architecture_page_shows_the_runtime_diagram() -> None:
+    """docs/architecture.md shows the same picture as runtime.py's docstring."""
+    from neuraxle_stream import runtime
+
+    after = (runtime.__doc__ or "").split("::", 1)[1].splitlines()[1:]
+    lines = []
+    for line in after:
+        if line.strip() and not line.startswith("    "):
+            break
+        lines.append(line.rstrip())
+    diagram = textwrap.dedent("\n".join(lines)).strip("\n")
+    assert "supervisor" in diagram, "runtime.py's docstring has no diagram"
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    blocks = [
+        textwrap.dedent(b).strip("\n") for b in re.findall(r"```text\n(.*?)```", page, re.DOTALL)
+    ]
+    assert diagram in blocks
