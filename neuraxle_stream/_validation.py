@@ -12,13 +12,13 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from sklearn.utils._param_validation import InvalidParameterError as _SkInvalidParameterError
 from sklearn.utils._param_validation import (
     Interval,
     Options,
     StrOptions,
     validate_parameter_constraints,
 )
+from sklearn.utils._param_validation import InvalidParameterError as _SkInvalidParameterError
 
 from .exceptions import InvalidParameterError
 from .steps import as_step, step_display_name
@@ -28,7 +28,7 @@ __all__ = ["COMMON_CONSTRAINTS", "StageDesc", "parse_steps", "validate_params"]
 _POSITIVE_INT = Interval(numbers.Integral, 1, None, closed="left")
 _POSITIVE_REAL = Interval(numbers.Real, 0, None, closed="neither")
 
-COMMON_CONSTRAINTS: dict[str, list[Any]] = {
+COMMON_CONSTRAINTS: dict[str, Any] = {
     "batch_size": [_POSITIVE_INT],
     "n_workers_per_step": [_POSITIVE_INT],
     "max_queued_minibatches": [_POSITIVE_INT, None],
@@ -55,6 +55,15 @@ def validate_params(constraints: dict[str, Any], params: dict[str, Any], caller:
         validate_parameter_constraints(constraints, params, caller_name=caller)
     except _SkInvalidParameterError as exc:
         raise InvalidParameterError(str(exc)) from None
+    for name, allowed in constraints.items():
+        # bool is an Integral to Python, but batch_size=True is a mistake; the
+        # step forms refuse it too.
+        if isinstance(allowed, list) and _POSITIVE_INT in allowed and isinstance(params.get(name), bool):
+            options = [str(c) for c in allowed]
+            text = options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
+            raise InvalidParameterError(
+                f"The {name!r} parameter of {caller} must be {text}. Got {params[name]!r} instead."
+            )
     context = params.get("mp_context")
     if context is not None and not (
         context in ("forkserver", "spawn", "fork") or hasattr(context, "get_start_method")
@@ -117,7 +126,7 @@ def _worker_args(caller: str, name: str, args: Any, n_workers: int) -> list[list
         ):
             raise _bad(caller, what, "a list of (param, value) pairs per worker", entry)
         per_worker.append([tuple(p) for p in entry])
-    return per_worker  # type: ignore[return-value]
+    return per_worker
 
 
 def parse_steps(steps: Any, caller: str, n_workers_per_step: int, max_queued: int | None) -> list[StageDesc]:

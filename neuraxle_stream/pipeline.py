@@ -9,13 +9,16 @@ or inside ``with pipeline:``.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import Bunch
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from . import _containers
@@ -56,6 +59,7 @@ class _QueuedBase(BaseTransformer):
     """What the queued composites share: validation, runs, lifecycle, params."""
 
     _parameter_constraints: dict[str, Any] = {}
+    steps: Any  # a parameter of the pipelines, a property of the wrapper
 
     # -- to be given by subclasses ------------------------------------------------
 
@@ -84,7 +88,7 @@ class _QueuedBase(BaseTransformer):
             return self.named_steps[key]
         if isinstance(key, slice):
             clone_params = self.get_params(deep=False)
-            clone_params["steps"] = list(self.steps)[key]  # type: ignore[attr-defined]
+            clone_params["steps"] = list(self.steps)[key]
             return type(self)(**clone_params)
         return descs[key].owner
 
@@ -164,10 +168,9 @@ class _QueuedBase(BaseTransformer):
             if value is runtime:
                 del self._runtimes[key]
         if failed:
-            try:
+            # the error being raised already says what went wrong
+            with contextlib.suppress(Exception):
                 runtime.close(graceful=not runtime.broken)
-            except Exception:  # the error being raised already says what went wrong
-                pass
         else:
             runtime.close(graceful=True)
 
@@ -280,10 +283,12 @@ class _QueuedBase(BaseTransformer):
             raise errors[0]
 
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
+        # A copy: object.__getstate__ returns the live __dict__ itself, and
+        # popping from it would orphan the workers kept by ``with pipeline:``.
+        state = dict(super().__getstate__())
         state.pop("_runtimes", None)
         state.pop("_keep_alive", None)
-        return state  # type: ignore[no-any-return]
+        return state
 
     # -- scikit-learn ---------------------------------------------------------------
 
@@ -328,7 +333,7 @@ class _QueuedBase(BaseTransformer):
         return self
 
     def _replace_step(self, name: str, new: Any) -> None:
-        steps = list(self.steps)  # type: ignore[attr-defined]
+        steps = list(self.steps)
         for i, d in enumerate(self._stage_descs()):
             if d.name == name:
                 entry = steps[i]
@@ -344,10 +349,29 @@ class _QueuedBase(BaseTransformer):
                     return False
         return True
 
+    def _steps_name_features(self) -> bool:
+        try:
+            return all(hasattr(d.step, "get_feature_names_out") for d in self._stage_descs())
+        except InvalidParameterError:
+            return False
+
+    @available_if(_steps_name_features)
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Output feature names, passed through each step's ``get_feature_names_out``.
+
+        Available when every step has ``get_feature_names_out``; it also makes
+        ``set_output(transform="pandas")`` available (the steps themselves keep
+        giving their usual outputs to the next stage).
+        """
+        names = input_features
+        for d in self._stage_descs():
+            names = d.step.get_feature_names_out(names)
+        return np.asarray(names, dtype=object)
+
     @property
     def n_features_in_(self) -> int:
         """Number of features seen by the first step during ``fit``."""
-        return self._stage_descs()[0].step.n_features_in_  # type: ignore[no-any-return]
+        return self._stage_descs()[0].step.n_features_in_
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -357,6 +381,16 @@ class _QueuedBase(BaseTransformer):
             first = descs[0].step
             if hasattr(first, "__sklearn_tags__"):
                 tags.input_tags = first.__sklearn_tags__().input_tags
+            # NaN and sparse input must suit every validating step (as sklearn's
+            # Pipeline does for ``sparse``): a later step may reject what the first takes.
+            steps_tags = [
+                t for t in (d.runnable.__sklearn_tags__() for d in descs
+                            if hasattr(d.runnable, "__sklearn_tags__"))
+                if not t.no_validation
+            ]
+            if steps_tags:
+                tags.input_tags.allow_nan = all(t.input_tags.allow_nan for t in steps_tags)
+                tags.input_tags.sparse = all(t.input_tags.sparse for t in steps_tags)
         except (InvalidParameterError, IndexError):
             pass
         return tags
@@ -480,11 +514,23 @@ class SequentialQueuedPipeline(_QueuedBase):
         for k in fittable:
             if k > start:
                 data = self._transform_range(data, start, k, settings)
+                y = _trim_targets(y, data)
             self._fit_step(descs[k], data, y, settings, k)
             start = k
         if not transform:
             return self
         return self._transform_range(data, start, len(descs), settings)
+
+
+def _trim_targets(y: Any, data: Any) -> Any:
+    """Drop the targets of the rows that ``keep_incomplete_batch=False`` dropped."""
+    if y is None or not _containers.is_sequence(y):
+        return y
+    try:
+        n = _containers.num_rows(data)
+    except TypeError:
+        return y
+    return _containers.slice_rows(y, 0, n) if n < _containers.num_rows(y) else y
 
 
 _WRAPPER_CONSTRAINTS = {
@@ -564,6 +610,24 @@ class ParallelWorkersWrapper(_QueuedBase):
 
     def _replace_step(self, name: str, new: Any) -> None:
         self.wrapped = new
+
+    # A meta-estimator's parameters, as scikit-learn spells them: ``wrapped`` and
+    # ``wrapped__param`` (GridSearchCV grids, clone), not the step's generated name.
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Parameters, with the wrapped step's as ``wrapped__param`` when ``deep``."""
+        return super(_QueuedBase, self).get_params(deep=deep)
+
+    def set_params(self, **params: Any) -> ParallelWorkersWrapper:
+        """Set parameters; ``wrapped__param`` sets a parameter of the wrapped step."""
+        own = self.get_params(deep=False)
+        for key in params:
+            if key.partition("__")[0] not in own:
+                raise InvalidParameterError(
+                    f"Invalid parameter {key!r} for {type(self).__name__}. "
+                    f"Valid parameters are: {sorted(own)!r}."
+                )
+        super(_QueuedBase, self).set_params(**params)
+        return self
 
     def _fit(self, X: Any, y: Any, transform: bool) -> Any:
         settings = self._check_params()

@@ -31,6 +31,22 @@ The supervisor (the caller's thread) blocks on the result channel *and* on
 the workers' process sentinels, so a dead worker is noticed at once. Every
 task carries the id of its run; tasks and results of a cancelled run are
 dropped, so a pipeline reused after an error never returns stale results.
+
+How a run ends, and what the caller gets:
+
+- a step raises, the source raises, or the caller closes the generator: the
+  run's id is retired (workers drop its tasks) and the runtime stays usable;
+- a worker dies (sentinel), fails its ``setup()``, overruns ``timeout``, or
+  the caller is interrupted (Ctrl-C): the runtime is *broken* and aborted.
+
+Stopping is graceful or an abort. A graceful stop (the end of a call,
+``close()``) sends STOP down each lane: every worker finishes its minibatch
+and runs ``teardown()``, the last of a stage passes STOP on, and the
+supervisor waits for the last stage of each lane (at most ``STOP_GRACE``).
+An abort kills worker processes at once; worker threads, which cannot be
+killed, get STOP on every queue and see ``active_run == CLOSING`` as soon as
+their step returns. A worker process watches its parent and exits (unlinking
+the run's shared memory) if the parent dies.
 """
 
 from __future__ import annotations
@@ -48,12 +64,24 @@ from .exceptions import BrokenPipelineError
 from .joiner import WorkersJoiner
 from .messages import STOP, MinibatchError, QueuedMinibatchTask, StageResult, StageStopped
 from .queues import Channel, ResultChannel
-from .workers import IDLE, SETUP, StageSpec, WorkerIO
+from .workers import (
+    CLOSING,
+    IDLE,
+    IDLE_RUN,
+    SETUP,
+    STARTING,
+    STOPPED,
+    TEARDOWN,
+    StageSpec,
+    WorkerIO,
+)
 
 __all__ = ["Runtime"]
 
 #: Seconds a graceful stop waits for workers to finish before killing them.
 STOP_GRACE = 10.0
+#: Seconds an abort waits for worker threads (which cannot be killed) to exit.
+ABORT_GRACE = 1.0
 _run_ids = itertools.count(1)
 
 
@@ -73,8 +101,12 @@ class _Stage:
     handles: list[WorkerHandle]
 
 
-class _StepFailed(Exception):
-    """Internal: a step raised; the runtime itself is healthy."""
+class _RunFailed(Exception):
+    """Internal: a step or the source raised ``error``; the workers are healthy."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class Runtime:
@@ -99,8 +131,10 @@ class Runtime:
         self.started = False
         self._stages: list[_Stage] = []
         self._first_channels: list[Channel] = []
+        self._channels: list[Channel] = []
         self._results: ResultChannel | None = None
         self._finalizer: weakref.finalize | None = None
+        self._feeding: tuple[threading.Event, threading.Semaphore, threading.Thread] | None = None
         per_lane = [sum(s.max_queue_size + s.n_workers for s in lane) for lane in lanes]
         self.max_in_flight = max(per_lane) + 1
 
@@ -113,10 +147,12 @@ class Runtime:
         self._active = backend.shared_int(-1, lock=False)
         handles: list[WorkerHandle] = []
         self._finalizer = weakref.finalize(self, _kill_all, handles)
+        shm_prefix = getattr(getattr(backend, "transport", None), "prefix", None)
         self.started = True
         for lane in self.lanes:
             channels = [backend.channel(spec.max_queue_size) for spec in lane]
             self._first_channels.append(channels[0])
+            self._channels.extend(channels)
             for i, spec in enumerate(lane):
                 last = i + 1 == len(lane)
                 io = WorkerIO(
@@ -129,10 +165,12 @@ class Runtime:
                     started=backend.shared_array("d", spec.n_workers),
                     next_n_workers=0 if last else lane[i + 1].n_workers,
                     portable=backend.portable,
+                    shm_prefix=shm_prefix,
                 )
                 stage = _Stage(spec, io, [])
                 self._stages.append(stage)
                 for w in range(spec.n_workers):
+                    io.current[w] = STARTING
                     handle = backend.start_worker(spec, w, io)
                     stage.handles.append(handle)
                     handles.append(handle)
@@ -140,60 +178,100 @@ class Runtime:
     def close(self, graceful: bool = True) -> None:
         """Stop every worker; safe to call twice.
 
-        A graceful close lets each worker finish its ``teardown()`` and raises
-        the first error a teardown raised; otherwise processes are killed.
+        A graceful close sends STOP down each lane, so that each worker
+        finishes its minibatch and runs its ``teardown()``, and raises the
+        first error a teardown raised. A broken runtime, or one whose graceful
+        stop does not end within :data:`STOP_GRACE`, is aborted instead.
         """
         if not self.started:
             return
         self.started = False
-        errors: list[MinibatchError] = []
+        self._stop_feeder()  # a run left suspended (a generator not yet closed)
+        errors: list[BaseException] = []
+        stopped = False
         try:
-            if graceful and not (self.broken and self.backend.portable):
-                errors = self._stop_workers()
+            try:
+                if graceful and not self.broken:
+                    stopped, errors = self._stop_workers()
+            finally:  # also when Ctrl-C interrupts the graceful stop
+                if not stopped:
+                    self._abort()
+                self._join()
         finally:
-            self._kill_and_join()
-            for channel in self._first_channels:
+            for channel in self._channels:
                 channel.close()
+            self._channels.clear()
+            self._first_channels.clear()
             if self._results is not None:
                 self._results.close()
             if self._finalizer is not None:
                 self._finalizer.detach()
         if errors:
-            raise errors[0].to_exception()
+            raise errors[0]
 
-    def _stop_workers(self) -> list[MinibatchError]:
-        """Send STOP down each lane and wait for the stop to reach its end."""
+    def _stop_workers(self) -> tuple[bool, list[BaseException]]:
+        """Send STOP down each lane and wait for the stop to reach its end.
+
+        Returns whether every lane stopped, and the errors of teardowns (a
+        ``teardown()`` that raised, a worker that died instead of stopping).
+        """
         assert self._results is not None
-        self._active.value = -1
+        self._active.value = IDLE_RUN
         deadline = time.monotonic() + STOP_GRACE
-        errors: list[MinibatchError] = []
+        errors: list[BaseException] = []
         for lane, channel in zip(self.lanes, self._first_channels):
             for _ in range(lane[0].n_workers):
                 if not channel.put(STOP, timeout=max(0.0, deadline - time.monotonic())):
-                    return errors
-        pending = {lane_index for lane_index in range(len(self.lanes))}
+                    return False, errors
+        pending = set(range(len(self.lanes)))
         last_stage = {i: len(lane) - 1 for i, lane in enumerate(self.lanes)}
+        watched = {
+            h.sentinel: (s, w) for s in self._stages for w, h in enumerate(s.handles) if h.sentinel is not None
+        }
         while pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                break
-            messages, fired = self._results.get_ready(min(remaining, 1.0), self._sentinels())
+                return False, errors
+            messages, fired = self._results.get_ready(min(remaining, 1.0), list(watched))
             for msg in messages:
                 if isinstance(msg, StageStopped) and msg.stage == last_stage[msg.lane]:
                     pending.discard(msg.lane)
                 elif isinstance(msg, MinibatchError) and msg.phase in ("setup", "teardown"):
-                    errors.append(msg)
-            if fired:
-                break
-        return errors
+                    errors.append(msg.to_exception())
+            for sentinel in fired:
+                stage, w = watched.pop(sentinel)
+                if stage.io.current[w] != STOPPED:  # died instead of stopping: the stop cannot finish
+                    errors.append(_death(stage, w))
+                    return False, errors
+        return True, errors
 
-    def _kill_and_join(self) -> None:
+    def _abort(self) -> None:
+        """Stop at once: kill worker processes; tell worker threads to exit.
+
+        Threads cannot be killed: each is sent STOP directly and exits as soon
+        as its step returns (a step stuck forever keeps its thread).
+        """
+        self._active.value = CLOSING
         for stage in self._stages:
             for handle in stage.handles:
-                handle.join(timeout=0.5 if self.backend.portable else 2.0)
-                if handle.is_alive():
+                handle.kill()
+        if self.backend.portable:
+            return
+        # A worker waiting on an empty queue needs a STOP; one that is busy, or
+        # has a full queue, sees CLOSING before its next get.
+        for stage in self._stages:
+            for _ in range(stage.spec.n_workers):
+                if not stage.io.inbox.put(STOP, timeout=0.1):
+                    break
+
+    def _join(self) -> None:
+        deadline = time.monotonic() + (ABORT_GRACE if self._active.value == CLOSING else STOP_GRACE)
+        for stage in self._stages:
+            for handle in stage.handles:
+                handle.join(timeout=max(0.0, deadline - time.monotonic()))
+                if handle.is_alive() and self.backend.portable:
                     handle.kill()
-                    handle.join(timeout=5.0)
+                    handle.join(timeout=1.0)
         self._stages.clear()
 
     def _sentinels(self) -> list[Any]:
@@ -204,11 +282,17 @@ class Runtime:
     def run(self, batches: Iterable[tuple[Any, Any]], ordered: bool = True) -> Iterator[tuple[int, list[Any]]]:
         """Feed ``batches`` through the lanes; yield ``(index, lane_outputs)``.
 
-        The caller must exhaust or close the generator. A step error leaves the
-        runtime usable; any other failure marks it ``broken``.
+        The caller must exhaust or close the generator. A step error, a source
+        error or closing the generator leave the runtime usable (the tasks of
+        this run are dropped by their run id); any other failure (a dead or
+        stuck worker, a failed ``setup()``, Ctrl-C) marks it ``broken``.
         """
         if not self.started:
-            self.start()
+            try:
+                self.start()
+            except BaseException:
+                self.broken = True
+                raise
         assert self._results is not None
         results = self._results
         run_id = next(_run_ids)
@@ -223,6 +307,7 @@ class Runtime:
             daemon=True,
         )
         feeder.start()
+        self._feeding = (stop, credits, feeder)
         joiner = WorkersJoiner(n_worker_wrappers_to_join=len(self.lanes))
         total: int | None = None
         done = 0
@@ -238,10 +323,10 @@ class Runtime:
                         self._on_error(msg, run_id)
                     elif isinstance(msg, _FeederDone) and msg.run_id == run_id:
                         if msg.failed:
-                            raise feeder_error[0]
+                            raise _RunFailed(feeder_error[0])
                         total = msg.count
                 if fired:
-                    self._on_dead_workers(run_id)
+                    self._on_dead_workers(run_id, fired)
                 self._check_timeouts()
                 ready = joiner.pop_ready() if ordered else joiner.pop_completed()
                 for index, outputs in ready:
@@ -249,85 +334,86 @@ class Runtime:
                     credits.release()
                     yield index, outputs
             ok = True
-        except _StepFailed as failed:
-            raise failed.args[0] from failed.args[0].__cause__
+        except _RunFailed as failed:
+            # The steps or the source failed; the workers are healthy.
+            raise failed.error from failed.error.__cause__
+        except GeneratorExit:
+            raise  # closed early by the caller: the workers are healthy
         except BaseException:
-            if not isinstance(self._pending_step_error, BaseException):
-                self.broken = True
+            self.broken = True
             raise
         finally:
-            self._pending_step_error = None
-            if not ok:
-                self._active.value = -1
-            stop.set()
-            for _ in range(self.max_in_flight + 1):
-                credits.release()
-            feeder.join(timeout=1.0)
+            if not ok and not self.broken and self.started:
+                self._active.value = IDLE_RUN
+            self._stop_feeder()
 
-    _pending_step_error: BaseException | None = None
+    def _stop_feeder(self) -> None:
+        """End the feeder of the current run, if any (it may wait on the source)."""
+        if self._feeding is None:
+            return
+        stop, credits, feeder = self._feeding
+        self._feeding = None
+        stop.set()
+        for _ in range(self.max_in_flight + 1):
+            credits.release()
+        feeder.join(timeout=1.0)
 
     def _on_error(self, msg: MinibatchError, run_id: int) -> None:
-        if msg.phase == "transform" and msg.run_id != run_id:
-            return  # from a cancelled run
-        exc = msg.to_exception()
         if msg.phase == "transform":
-            self._pending_step_error = exc
-            raise exc
+            if msg.run_id != run_id:
+                return  # from a cancelled run
+            raise _RunFailed(msg.to_exception())
         self.broken = True
-        raise exc
+        raise msg.to_exception()
 
-    def _on_dead_workers(self, run_id: int) -> None:
+    def _on_dead_workers(self, run_id: int, fired: list[Any]) -> None:
         """A worker died: report its own error if it sent one, else BrokenPipelineError."""
         assert self._results is not None
-        drain = getattr(self._results, "drain", None)
-        if drain is not None:
-            for msg in drain():
-                if isinstance(msg, MinibatchError) and (msg.phase != "transform" or msg.run_id == run_id):
-                    self.broken = True
-                    raise msg.to_exception()
         self.broken = True
+        dead = [(s, w) for s in self._stages for w, h in enumerate(s.handles) if h.sentinel in fired]
+        if not dead:
+            raise BrokenPipelineError("A worker of the pipeline died; the pipeline was stopped.")
+        error = _death(*dead[0])  # waits for the worker to be reaped
+        drain = getattr(self._results, "drain", None)
+        for msg in drain() if drain is not None else ():
+            if isinstance(msg, MinibatchError) and (msg.phase != "transform" or msg.run_id == run_id):
+                raise msg.to_exception()  # it said why, before it went
+        raise error
+
+    def _busy_workers(self) -> list[tuple[float, _Stage, int, int]]:
+        """``(started, stage, worker, current)`` of each worker in a minibatch or ``setup()``."""
+        busy = []
         for stage in self._stages:
-            for w, handle in enumerate(stage.handles):
-                if not handle.is_alive():
-                    index = stage.io.current[w]
-                    where = {IDLE: "while idle", SETUP: "during setup()"}.get(
-                        index, f"while processing minibatch {index}"
-                    )
-                    error = BrokenPipelineError(
-                        f"Worker {w} of step {stage.spec.name!r} {handle.describe_exit()} {where}; "
-                        "the pipeline was stopped."
-                    )
-                    error.add_note(f"step {stage.spec.name!r}, worker {w}, {where.removeprefix('while ')}")
-                    raise error
-        raise BrokenPipelineError("A worker of the pipeline died; the pipeline was stopped.")
+            for w in range(stage.spec.n_workers):
+                current = stage.io.current[w]
+                if current >= 0 or current == SETUP:
+                    busy.append((stage.io.started[w], stage, w, current))
+        return busy
 
     def _wait_timeout(self) -> float | None:
         if self.timeout is None:
             return None
-        now = time.monotonic()
-        deadlines = [
-            stage.io.started[w] + self.timeout
-            for stage in self._stages
-            for w in range(stage.spec.n_workers)
-            if stage.io.current[w] != IDLE
-        ]
-        return max(0.01, min(deadlines, default=now + self.timeout) - now)
+        oldest = min((b[0] for b in self._busy_workers()), default=time.monotonic())
+        return max(0.01, oldest + self.timeout - time.monotonic())
 
     def _check_timeouts(self) -> None:
+        """Raise ``TimeoutError`` for the worker that has been busy longest, if over time."""
         if self.timeout is None:
             return
-        now = time.monotonic()
-        for stage in self._stages:
-            for w in range(stage.spec.n_workers):
-                index = stage.io.current[w]
-                if index != IDLE and now - stage.io.started[w] > self.timeout:
-                    self.broken = True
-                    where = "in setup()" if index == SETUP else f"on minibatch {index}"
-                    error = TimeoutError(
-                        f"Step {stage.spec.name!r} (worker {w}) spent more than {self.timeout} s {where}."
-                    )
-                    error.add_note(f"step {stage.spec.name!r}, worker {w}, {where.removeprefix('on ')}")
-                    raise error
+        busy = self._busy_workers()
+        if not busy:
+            return
+        started, stage, w, current = min(busy, key=lambda b: b[0])
+        if time.monotonic() - started <= self.timeout:
+            return
+        self.broken = True
+        where = _where(current)
+        error = TimeoutError(
+            f"Step {stage.spec.name!r} (worker {w}) spent more than {self.timeout} s "
+            f"on {where}; the pipeline was stopped."
+        )
+        error.add_note(f"In the queued pipeline: step {stage.spec.name!r}, worker {w}, {where}.")
+        raise error
 
     def _feed(
         self,
@@ -340,7 +426,14 @@ class Runtime:
         assert self._results is not None
         count = 0
         try:
-            for data, expected in batches:
+            while True:
+                try:
+                    data, expected = next(batches)
+                except StopIteration:
+                    break
+                except BaseException as exc:
+                    exc.add_note(f"Raised by the input of the queued pipeline, reading minibatch {count}.")
+                    raise
                 credits.acquire()
                 if stop.is_set():
                     return
@@ -351,13 +444,45 @@ class Runtime:
                             if stop.is_set():
                                 return
                     except Exception as exc:
-                        exc.add_note(f"While sending minibatch {count} to step {lane[0].name!r}.")
+                        exc.add_note(f"Raised sending minibatch {count} to step {lane[0].name!r}.")
                         raise
                 count += 1
         except BaseException as exc:
             error.append(exc)
         if not stop.is_set():
             self._results.put(_FeederDone(run_id, count, failed=bool(error)))
+
+
+def _death(stage: _Stage, w: int) -> BrokenPipelineError:
+    """The error for worker ``w`` of ``stage``, which has died."""
+    handle = stage.handles[w]
+    handle.join(timeout=1.0)  # its sentinel fires as it exits, a moment before it can be reaped
+    current = stage.io.current[w]
+    error = BrokenPipelineError(
+        f"Worker {w} of step {stage.spec.name!r} {handle.describe_exit()} "
+        f"{_during(current)}; the pipeline was stopped."
+    )
+    error.add_note(f"In the queued pipeline: step {stage.spec.name!r}, worker {w}, {_where(current)}.")
+    return error
+
+
+def _where(current: int) -> str:
+    """What a worker was doing, from its ``current`` value."""
+    names = {
+        IDLE: "between minibatches",
+        SETUP: "setup()",
+        TEARDOWN: "teardown()",
+        STOPPED: "after it stopped",
+        STARTING: "at start-up",
+    }
+    return names.get(current, f"minibatch {current}")
+
+
+def _during(current: int) -> str:
+    """When a worker died, from its ``current`` value, for error messages."""
+    if current >= 0 or current in (SETUP, TEARDOWN):
+        return f"while running {_where(current)}"
+    return _where(current)
 
 
 def _kill_all(handles: list[WorkerHandle]) -> None:

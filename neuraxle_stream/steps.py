@@ -19,7 +19,7 @@ __all__ = [
 ]
 
 
-class BaseTransformer(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+class BaseTransformer(TransformerMixin, BaseEstimator):
     """Base class of the steps of a queued pipeline.
 
     Subclass it and implement ``transform(self, data_inputs)``; implement

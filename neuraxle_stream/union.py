@@ -10,10 +10,12 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+from sklearn.utils.metaestimators import available_if
+
 from . import _containers
 from ._validation import COMMON_CONSTRAINTS, StageDesc, parse_steps
 from .pipeline import _QueuedBase
-from .exceptions import InvalidParameterError
 from .steps import is_fittable
 
 __all__ = ["ParallelQueuedFeatureUnion"]
@@ -87,18 +89,23 @@ class ParallelQueuedFeatureUnion(_QueuedBase):
             self.steps, type(self).__name__, self.n_workers_per_step, self.max_queued_minibatches
         )
 
-    def __sklearn_tags__(self) -> Any:
-        # Every branch sees the same input: it must suit all of them.
-        tags = super().__sklearn_tags__()
-        try:
-            branch_tags = [d.step.__sklearn_tags__().input_tags for d in self._stage_descs()
-                           if hasattr(d.step, "__sklearn_tags__")]
-        except InvalidParameterError:
-            return tags
-        if branch_tags:
-            tags.input_tags.allow_nan = all(t.allow_nan for t in branch_tags)
-            tags.input_tags.sparse = all(t.sparse for t in branch_tags)
-        return tags
+    @available_if(_QueuedBase._steps_name_features)
+    def get_feature_names_out(self, input_features: Any = None) -> Any:
+        """Output feature names: each branch's, in branch order.
+
+        As in the joined DataFrames, a name given by more than one branch is
+        prefixed ``f"{branch}__{name}"`` in every branch that gives it.
+        """
+        per_branch = [
+            (d.name, [str(n) for n in d.step.get_feature_names_out(input_features)])
+            for d in self._stage_descs()
+        ]
+        seen = [set(names) for _, names in per_branch]
+        dupes = {n for i, s in enumerate(seen) for n in s if any(n in t for t in seen[:i] + seen[i + 1 :])}
+        return np.asarray(
+            [f"{branch}__{n}" if n in dupes else n for branch, names in per_branch for n in names],
+            dtype=object,
+        )
 
     def _lanes(self, descs: list[StageDesc], start: int, stop: int) -> list[list[StageDesc]]:
         return [[d] for d in descs]

@@ -10,6 +10,7 @@ The last worker of a stage to stop passes the stop on to the next stage.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import signal
@@ -24,13 +25,27 @@ from .messages import STOP, MinibatchError, QueuedMinibatchTask, StageResult, St
 from .queues import Channel, ResultChannel
 from .savers import load_step
 from .steps import apply_worker_arguments, call_hook
+from .transport import unlink_segments
 
-__all__ = ["StageSpec", "WorkerIO", "process_main", "worker_loop"]
+__all__ = ["CLOSING", "IDLE", "IDLE_RUN", "SETUP", "STARTING", "STOPPED", "TEARDOWN", "StageSpec", "WorkerIO", "process_main", "worker_loop"]
 
 #: ``current`` value of a worker between minibatches.
 IDLE = -1
 #: ``current`` value of a worker running its step's ``setup()``.
 SETUP = -2
+#: ``current`` value of a worker that stopped when told to (not one that died).
+STOPPED = -3
+#: ``current`` value of a worker started but not yet running (set by the parent).
+STARTING = -4
+#: ``current`` value of a worker running its step's ``teardown()``.
+TEARDOWN = -5
+
+#: ``active_run`` value between runs: workers drop every task they get.
+IDLE_RUN = -1
+#: ``active_run`` value of an aborted runtime: workers exit as soon as they can.
+CLOSING = -2
+#: Seconds between two checks for CLOSING while a worker thread waits on a full queue.
+_PUT_CHECK = 0.1
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,11 @@ class StageSpec:
     payload: bytes = field(repr=False)
     worker_arguments: list[list[tuple[str, Any]]] = field(default_factory=list)
     may_change_length: bool = False
+    #: A digest of ``payload``, so that the repr (a key of kept runtimes) changes with the step.
+    digest: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "digest", hashlib.blake2b(self.payload, digest_size=8).hexdigest())
 
 
 @dataclass
@@ -79,10 +99,12 @@ class WorkerIO:
     next_n_workers: int
     portable: bool
     thread_limit: int | None = None
+    #: Name prefix of the run's shared-memory segments, swept if the parent dies.
+    shm_prefix: str | None = None
 
 
 def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
-    """Run one worker until it is told to stop."""
+    """Run one worker until it is told to stop (or its runtime is aborted)."""
     report = _Reporter(spec, worker_index, io)
     io.started[worker_index] = time.monotonic()
     io.current[worker_index] = SETUP
@@ -93,11 +115,11 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
         call_hook(step, "setup")
     except BaseException as exc:
         report.failure(exc, None, io.active_run.value, "setup")
-        _stopped(spec, io)
+        _stopped(spec, worker_index, io)
         return
     io.current[worker_index] = IDLE
     transform = step.transform
-    while True:
+    while io.active_run.value != CLOSING:
         item = io.inbox.get()
         if item is STOP:
             break
@@ -110,32 +132,57 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
             out = transform(task.data_inputs)
             if not spec.may_change_length:
                 _check_length(spec.name, task.data_inputs, out)
-            result = QueuedMinibatchTask(task.index, out, task.expected_outputs, task.run_id)
-            if io.outbox is not None:
-                io.outbox.put(result)
-            else:
-                io.results.put(StageResult(spec.lane, result))
         except BaseException as exc:
             report.failure(exc, task.index, task.run_id, "transform")
+            continue
         finally:
+            # Waiting for room downstream is backpressure, not this step's time.
             io.current[worker_index] = IDLE
+        result = QueuedMinibatchTask(task.index, out, task.expected_outputs, task.run_id)
+        try:
+            if io.outbox is not None:
+                _put(io, io.outbox, result)
+            else:
+                io.results.put(StageResult(spec.lane, result))
+        except Exception as exc:  # the output cannot be encoded: say whose output it is
+            exc.add_note(f"Raised sending the output of step {spec.name!r} for minibatch {task.index}.")
+            report.failure(exc, task.index, task.run_id, "transform")
+    io.current[worker_index] = TEARDOWN
     try:
         call_hook(step, "teardown")
     except BaseException as exc:
         report.failure(exc, None, io.active_run.value, "teardown")
-    _stopped(spec, io)
+    _stopped(spec, worker_index, io)
 
 
-def _stopped(spec: StageSpec, io: WorkerIO) -> None:
-    """Count this worker out; the last one of the stage passes the stop on."""
+def _put(io: WorkerIO, channel: Channel, item: Any) -> None:
+    """Put ``item`` on the next stage's queue, waiting for room.
+
+    A worker process waits as long as it takes (an aborted run kills it); a
+    worker thread cannot be killed, so it gives up when its runtime aborts.
+    """
+    if io.portable:
+        channel.put(item)
+        return
+    while not channel.put(item, timeout=_PUT_CHECK):
+        if io.active_run.value == CLOSING:
+            return
+
+
+def _stopped(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
+    """Count this worker out; the last one of the stage passes the stop on.
+
+    In an aborted runtime every stage gets its STOPs directly from the parent.
+    """
     with io.stop_counter.get_lock():
         io.stop_counter.value -= 1
         last = io.stop_counter.value == 0
-    if not last:
+    io.current[worker_index] = STOPPED
+    if not last or io.active_run.value == CLOSING:
         return
     if io.outbox is not None:
         for _ in range(io.next_n_workers):
-            io.outbox.put(STOP)
+            _put(io, io.outbox, STOP)
     else:
         io.results.put(StageStopped(spec.lane, spec.index))
 
@@ -182,14 +229,20 @@ def process_main(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
     """Entry point of a worker process."""
     # Ctrl-C reaches the whole process group: the parent handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent()
+    _exit_with_parent(io.shm_prefix)
     if io.thread_limit is not None:
         _limit_threads(io.thread_limit)
     worker_loop(spec, worker_index, io)
 
 
-def _exit_with_parent() -> None:
-    """Exit at once when the parent process dies (its sentinel reaches EOF)."""
+def _exit_with_parent(shm_prefix: str | None) -> None:
+    """Exit at once when the parent process dies (its sentinel reaches EOF).
+
+    The sentinel is the parent's end of a pipe that only the process that
+    started this worker holds, under every start method: with ``forkserver``
+    it is the user's process, not the fork server. A parent that is killed
+    cannot unlink the run's shared-memory segments: its workers do, on the way out.
+    """
     parent = multiprocessing.parent_process()
     if parent is None or parent.sentinel is None:
         return
@@ -197,6 +250,8 @@ def _exit_with_parent() -> None:
 
     def watch() -> None:
         wait([sentinel])
+        if shm_prefix is not None:
+            unlink_segments(shm_prefix)
         os._exit(1)
 
     threading.Thread(target=watch, name="neuraxle_stream-parent-watch", daemon=True).start()

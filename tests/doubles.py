@@ -1,0 +1,275 @@
+"""Named test doubles shared by the test modules.
+
+Import them as ``from doubles import AddConstant, ...``: pytest puts ``tests/``
+on ``sys.path`` (its default ``prepend`` import mode, as ``tests/`` has no
+``__init__.py``), and worker processes inherit that path, so every double here
+is pickled *by reference* and imported again in each worker. Keep everything at
+module level, deterministic and cheap: these steps are run thousands of times.
+
+Stateless steps (``NonFittableMixin``): :class:`AddConstant`,
+:class:`MultiplyBy`, :class:`RandomDelay`, :class:`RaiseOn`,
+:class:`WorkerIdentity`, :class:`LifecycleRecorder`, :class:`BatchLength`.
+Fittable: :class:`MeanCenterer` (a complete scikit-learn transformer written on
+:class:`~neuraxle_stream.BaseTransformer`) and :class:`FitRecorder`. Per-item functions: :func:`square`,
+:func:`add_one`, :func:`describe_item`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import OneToOneFeatureMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from neuraxle_stream import BaseTransformer, NonFittableMixin
+
+__all__ = [
+    "AddConstant",
+    "BatchLength",
+    "DoubleFailure",
+    "FitRecorder",
+    "LifecycleRecorder",
+    "MeanCenterer",
+    "MultiplyBy",
+    "RaiseOn",
+    "RandomDelay",
+    "WorkerIdentity",
+    "add_one",
+    "describe_item",
+    "read_events",
+    "square",
+]
+
+
+# --- stateless arithmetic ---------------------------------------------------------------
+
+
+def _arith(data_inputs: Any, op: Any) -> Any:
+    """Apply ``op`` elementwise, keeping the container (lists stay lists)."""
+    if isinstance(data_inputs, list | tuple):
+        return [op(x) for x in data_inputs]
+    return op(data_inputs)  # ndarray, DataFrame, Series, sparse, tensor
+
+
+class AddConstant(NonFittableMixin, BaseTransformer):
+    """Add ``value`` to every element; keeps ndarrays, DataFrames, tensors, lists."""
+
+    def __init__(self, value: float = 1.0) -> None:
+        self.value = value
+
+    def transform(self, data_inputs: Any) -> Any:
+        """Return ``data_inputs + value``."""
+        return _arith(data_inputs, lambda x: x + self.value)
+
+
+class MultiplyBy(NonFittableMixin, BaseTransformer):
+    """Multiply every element by ``factor``; works on sparse matrices too."""
+
+    def __init__(self, factor: float = 2.0) -> None:
+        self.factor = factor
+
+    def transform(self, data_inputs: Any) -> Any:
+        """Return ``data_inputs * factor``."""
+        return _arith(data_inputs, lambda x: x * self.factor)
+
+
+class RandomDelay(NonFittableMixin, BaseTransformer):
+    """Sleep a pseudo-random time per minibatch, then return it unchanged.
+
+    The delay is a hash of the minibatch bytes, so runs are reproducible but
+    workers finish out of order: the joiner has to restore the order.
+    """
+
+    def __init__(self, max_delay: float = 0.005) -> None:
+        self.max_delay = max_delay
+
+    def transform(self, data_inputs: Any) -> Any:
+        """Sleep up to ``max_delay`` seconds; return the inputs."""
+        key = zlib.crc32(repr(data_inputs).encode()) / 2**32
+        time.sleep(self.max_delay * key)
+        return data_inputs
+
+
+class DoubleFailure(ValueError):
+    """The error :class:`RaiseOn` raises: a picklable ``ValueError`` subclass."""
+
+
+class RaiseOn(NonFittableMixin, BaseTransformer):
+    """Raise :class:`DoubleFailure` on a minibatch holding ``value``; else identity."""
+
+    def __init__(self, value: Any = -1) -> None:
+        self.value = value
+
+    def transform(self, data_inputs: Any) -> Any:
+        """Return the inputs, or raise when ``value`` is among them."""
+        if any(np.any(np.asarray(item) == self.value) for item in data_inputs):
+            raise DoubleFailure(f"found the bad value {self.value!r}")
+        return data_inputs
+
+
+# --- worker identity and lifecycle --------------------------------------------------------
+
+
+class WorkerIdentity(NonFittableMixin, BaseTransformer):
+    """Report which copy of the step handled each item.
+
+    Each output item is ``(pid, id(self), thread_name, tag, call_number)``:
+    the process and the copy of the step that ran the minibatch, the ``tag``
+    set by ``worker_arguments``, and this copy's own call counter (1, 2, ...),
+    which only counts without gaps when no other worker shares the copy.
+    ``delay`` (seconds per minibatch) spreads the minibatches over the workers.
+    """
+
+    def __init__(self, tag: Any = None, delay: float = 0.0) -> None:
+        self.tag = tag
+        self.delay = delay
+
+    def transform(self, data_inputs: Any) -> list[tuple[int, int, str, Any, int]]:
+        """One identity tuple per input item."""
+        self.calls_ = getattr(self, "calls_", 0) + 1
+        call = self.calls_
+        if self.delay:
+            time.sleep(self.delay)
+        who = (os.getpid(), id(self), threading.current_thread().name, self.tag, call)
+        return [who] * len(data_inputs)
+
+
+class LifecycleRecorder(NonFittableMixin, BaseTransformer):
+    """Record ``setup()`` and ``teardown()`` calls as JSON files in ``log_dir``.
+
+    Each call writes one file ``{event}-{uuid}.json`` holding the event, pid,
+    ``id(self)``, thread name and ``tag``; read them back with :func:`read_events`.
+    ``transform`` returns the inputs unchanged and fails unless ``setup()`` ran
+    on this very copy first. ``setup_calls_`` / ``teardown_calls_`` count calls
+    on this copy: on the parent's object they must stay 0.
+    """
+
+    def __init__(self, log_dir: str = "", tag: Any = None) -> None:
+        self.log_dir = log_dir
+        self.tag = tag
+
+    def _record(self, event: str) -> None:
+        record = {
+            "event": event,
+            "pid": os.getpid(),
+            "obj": id(self),
+            "thread": threading.current_thread().name,
+            "tag": self.tag,
+        }
+        path = Path(self.log_dir) / f"{event}-{uuid.uuid4().hex}.json"
+        path.write_text(json.dumps(record))
+
+    def setup(self) -> None:
+        """Count and record the call."""
+        self.setup_calls_ = getattr(self, "setup_calls_", 0) + 1
+        self._record("setup")
+
+    def teardown(self) -> None:
+        """Count and record the call."""
+        self.teardown_calls_ = getattr(self, "teardown_calls_", 0) + 1
+        self._record("teardown")
+
+    def transform(self, data_inputs: Any) -> Any:
+        """Return the inputs; raise when ``setup()`` has not run on this copy."""
+        if getattr(self, "setup_calls_", 0) != 1:
+            raise RuntimeError("transform() called on a copy whose setup() did not run once")
+        return data_inputs
+
+
+def read_events(log_dir: str | Path, event: str | None = None) -> list[dict[str, Any]]:
+    """The records written by :class:`LifecycleRecorder` in ``log_dir``."""
+    records = [json.loads(p.read_text()) for p in Path(log_dir).glob("*.json")]
+    return [r for r in records if event is None or r["event"] == event]
+
+
+# --- a fittable scikit-learn transformer -----------------------------------------------------
+
+
+class MeanCenterer(OneToOneFeatureMixin, BaseTransformer):
+    """Subtract the column means learnt by ``fit``: a complete sklearn transformer.
+
+    Validates its input as scikit-learn estimators do (``n_features_in_``,
+    ``feature_names_in_``, sparse and NaN rejected), so it passes
+    ``check_estimator``; ``n_samples_seen_`` tells how many rows it was fitted on.
+    """
+
+    def __init__(self, with_mean: bool = True) -> None:
+        self.with_mean = with_mean
+
+    def fit(self, X: Any, y: Any = None) -> MeanCenterer:
+        """Learn ``mean_`` (zeros when ``with_mean=False``)."""
+        X = validate_data(self, X, dtype=np.float64)
+        self.mean_ = X.mean(axis=0) if self.with_mean else np.zeros(X.shape[1])
+        self.n_samples_seen_ = X.shape[0]
+        return self
+
+    def transform(self, data_inputs: Any) -> np.ndarray:
+        """Return ``data_inputs - mean_`` as a float ndarray."""
+        check_is_fitted(self)
+        X = validate_data(self, data_inputs, dtype=np.float64, reset=False)
+        return X - self.mean_
+
+
+class FitRecorder(BaseTransformer):
+    """Record what ``fit`` received (``fit_inputs_``, ``fit_targets_``); transform is identity.
+
+    Tells whether a step was fitted on the whole output of the stages before it
+    (not on a minibatch) and with the targets the pipeline was given.
+    """
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+
+    def fit(self, X: Any, y: Any = None) -> FitRecorder:
+        """Keep copies of ``X`` and ``y``; count the calls in ``n_fits_``.
+
+        Sleeps ``delay`` seconds first and records the thread it ran on in
+        ``fit_thread_``, to show that union branches are fitted in parallel.
+        """
+        self.fit_started_ = time.monotonic()
+        if self.delay:
+            time.sleep(self.delay)
+        self.fit_thread_ = threading.current_thread().name
+        self.fit_inputs_ = np.array(X, copy=True)
+        self.fit_targets_ = None if y is None else np.array(y, copy=True)
+        self.n_fits_ = getattr(self, "n_fits_", 0) + 1
+        return self
+
+    def transform(self, data_inputs: Any) -> Any:
+        """Return the inputs unchanged (fails unless fitted)."""
+        check_is_fitted(self)
+        return data_inputs
+
+
+class BatchLength(NonFittableMixin, BaseTransformer):
+    """Replace each item by the length of the minibatch it came in (a list)."""
+
+    def transform(self, data_inputs: Any) -> list[int]:
+        """``[len(data_inputs)] * len(data_inputs)``."""
+        return [len(data_inputs)] * len(data_inputs)
+
+
+# --- per-item functions --------------------------------------------------------------------
+
+
+def square(x: Any) -> Any:
+    """``x * x``: a per-item operator."""
+    return x * x
+
+
+def add_one(x: Any) -> Any:
+    """``x + 1``: a per-item operator."""
+    return x + 1
+
+
+def describe_item(x: Any) -> str:
+    """A string per item: a per-item operator whose outputs cannot be stacked."""
+    return f"item:{x}"
