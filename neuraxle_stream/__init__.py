@@ -9,13 +9,16 @@ from .exceptions import (
     BrokenPipelineError,
     CacheWarning,
     InvalidParameterError,
+    PipelineStoppedError,
     RemoteTraceback,
     WorkerError,
 )
+from .hooks import PipelineHook, StageInfo, TaskStatsHook
 from .joiner import WorkersJoiner
 from .messages import MinibatchError, QueuedMinibatchTask
 from .pipeline import ParallelWorkersWrapper, SequentialQueuedPipeline, StripAbsentValues
 from .savers import BaseSaver, CloudpickleSaver, TorchSaver
+from .stats import PipelineStats, QueueStats, StageStats
 from .steps import BaseTransformer, Identity, NonFittableMixin
 from .union import ParallelQueuedFeatureUnion
 
@@ -34,12 +37,20 @@ __all__ = [
     "QueuedMinibatchTask",
     "MinibatchError",
     "StripAbsentValues",
+    # hooks and stats
+    "PipelineHook",
+    "StageInfo",
+    "TaskStatsHook",
+    "PipelineStats",
+    "StageStats",
+    "QueueStats",
     # savers
     "BaseSaver",
     "CloudpickleSaver",
     "TorchSaver",
     # errors
     "InvalidParameterError",
+    "PipelineStoppedError",
     "BrokenPipelineError",
     "WorkerError",
     "RemoteTraceback",

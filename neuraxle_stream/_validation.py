@@ -14,7 +14,6 @@ from typing import Any
 
 from sklearn.utils._param_validation import (
     Interval,
-    Options,
     StrOptions,
     validate_parameter_constraints,
 )
@@ -23,7 +22,7 @@ from sklearn.utils._param_validation import InvalidParameterError as _SkInvalidP
 from .exceptions import InvalidParameterError
 from .steps import as_step, step_display_name
 
-__all__ = ["COMMON_CONSTRAINTS", "StageDesc", "parse_steps", "validate_params"]
+__all__ = ["COMMON_CONSTRAINTS", "StageDesc", "check_hooks", "parse_steps", "validate_params"]
 
 _POSITIVE_INT = Interval(numbers.Integral, 1, None, closed="left")
 _POSITIVE_REAL = Interval(numbers.Real, 0, None, closed="neither")
@@ -40,10 +39,10 @@ COMMON_CONSTRAINTS: dict[str, Any] = {
     "default_value_expected_outputs": "no_validation",
     "backend": [StrOptions({"process", "thread", "ray"}), None],
     "mp_context": "no_validation",  # a name or a context object: checked in validate_params
-    "hooks": [None],  # hooks are not available in this version
+    "hooks": [list, tuple, None],  # of PipelineHook instances: checked in validate_params
     "memory": [None],  # caching is not available in this version
     "output_order": [StrOptions({"input", "completion"})],
-    "progress": [Options(bool, {False})],  # progress bars are not available in this version
+    "progress": ["boolean"],
     "verbose": ["verbose"],
     "timeout": [_POSITIVE_REAL, None],
 }
@@ -64,6 +63,8 @@ def validate_params(constraints: dict[str, Any], params: dict[str, Any], caller:
             raise InvalidParameterError(
                 f"The {name!r} parameter of {caller} must be {text}. Got {params[name]!r} instead."
             )
+    if "hooks" in constraints:
+        check_hooks(params.get("hooks"), caller)
     context = params.get("mp_context")
     if context is not None and not (
         context in ("forkserver", "spawn", "fork") or hasattr(context, "get_start_method")
@@ -72,6 +73,19 @@ def validate_params(constraints: dict[str, Any], params: dict[str, Any], caller:
             f"The 'mp_context' parameter of {caller} must be a str among "
             f"{{'fork', 'forkserver', 'spawn'}}, a multiprocessing context or None. "
             f"Got {context!r} instead."
+        )
+
+
+def check_hooks(hooks: Any, caller: str) -> None:
+    """Raise :class:`InvalidParameterError` unless ``hooks`` is None or a list of PipelineHook."""
+    from .hooks import PipelineHook
+
+    if hooks is None:
+        return
+    if not isinstance(hooks, list | tuple) or not all(isinstance(h, PipelineHook) for h in hooks):
+        raise InvalidParameterError(
+            f"The 'hooks' parameter of {caller} must be a list of PipelineHook instances "
+            f"or None. Got {hooks!r} instead."
         )
 
 

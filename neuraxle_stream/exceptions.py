@@ -15,6 +15,7 @@ __all__ = [
     "BrokenPipelineError",
     "CacheWarning",
     "InvalidParameterError",
+    "PipelineStoppedError",
     "RemoteTraceback",
     "WorkerError",
 ]
@@ -36,6 +37,14 @@ class BrokenPipelineError(RuntimeError):
     Raised when a worker process is killed, segfaults, runs out of memory or
     crashes at start-up. The message names the step, the worker and its exit
     code or signal. Every other worker of the run is stopped before it is raised.
+    """
+
+
+class PipelineStoppedError(RuntimeError):
+    """The running call was stopped by ``pipeline.stop()`` (from another thread).
+
+    The workers are healthy: inside ``with pipeline:`` they stay up for the
+    next call, and the tasks of the stopped call are dropped.
     """
 
 

@@ -6,14 +6,15 @@ sentinels with a ``repr``, never bare tuples or ``None``.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .exceptions import RemoteTraceback, WorkerError
 
-__all__ = ["MinibatchError", "QueuedMinibatchTask"]
+__all__ = ["MinibatchError", "QueuedMinibatchTask", "TaskRecord", "WorkerLog"]
 
 
 class _Sentinel:
@@ -43,6 +44,47 @@ class _Sentinel:
 STOP = _Sentinel("STOP")
 
 
+class TaskRecord(NamedTuple):
+    """What one worker measured for one minibatch; merged into stats in the parent.
+
+    Records ride on the messages already flowing (each stage appends its own
+    to :attr:`QueuedMinibatchTask.stats`; a failure carries them on its
+    :class:`MinibatchError`), so measuring costs no extra message.
+
+    Attributes
+    ----------
+    stage : str
+        The step name.
+    worker : int
+        Index of the worker within its stage.
+    n_items : int
+        Rows of the minibatch the step received.
+    start : float
+        When the step started on it (``time.time()``, for timelines).
+    duration : float
+        Seconds in the step's ``transform`` (``time.perf_counter``).
+    get_wait : float
+        Seconds the worker waited on its input queue before getting it.
+    put_wait : float or None
+        Seconds the worker waited for room on the next queue when it put its
+        *previous* output of the same run (the wait of a put is known only
+        after the put, too late for the output it sends); ``None`` when there
+        is none (first minibatch, or the last stage of a lane, whose results
+        channel never waits).
+    failed : bool
+        Whether the step (or a task hook) raised.
+    """
+
+    stage: str
+    worker: int
+    n_items: int
+    start: float
+    duration: float
+    get_wait: float
+    put_wait: float | None
+    failed: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class QueuedMinibatchTask:
     """A minibatch on its way through the stages.
@@ -58,12 +100,15 @@ class QueuedMinibatchTask:
     run_id : int, default=0
         The run that produced the task; workers and the joiner drop tasks of
         runs that were cancelled.
+    stats : tuple of TaskRecord, default=()
+        What each stage it went through measured, in stage order.
     """
 
     index: int
     data_inputs: Any
     expected_outputs: Any = None
     run_id: int = 0
+    stats: tuple[TaskRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +148,9 @@ class MinibatchError:
         The run the failure belongs to.
     phase : str
         ``"transform"``, ``"setup"``, ``"teardown"`` or ``"load"``.
+    stats : tuple of TaskRecord
+        The records of the failed minibatch: its earlier stages, then the
+        failure itself.
     """
 
     step_name: str
@@ -113,6 +161,7 @@ class MinibatchError:
     run_id: int = 0
     phase: str = "transform"
     extra: dict[str, Any] = field(default_factory=dict)
+    stats: tuple[TaskRecord, ...] = ()
 
     @classmethod
     def capture(
@@ -125,11 +174,12 @@ class MinibatchError:
         run_id: int,
         phase: str = "transform",
         portable: bool = True,
+        stats: tuple[TaskRecord, ...] = (),
     ) -> MinibatchError:
         """Build the message for ``exc``, made picklable when ``portable``."""
         tb = "".join(traceback.format_exception(exc))
         error = _portable(exc, tb) if portable else exc
-        return cls(step_name, worker_index, index, error, tb, run_id, phase)
+        return cls(step_name, worker_index, index, error, tb, run_id, phase, stats=stats)
 
     def describe(self) -> str:
         """Where it happened, as used in exception notes."""
@@ -144,6 +194,19 @@ class MinibatchError:
         if note not in getattr(exc, "__notes__", ()):
             exc.add_note(note)
         return exc
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLog:
+    """A ``logging`` record from a worker process, on its way to the parent's handlers."""
+
+    record: logging.LogRecord
+
+    def emit(self) -> None:
+        """Hand the record to the parent's logger of the same name, if it is enabled there."""
+        logger = logging.getLogger(self.record.name)
+        if logger.isEnabledFor(self.record.levelno):
+            logger.handle(self.record)
 
 
 def _portable(exc: BaseException, tb: str) -> BaseException:

@@ -5,6 +5,10 @@ with its own workers; :class:`ParallelWorkersWrapper` is one such stage, usable
 on its own. Both are scikit-learn estimators whose ``__init__`` only stores
 its parameters: workers, queues and processes exist only while a call runs,
 or inside ``with pipeline:``.
+
+Each call (``fit``, ``transform``, ``fit_transform``, ``stream``) has a
+:class:`~neuraxle_stream.stats.CallMonitor` that merges the workers' records;
+at the end of the call they become ``pipeline.stats_``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -22,15 +27,27 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from . import _containers
-from ._validation import COMMON_CONSTRAINTS, StageDesc, parse_steps, validate_params
+from ._validation import COMMON_CONSTRAINTS, StageDesc, check_hooks, parse_steps, validate_params
 from .backends import Backend, ProcessBackend, ThreadBackend
 from .exceptions import InvalidParameterError
+from .hooks import dump_hooks
 from .runtime import Runtime
 from .savers import save_step
+from .stats import CallMonitor, PipelineStats
 from .steps import BaseTransformer, is_fittable, iter_items
 from .workers import StageSpec
 
 __all__ = ["ParallelWorkersWrapper", "SequentialQueuedPipeline", "StripAbsentValues"]
+
+# ``stats_`` lives here rather than in the pipeline's ``__dict__``: a call to
+# ``transform`` must leave ``__dict__`` as it was (scikit-learn's
+# check_dict_unchanged), and stats are not part of a pickled pipeline.
+_LAST_STATS: weakref.WeakKeyDictionary[Any, PipelineStats] = weakref.WeakKeyDictionary()
+
+
+#: The runtimes each pipeline is running now, for :meth:`_QueuedBase.stop`
+#: (kept outside the estimator so that its ``__dict__`` does not change).
+_RUNNING: weakref.WeakKeyDictionary[Any, list[Runtime]] = weakref.WeakKeyDictionary()
 
 
 class StripAbsentValues:
@@ -120,9 +137,17 @@ class _QueuedBase(BaseTransformer):
 
     def _specs(self, lanes: list[list[StageDesc]], settings: dict[str, Any]) -> list[list[StageSpec]]:
         specs = []
+        hooks = tuple(settings.get("hooks") or ())
+        saved_hooks = dump_hooks(hooks)
+        positions = {d.name: i for i, d in enumerate(self._stage_descs())}
         for lane_index, lane in enumerate(lanes):
             lane_specs = []
             for i, d in enumerate(lane):
+                stage_hooks = saved_hooks
+                if isinstance(d.owner, ParallelWorkersWrapper) and d.owner.hooks:
+                    # a wrapper in the steps: its own hooks run in its stage, after the pipeline's
+                    check_hooks(d.owner.hooks, type(d.owner).__name__)
+                    stage_hooks = dump_hooks(hooks + tuple(d.owner.hooks))
                 step = d.runnable
                 queue = d.max_queue_size if d.max_queue_size is not None else 2 * d.n_workers
                 lane_specs.append(
@@ -135,6 +160,8 @@ class _QueuedBase(BaseTransformer):
                         payload=save_step(step, d.name, settings.get("use_savers", False)),
                         worker_arguments=d.worker_arguments,
                         may_change_length=bool(getattr(step, "may_change_length", False)),
+                        hooks=stage_hooks,
+                        step_index=positions.get(d.name),
                     )
                 )
             specs.append(lane_specs)
@@ -156,7 +183,16 @@ class _QueuedBase(BaseTransformer):
             return runtime
         runtime = Runtime(specs, self._make_backend(settings, specs), timeout=settings.get("timeout"))
         if self.__dict__.get("_keep_alive"):
-            self.__dict__.setdefault("_runtimes", {})[key] = runtime
+            kept = self.__dict__.setdefault("_runtimes", {})
+            # A kept runtime for the same stages whose steps (or settings) changed
+            # since holds stale step copies: stop it rather than keep both.
+            stages = [[s.name for s in lane] for lane in specs]
+            for old_key, old in list(kept.items()):
+                if [[s.name for s in lane] for lane in old.lanes] == stages:
+                    del kept[old_key]
+                    with contextlib.suppress(Exception):
+                        old.close(graceful=not old.broken)
+            kept[key] = runtime
         return runtime
 
     def _release(self, runtime: Runtime, failed: bool) -> None:
@@ -188,7 +224,13 @@ class _QueuedBase(BaseTransformer):
             yield batch, None
 
     def _run(
-        self, X: Any, start: int, stop: int, settings: dict[str, Any], ordered: bool = True
+        self,
+        X: Any,
+        start: int,
+        stop: int,
+        settings: dict[str, Any],
+        monitor: CallMonitor,
+        ordered: bool = True,
     ) -> Iterator[tuple[int, Any]]:
         """Run stages ``start:stop`` on ``X``; yield ``(index, joined minibatch output)``."""
         descs = self._stage_descs()
@@ -197,20 +239,28 @@ class _QueuedBase(BaseTransformer):
         runtime = self._runtime(specs, settings)
         padded: dict[int, int] = {}
         failed = True
+        monitor.begin_run(specs)
+        running = _RUNNING.setdefault(self, [])
+        running.append(runtime)
         try:
-            for index, outputs in runtime.run(self._minibatches(X, settings, padded), ordered=ordered):
+            batches = self._minibatches(X, settings, padded)
+            for index, outputs in runtime.run(batches, ordered=ordered, observer=monitor.collector):
                 out = self._join_lanes(outputs, lanes[0] if len(lanes) == 1 else [lane[0] for lane in lanes])
                 if index in padded:
                     out = _containers.slice_rows(out, 0, padded.pop(index))
                 yield index, out
             failed = False
         finally:
+            running.remove(runtime)
+            monitor.end_run(specs, ok=not failed)
             self._release(runtime, failed)
 
-    def _transform_range(self, X: Any, start: int, stop: int, settings: dict[str, Any]) -> Any:
+    def _transform_range(
+        self, X: Any, start: int, stop: int, settings: dict[str, Any], monitor: CallMonitor
+    ) -> Any:
         if _containers.is_sequence(X) and _containers.num_rows(X) == 0:
             return _containers.empty_rows(X)
-        parts = [out for _, out in self._run(X, start, stop, settings)]
+        parts = [out for _, out in self._run(X, start, stop, settings, monitor)]
         joiner = settings.get("data_joiner")
         if joiner is not None:
             return joiner.transform(parts) if hasattr(joiner, "transform") else joiner(parts)
@@ -222,17 +272,25 @@ class _QueuedBase(BaseTransformer):
 
     def fit(self, X: Any, y: Any = None, **fit_params: Any) -> _QueuedBase:
         """Fit every fittable step on the output of the stages before it."""
-        self._fit(_containers.as_rows(X), y, transform=False)
+        settings = self._check_params()
+        X = _containers.as_rows(X)
+        with self._monitor(settings, X) as monitor:
+            self._fit(X, y, settings, monitor, transform=False)
         return self
 
     def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
         """Fit, then return the outputs of the whole pipeline for ``X``."""
-        return self._fit(_containers.as_rows(X), y, transform=True)
+        settings = self._check_params()
+        X = _containers.as_rows(X)
+        with self._monitor(settings, X) as monitor:
+            return self._fit(X, y, settings, monitor, transform=True)
 
     def transform(self, X: Any) -> Any:
         """Run ``X`` through every stage and return the joined outputs, in input order."""
         settings = self._check_params()
-        return self._transform_range(_containers.as_rows(X), 0, len(self._stage_descs()), settings)
+        X = _containers.as_rows(X)
+        with self._monitor(settings, X) as monitor:
+            return self._transform_range(X, 0, len(self._stage_descs()), settings, monitor)
 
     def stream(self, iterable: Iterable[Any]) -> Iterator[Any]:
         """Yield the outputs for the items of ``iterable``, one item at a time.
@@ -244,21 +302,55 @@ class _QueuedBase(BaseTransformer):
         settings = self._check_params()
         ordered = settings.get("output_order", "input") == "input"
         n = len(self._stage_descs())
-        for _, out in self._run(iterable, 0, n, settings, ordered=ordered):
-            yield from iter_items(out)
+        with self._monitor(settings, iterable) as monitor:
+            for _, out in self._run(iterable, 0, n, settings, monitor, ordered=ordered):
+                yield from iter_items(out)
 
-    def _fit(self, X: Any, y: Any, transform: bool) -> Any:
+    def _fit(self, X: Any, y: Any, settings: dict[str, Any], monitor: CallMonitor, transform: bool) -> Any:
         raise NotImplementedError
 
-    def _fit_step(self, desc: StageDesc, X: Any, y: Any, settings: dict[str, Any], position: int) -> None:
+    def _fit_step(self, desc: StageDesc, X: Any, y: Any, monitor: CallMonitor) -> None:
         t0 = time.perf_counter()
         desc.step.fit(X, y)
-        if settings.get("verbose"):
-            total = len(self._stage_descs())
-            print(
-                f"[{type(self).__name__}] ... (step {position + 1} of {total}) "
-                f"Fitting {desc.name}, total={time.perf_counter() - t0:5.1f}s"
-            )
+        monitor.fitted(desc.name, time.perf_counter() - t0)
+
+    # -- stats -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _monitor(self, settings: dict[str, Any], X: Any) -> Iterator[CallMonitor]:
+        """The monitor of one call; at its end, its stats become ``stats_``."""
+        descs = self._stage_descs()
+        monitor = CallMonitor(
+            type(self).__name__,
+            [(d.name, d.n_workers) for d in descs],
+            hooks=settings.get("hooks") or (),
+            progress=bool(settings.get("progress")),
+            verbose=bool(settings.get("verbose")),
+            total_items=_expected_items(X, settings),
+        )
+        try:
+            with monitor:
+                yield monitor
+        finally:
+            _LAST_STATS[self] = monitor.stats or monitor.collector.snapshot()
+
+    @property
+    def stats_(self) -> PipelineStats:
+        """The stats of the last call (``fit``, ``transform``, ``fit_transform``, ``stream``).
+
+        A :class:`~neuraxle_stream.PipelineStats`: ``stats_[name]`` is the
+        :class:`~neuraxle_stream.StageStats` of step ``name``,
+        ``stats_.queues[name]`` the :class:`~neuraxle_stream.QueueStats` of
+        its input queue; ``print(stats_)`` shows the table and the
+        bottleneck. Set after failed calls too (failures counted).
+        """
+        try:
+            return _LAST_STATS[self]
+        except KeyError:
+            raise AttributeError(
+                f"This {type(self).__name__} has no stats_ yet: they are set by each call "
+                "(fit, transform, fit_transform, stream)."
+            ) from None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -268,6 +360,18 @@ class _QueuedBase(BaseTransformer):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def stop(self) -> bool:
+        """Stop the call running on this pipeline, from any other thread.
+
+        The running ``transform``, ``fit_transform`` or ``stream`` raises
+        :class:`~neuraxle_stream.PipelineStoppedError` at once; workers kept by
+        ``with pipeline:`` stay up. Returns ``False`` when no call is running.
+        """
+        running = list(_RUNNING.get(self, ()))
+        for runtime in running:
+            runtime.stop()
+        return bool(running)
 
     def close(self) -> None:
         """Stop the workers kept by ``with pipeline:``; safe to call twice."""
@@ -437,12 +541,17 @@ class SequentialQueuedPipeline(_QueuedBase):
         Where workers run; wins over ``use_processes``.
     mp_context : str or multiprocessing context, default=None
         Start method for process workers (``forkserver`` on Linux by default).
-    hooks, memory, progress : default None/False
-        Reserved for hooks, caching and progress bars; must be left unset.
+    hooks : list of PipelineHook or None, default=None
+        Hooks run in every worker, around its lifetime and each minibatch;
+        their ``report`` runs in the parent at the end of each call.
+    memory : None
+        Reserved for caching; must be left unset.
     output_order : {"input", "completion"}, default="input"
         Order of ``stream`` outputs.
+    progress : bool, default=False
+        Draw one progress bar per step (plain lines when stderr is not a terminal).
     verbose : bool, default=False
-        Print one line per step fitted.
+        Print a scikit-learn-style line per step fitted and per step run.
     timeout : float or None, default=None
         Seconds a worker may spend on one minibatch before a ``TimeoutError``.
 
@@ -504,8 +613,7 @@ class SequentialQueuedPipeline(_QueuedBase):
             self.steps, type(self).__name__, self.n_workers_per_step, self.max_queued_minibatches
         )
 
-    def _fit(self, X: Any, y: Any, transform: bool) -> Any:
-        settings = self._check_params()
+    def _fit(self, X: Any, y: Any, settings: dict[str, Any], monitor: CallMonitor, transform: bool) -> Any:
         descs = self._stage_descs()
         fittable = [i for i, d in enumerate(descs) if is_fittable(d.step)]
         if fittable and not _containers.is_sequence(X):
@@ -513,13 +621,29 @@ class SequentialQueuedPipeline(_QueuedBase):
         data, start = X, 0
         for k in fittable:
             if k > start:
-                data = self._transform_range(data, start, k, settings)
+                data = self._transform_range(data, start, k, settings, monitor)
                 y = _trim_targets(y, data)
-            self._fit_step(descs[k], data, y, settings, k)
+            self._fit_step(descs[k], data, y, monitor)
             start = k
         if not transform:
             return self
-        return self._transform_range(data, start, len(descs), settings)
+        return self._transform_range(data, start, len(descs), settings, monitor)
+
+
+def _expected_items(X: Any, settings: dict[str, Any]) -> int | None:
+    """Rows each step will receive from ``X``, when ``X`` has a length (for progress bars)."""
+    try:
+        n = _containers.num_rows(X) if _containers.is_sequence(X) else len(X)
+    except TypeError:
+        return None
+    batch_size = settings.get("batch_size") or 32
+    short = n % batch_size
+    if short and not settings.get("keep_incomplete_batch", True):
+        return n - short
+    padding = settings.get("default_value_data_inputs")
+    if short and padding is not None and not isinstance(padding, StripAbsentValues):
+        return n - short + batch_size
+    return n
 
 
 def _trim_targets(y: Any, data: Any) -> Any:
@@ -563,6 +687,10 @@ class ParallelWorkersWrapper(_QueuedBase):
     batch_size : int or None, default=None
         Rows per minibatch when used on its own (``None``: 32); inside a
         pipeline, the pipeline's.
+    hooks : list of PipelineHook or None, default=None
+        As on :class:`SequentialQueuedPipeline`. Inside a pipeline, they run
+        in this stage's workers only, after the pipeline's own hooks (and
+        their ``report`` is not called: the pipeline's hooks report).
 
     Examples
     --------
@@ -629,11 +757,10 @@ class ParallelWorkersWrapper(_QueuedBase):
         super(_QueuedBase, self).set_params(**params)
         return self
 
-    def _fit(self, X: Any, y: Any, transform: bool) -> Any:
-        settings = self._check_params()
+    def _fit(self, X: Any, y: Any, settings: dict[str, Any], monitor: CallMonitor, transform: bool) -> Any:
         desc = self._stage_descs()[0]
         if is_fittable(desc.step):
             if not _containers.is_sequence(X):
                 X = list(X)
-            self._fit_step(desc, X, y, settings, 0)
-        return self._transform_range(X, 0, 1, settings) if transform else self
+            self._fit_step(desc, X, y, monitor)
+        return self._transform_range(X, 0, 1, settings, monitor) if transform else self

@@ -57,12 +57,19 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backends import Backend, WorkerHandle
-from .exceptions import BrokenPipelineError
+from .exceptions import BrokenPipelineError, PipelineStoppedError
 from .joiner import WorkersJoiner
-from .messages import STOP, MinibatchError, QueuedMinibatchTask, StageResult, StageStopped
+from .messages import (
+    STOP,
+    MinibatchError,
+    QueuedMinibatchTask,
+    StageResult,
+    StageStopped,
+    WorkerLog,
+)
 from .queues import Channel, ResultChannel
 from .workers import (
     CLOSING,
@@ -76,12 +83,17 @@ from .workers import (
     WorkerIO,
 )
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .stats import StatsCollector
+
 __all__ = ["Runtime"]
 
 #: Seconds a graceful stop waits for workers to finish before killing them.
 STOP_GRACE = 10.0
 #: Seconds an abort waits for worker threads (which cannot be killed) to exit.
-ABORT_GRACE = 1.0
+ABORT_GRACE = 0.5
+#: Seconds between two checks for the end of a run while the feeder waits on a full queue.
+_FEED_CHECK = 0.05
 _run_ids = itertools.count(1)
 
 
@@ -92,6 +104,13 @@ class _FeederDone:
     run_id: int
     count: int
     failed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _StopRequested:
+    """Put on the result channel by :meth:`Runtime.stop` to end the current run."""
+
+    run_id: int
 
 
 @dataclass
@@ -135,6 +154,8 @@ class Runtime:
         self._results: ResultChannel | None = None
         self._finalizer: weakref.finalize | None = None
         self._feeding: tuple[threading.Event, threading.Semaphore, threading.Thread] | None = None
+        self._run_id = IDLE_RUN
+        self._stop_pending = False
         per_lane = [sum(s.max_queue_size + s.n_workers for s in lane) for lane in lanes]
         self.max_in_flight = max(per_lane) + 1
 
@@ -238,6 +259,8 @@ class Runtime:
                     pending.discard(msg.lane)
                 elif isinstance(msg, MinibatchError) and msg.phase in ("setup", "teardown"):
                     errors.append(msg.to_exception())
+                elif isinstance(msg, WorkerLog):
+                    msg.emit()
             for sentinel in fired:
                 stage, w = watched.pop(sentinel)
                 if stage.io.current[w] != STOPPED:  # died instead of stopping: the stop cannot finish
@@ -246,26 +269,17 @@ class Runtime:
         return True, errors
 
     def _abort(self) -> None:
-        """Stop at once: kill worker processes; tell worker threads to exit.
-
-        Threads cannot be killed: each is sent STOP directly and exits as soon
-        as its step returns (a step stuck forever keeps its thread).
-        """
+        """Stop at once: kill worker processes; tell worker threads to exit."""
         self._active.value = CLOSING
         for stage in self._stages:
             for handle in stage.handles:
                 handle.kill()
-        if self.backend.portable:
-            return
-        # A worker waiting on an empty queue needs a STOP; one that is busy, or
-        # has a full queue, sees CLOSING before its next get.
-        for stage in self._stages:
-            for _ in range(stage.spec.n_workers):
-                if not stage.io.inbox.put(STOP, timeout=0.1):
-                    break
 
     def _join(self) -> None:
-        deadline = time.monotonic() + (ABORT_GRACE if self._active.value == CLOSING else STOP_GRACE)
+        aborted = self._active.value == CLOSING
+        deadline = time.monotonic() + (ABORT_GRACE if aborted else STOP_GRACE)
+        if aborted and not self.backend.portable:
+            self._release_threads(deadline)
         for stage in self._stages:
             for handle in stage.handles:
                 handle.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -274,18 +288,36 @@ class Runtime:
                     handle.join(timeout=1.0)
         self._stages.clear()
 
+    def _release_threads(self, deadline: float) -> None:
+        """Wake the worker threads of an aborted runtime until they exit or ``deadline``.
+
+        A thread waiting on an empty queue needs a STOP there; one that is
+        busy, or has a full queue, sees CLOSING before its next get. A thread
+        stuck in its step cannot be killed: it exits when the step returns.
+        """
+        while time.monotonic() < deadline:
+            alive = [(stage, h) for stage in self._stages for h in stage.handles if h.is_alive()]
+            if not alive:
+                return
+            for stage, _ in alive:
+                stage.io.inbox.put(STOP, timeout=0)  # no room: its workers are not waiting
+            alive[0][1].join(timeout=0.02)
+
     def _sentinels(self) -> list[Any]:
         return [h.sentinel for s in self._stages for h in s.handles if h.sentinel is not None]
 
     # -- one run ---------------------------------------------------------------
 
-    def run(self, batches: Iterable[tuple[Any, Any]], ordered: bool = True) -> Iterator[tuple[int, list[Any]]]:
+    def run(
+        self, batches: Iterable[tuple[Any, Any]], ordered: bool = True, observer: StatsCollector | None = None
+    ) -> Iterator[tuple[int, list[Any]]]:
         """Feed ``batches`` through the lanes; yield ``(index, lane_outputs)``.
 
         The caller must exhaust or close the generator. A step error, a source
         error or closing the generator leave the runtime usable (the tasks of
         this run are dropped by their run id); any other failure (a dead or
         stuck worker, a failed ``setup()``, Ctrl-C) marks it ``broken``.
+        ``observer`` gets the workers' records of each minibatch of this run.
         """
         if not self.started:
             try:
@@ -302,12 +334,15 @@ class Runtime:
         feeder_error: list[BaseException] = []
         feeder = threading.Thread(
             target=self._feed,
-            args=(iter(batches), run_id, stop, credits, feeder_error),
+            args=(iter(batches), run_id, stop, credits, feeder_error, observer),
             name="neuraxle_stream-feeder",
             daemon=True,
         )
         feeder.start()
+        self._run_id = run_id
         self._feeding = (stop, credits, feeder)
+        if self._stop_pending:  # stop() came while the run was starting
+            results.put(_StopRequested(run_id))
         joiner = WorkersJoiner(n_worker_wrappers_to_join=len(self.lanes))
         total: int | None = None
         done = 0
@@ -319,8 +354,16 @@ class Runtime:
                     if isinstance(msg, StageResult):
                         if msg.task.run_id == run_id:
                             joiner.add(msg.task.index, msg.lane, msg.task.data_inputs)
+                            if observer is not None:
+                                observer.add(msg.task.stats)
                     elif isinstance(msg, MinibatchError):
+                        if observer is not None and msg.run_id == run_id:
+                            observer.add(msg.stats)
                         self._on_error(msg, run_id)
+                    elif isinstance(msg, WorkerLog):
+                        msg.emit()
+                    elif isinstance(msg, _StopRequested) and msg.run_id == run_id:
+                        raise _RunFailed(PipelineStoppedError("The call was stopped by stop()."))
                     elif isinstance(msg, _FeederDone) and msg.run_id == run_id:
                         if msg.failed:
                             raise _RunFailed(feeder_error[0])
@@ -343,9 +386,21 @@ class Runtime:
             self.broken = True
             raise
         finally:
+            self._stop_pending = False
             if not ok and not self.broken and self.started:
                 self._active.value = IDLE_RUN
             self._stop_feeder()
+
+    def stop(self) -> None:
+        """Stop the current (or starting) run from any thread.
+
+        The run's caller gets :class:`~neuraxle_stream.PipelineStoppedError`
+        at once; the workers stay healthy.
+        """
+        self._stop_pending = True
+        feeding, results = self._feeding, self._results
+        if feeding is not None and results is not None:
+            results.put(_StopRequested(self._run_id))
 
     def _stop_feeder(self) -> None:
         """End the feeder of the current run, if any (it may wait on the source)."""
@@ -376,6 +431,8 @@ class Runtime:
         error = _death(*dead[0])  # waits for the worker to be reaped
         drain = getattr(self._results, "drain", None)
         for msg in drain() if drain is not None else ():
+            if isinstance(msg, WorkerLog):
+                msg.emit()
             if isinstance(msg, MinibatchError) and (msg.phase != "transform" or msg.run_id == run_id):
                 raise msg.to_exception()  # it said why, before it went
         raise error
@@ -422,6 +479,7 @@ class Runtime:
         stop: threading.Event,
         credits: threading.Semaphore,
         error: list[BaseException],
+        observer: StatsCollector | None = None,
     ) -> None:
         assert self._results is not None
         count = 0
@@ -439,13 +497,16 @@ class Runtime:
                     return
                 task = QueuedMinibatchTask(count, data, expected, run_id)
                 for lane, channel in zip(self.lanes, self._first_channels):
+                    waited = time.perf_counter()
                     try:
-                        while not channel.put(task, timeout=0.2):
+                        while not channel.put(task, timeout=_FEED_CHECK):
                             if stop.is_set():
                                 return
                     except Exception as exc:
                         exc.add_note(f"Raised sending minibatch {count} to step {lane[0].name!r}.")
                         raise
+                    if observer is not None:  # backpressure on the first queue
+                        observer.add_feed_wait(lane[0].name, time.perf_counter() - waited)
                 count += 1
         except BaseException as exc:
             error.append(exc)

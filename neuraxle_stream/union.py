@@ -16,6 +16,7 @@ from sklearn.utils.metaestimators import available_if
 from . import _containers
 from ._validation import COMMON_CONSTRAINTS, StageDesc, parse_steps
 from .pipeline import _QueuedBase
+from .stats import CallMonitor
 from .steps import is_fittable
 
 __all__ = ["ParallelQueuedFeatureUnion"]
@@ -120,10 +121,11 @@ class ParallelQueuedFeatureUnion(_QueuedBase):
         settings = self._check_params()
         if not self._stage_descs():
             raise ValueError("ParallelQueuedFeatureUnion needs at least one branch.")
-        return self._transform_range(_containers.as_rows(X), 0, 1, settings)
+        X = _containers.as_rows(X)
+        with self._monitor(settings, X) as monitor:
+            return self._transform_range(X, 0, 1, settings, monitor)
 
-    def _fit(self, X: Any, y: Any, transform: bool) -> Any:
-        settings = self._check_params()
+    def _fit(self, X: Any, y: Any, settings: dict[str, Any], monitor: CallMonitor, transform: bool) -> Any:
         descs = self._stage_descs()
         if not descs:
             raise ValueError("ParallelQueuedFeatureUnion needs at least one branch.")
@@ -131,10 +133,10 @@ class ParallelQueuedFeatureUnion(_QueuedBase):
         if not _containers.is_sequence(X):
             X = list(X)
         if len(fittable) == 1:
-            self._fit_step(fittable[0][1], X, y, settings, fittable[0][0])
+            self._fit_step(fittable[0][1], X, y, monitor)
         elif fittable:
             with ThreadPoolExecutor(max_workers=len(fittable)) as pool:
-                futures = [pool.submit(self._fit_step, d, X, y, settings, i) for i, d in fittable]
+                futures = [pool.submit(self._fit_step, d, X, y, monitor) for _, d in fittable]
                 for future in futures:
                     future.result()
-        return self._transform_range(X, 0, 1, settings) if transform else self
+        return self._transform_range(X, 0, 1, settings, monitor) if transform else self

@@ -6,11 +6,19 @@ gets :data:`~neuraxle_stream.messages.STOP`. Results go to the next stage's
 queue, or to the parent from the last stage of a lane; failures go straight
 to the parent, so an error is reported at once rather than behind the queue.
 The last worker of a stage to stop passes the stop on to the next stage.
+
+Each worker also measures every minibatch (its step's time, its items, how
+long it waited on its input queue and for room on the next) and appends a
+:class:`~neuraxle_stream.messages.TaskRecord` to the task it passes on, runs
+its copy of the pipeline's hooks around its lifetime and each minibatch, and,
+in a worker process, sends its ``logging`` records to the parent on the
+results channel.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -21,7 +29,16 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from . import _containers
-from .messages import STOP, MinibatchError, QueuedMinibatchTask, StageResult, StageStopped
+from .hooks import StageInfo, WorkerHooks
+from .messages import (
+    STOP,
+    MinibatchError,
+    QueuedMinibatchTask,
+    StageResult,
+    StageStopped,
+    TaskRecord,
+    WorkerLog,
+)
 from .queues import Channel, ResultChannel
 from .savers import load_step
 from .steps import apply_worker_arguments, call_hook
@@ -68,6 +85,13 @@ class StageSpec:
         The saved step; each worker loads its own copy.
     worker_arguments : list of list of (str, Any)
         Per-worker ``(param, value)`` pairs.
+    may_change_length : bool
+        Whether the step may return another number of rows than it got.
+    hooks : bytes
+        The pipeline's hooks, saved by :func:`~neuraxle_stream.hooks.dump_hooks`.
+    step_index : int or None
+        Position of the step in the pipeline (``index`` when ``None``), as
+        hooks see it in :class:`~neuraxle_stream.hooks.StageInfo`.
     """
 
     name: str
@@ -78,11 +102,24 @@ class StageSpec:
     payload: bytes = field(repr=False)
     worker_arguments: list[list[tuple[str, Any]]] = field(default_factory=list)
     may_change_length: bool = False
-    #: A digest of ``payload``, so that the repr (a key of kept runtimes) changes with the step.
+    hooks: bytes = field(default=b"", repr=False)
+    step_index: int | None = None
+    #: A digest of ``payload`` and ``hooks``, so that the repr (a key of kept runtimes) changes with them.
     digest: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "digest", hashlib.blake2b(self.payload, digest_size=8).hexdigest())
+        digest = hashlib.blake2b(self.payload, digest_size=8)
+        digest.update(self.hooks)
+        object.__setattr__(self, "digest", digest.hexdigest())
+
+
+def _parent_log_levels() -> dict[str, int]:
+    """The levels set on the parent's loggers (``""`` for the root), for its worker processes."""
+    levels = {"": logging.getLogger().getEffectiveLevel()}
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET:
+            levels[name] = logger.level
+    return levels
 
 
 @dataclass
@@ -101,6 +138,8 @@ class WorkerIO:
     thread_limit: int | None = None
     #: Name prefix of the run's shared-memory segments, swept if the parent dies.
     shm_prefix: str | None = None
+    #: The parent's logger levels when the worker started (worker processes apply them).
+    log_levels: dict[str, int] = field(default_factory=_parent_log_levels)
 
 
 def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
@@ -113,14 +152,22 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
         args = spec.worker_arguments[worker_index] if spec.worker_arguments else []
         apply_worker_arguments(step, args)
         call_hook(step, "setup")
+        index = spec.index if spec.step_index is None else spec.step_index
+        hooks = WorkerHooks(spec.hooks, StageInfo(spec.name, index, spec.n_workers, worker_index))
+        hooks.enter_stage()
     except BaseException as exc:
         report.failure(exc, None, io.active_run.value, "setup")
         _stopped(spec, worker_index, io)
         return
     io.current[worker_index] = IDLE
     transform = step.transform
+    clock = time.perf_counter
+    #: (run id, seconds) of this worker's last put on the next queue, not yet reported.
+    last_put: tuple[int, float] | None = None
     while io.active_run.value != CLOSING:
+        waited = clock()
         item = io.inbox.get()
+        got = clock()
         if item is STOP:
             break
         task: QueuedMinibatchTask = item
@@ -128,31 +175,64 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
             continue  # a task of a cancelled run: drop it
         io.started[worker_index] = time.monotonic()
         io.current[worker_index] = task.index
+        put_wait = last_put[1] if last_put is not None and last_put[0] == task.run_id else None
+        last_put = None
+        start_wall = time.time()
+        error: BaseException | None = None
+        duration = 0.0
         try:
-            out = transform(task.data_inputs)
-            if not spec.may_change_length:
-                _check_length(spec.name, task.data_inputs, out)
+            with hooks.around_task(task):
+                started = clock()
+                try:
+                    out = transform(task.data_inputs)
+                    if not spec.may_change_length:
+                        _check_length(spec.name, task.data_inputs, out)
+                except BaseException as exc:
+                    error = exc  # reported even if a task hook swallows it
+                    raise
+                finally:
+                    duration = clock() - started
         except BaseException as exc:
-            report.failure(exc, task.index, task.run_id, "transform")
-            continue
+            error = exc  # the step's error, or a hook's own
         finally:
             # Waiting for room downstream is backpressure, not this step's time.
             io.current[worker_index] = IDLE
-        result = QueuedMinibatchTask(task.index, out, task.expected_outputs, task.run_id)
+        record = TaskRecord(
+            spec.name, worker_index, _num_items(task.data_inputs), start_wall, duration,
+            got - waited, put_wait, error is not None,
+        )
+        stats = (*task.stats, record)
+        if error is not None:
+            report.failure(error, task.index, task.run_id, "transform", stats)
+            continue
+        result = QueuedMinibatchTask(task.index, out, task.expected_outputs, task.run_id, stats)
         try:
             if io.outbox is not None:
+                before = clock()
                 _put(io, io.outbox, result)
+                last_put = (task.run_id, clock() - before)
             else:
                 io.results.put(StageResult(spec.lane, result))
         except Exception as exc:  # the output cannot be encoded: say whose output it is
             exc.add_note(f"Raised sending the output of step {spec.name!r} for minibatch {task.index}.")
-            report.failure(exc, task.index, task.run_id, "transform")
+            report.failure(exc, task.index, task.run_id, "transform", stats)
     io.current[worker_index] = TEARDOWN
+    try:
+        hooks.exit_stage()
+    except BaseException as exc:
+        report.failure(exc, None, io.active_run.value, "teardown")
     try:
         call_hook(step, "teardown")
     except BaseException as exc:
         report.failure(exc, None, io.active_run.value, "teardown")
     _stopped(spec, worker_index, io)
+
+
+def _num_items(data: Any) -> int:
+    try:
+        return _containers.num_rows(data)
+    except TypeError:
+        return 1
 
 
 def _put(io: WorkerIO, channel: Channel, item: Any) -> None:
@@ -205,7 +285,9 @@ class _Reporter:
     def __init__(self, spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
         self.spec, self.worker_index, self.io = spec, worker_index, io
 
-    def failure(self, exc: BaseException, index: int | None, run_id: int, phase: str) -> None:
+    def failure(
+        self, exc: BaseException, index: int | None, run_id: int, phase: str, stats: tuple[TaskRecord, ...] = ()
+    ) -> None:
         message = MinibatchError.capture(
             exc,
             step_name=self.spec.name,
@@ -214,13 +296,14 @@ class _Reporter:
             run_id=run_id,
             phase=phase,
             portable=self.io.portable,
+            stats=stats,
         )
         try:
             self.io.results.put(message)
         except BaseException as send_exc:  # the error itself cannot travel: describe it
             fallback = MinibatchError.capture(
                 send_exc, step_name=self.spec.name, worker_index=self.worker_index,
-                index=index, run_id=run_id, phase=phase, portable=True,
+                index=index, run_id=run_id, phase=phase, portable=True, stats=stats,
             )
             self.io.results.put(fallback)
 
@@ -230,9 +313,57 @@ def process_main(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
     # Ctrl-C reaches the whole process group: the parent handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(io.shm_prefix)
+    _forward_logs(io.results, io.log_levels)
     if io.thread_limit is not None:
         _limit_threads(io.thread_limit)
     worker_loop(spec, worker_index, io)
+
+
+class _ForwardHandler(logging.Handler):
+    """Sends every record to the parent as a :class:`~neuraxle_stream.messages.WorkerLog`.
+
+    As ``logging.handlers.QueueHandler`` does, the message is formatted here
+    (``args`` may not pickle) and the exception is sent as text.
+    """
+
+    def __init__(self, results: ResultChannel) -> None:
+        super().__init__()
+        self.results = results
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            record = _portable_record(record)
+            self.results.put(WorkerLog(record))
+        except Exception:  # a record that cannot travel: report it as logging does
+            self.handleError(record)
+
+
+def _portable_record(record: logging.LogRecord) -> logging.LogRecord:
+    """A copy of ``record`` that pickles: message formatted, exception as text."""
+    portable = logging.makeLogRecord(record.__dict__)
+    portable.msg = record.getMessage()
+    portable.args = None
+    if record.exc_info:
+        portable.exc_text = logging.Formatter().formatException(record.exc_info)
+    portable.exc_info = None
+    return portable
+
+
+def _forward_logs(results: ResultChannel, levels: dict[str, int]) -> None:
+    """Make this worker process's records reach the parent's handlers, each exactly once.
+
+    Handlers inherited from the parent (under ``fork``) or set by the main
+    module imported again (``spawn``, ``forkserver``) would write a second
+    copy of each record: they are removed. The parent's logger levels are
+    applied, so that records the parent would drop are not sent.
+    """
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        if isinstance(logger, logging.Logger):
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+    for name, level in levels.items():
+        logging.getLogger(name or None).setLevel(level)
+    logging.getLogger().addHandler(_ForwardHandler(results))
 
 
 def _exit_with_parent(shm_prefix: str | None) -> None:

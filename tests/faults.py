@@ -25,6 +25,7 @@ from typing import Any
 from neuraxle_stream import BaseTransformer, NonFittableMixin
 
 __all__ = [
+    "POSITIONS",
     "BadInitError",
     "BlocksAt",
     "BlocksInSetup",
@@ -50,7 +51,10 @@ __all__ = [
     "blocking_armed",
     "raising_source",
     "release_blocked",
+    "shm_segments",
     "slow_items",
+    "three_stages",
+    "time_to_error",
 ]
 
 
@@ -228,7 +232,12 @@ _RELEASE = threading.Event()
 
 
 def release_blocked() -> None:
-    """Free every :class:`BlocksInSetup` / :class:`BlocksAt` of this process; re-arm them."""
+    """Free every :class:`BlocksInSetup` / :class:`BlocksAt` of this process.
+
+    They stay free until :func:`blocking_armed` arms them again. Worker
+    processes have their own copy of the switch: there they block for their
+    ``seconds`` (under ``fork``, in the state the parent had).
+    """
     _RELEASE.set()
 
 

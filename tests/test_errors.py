@@ -106,7 +106,11 @@ _ON = f"minibatch {AT}"
 CASES = {
     c.name: c
     for c in [
-        Case("raises", lambda: RaisesAt(AT), Expect(ValueError, f"boom at {AT}", _ON, (f"boom at {AT}",))),
+        Case(
+            "raises",
+            lambda: RaisesAt(AT),
+            Expect(ValueError, f"boom at {AT}", _ON, (f"boom at {AT}",)),
+        ),
         Case(
             "multi_arg_error",
             lambda: RaisesMultiArgAt(AT),
@@ -130,26 +134,53 @@ CASES = {
             None,  # threads pass objects by reference
             Expect(TypeError, "pickle", _ON, tb="cannot pickle"),
         ),
-        Case("setup_raises", RaisesInSetup, Expect(OSError, "cannot open model", "setup()", (5, "cannot open model"))),
-        Case("step_cannot_unpickle", FailsToUnpickle, Expect(RuntimeError, "cannot be rebuilt", "setup()")),
-        Case("teardown_raises", RaisesInTeardown, Expect(RuntimeError, "cannot release model", "teardown()")),
+        Case(
+            "setup_raises",
+            RaisesInSetup,
+            Expect(OSError, "cannot open model", "setup()", (5, "cannot open model")),
+        ),
+        Case(
+            "step_cannot_unpickle",
+            FailsToUnpickle,
+            Expect(RuntimeError, "cannot be rebuilt", "setup()"),
+        ),
+        Case(
+            "teardown_raises",
+            RaisesInTeardown,
+            Expect(RuntimeError, "cannot release model", "teardown()"),
+        ),
         Case(
             "os_exit",
             lambda: ExitsAt(AT),
             None,
-            Expect(BrokenPipelineError, r"Worker \d of step 'fault' exited with code 3 while running minibatch 5", _ON, remote=False),
+            Expect(
+                BrokenPipelineError,
+                r"Worker \d of step 'fault' exited with code 3 while running minibatch 5",
+                _ON,
+                remote=False,
+            ),
         ),
         Case(
             "sigkill",
             lambda: KillsItselfAt(AT),
             None,
-            Expect(BrokenPipelineError, r"Worker \d of step 'fault' was killed by SIGKILL \(exit code -9\)", _ON, remote=False),
+            Expect(
+                BrokenPipelineError,
+                r"Worker \d of step 'fault' was killed by SIGKILL \(exit code -9\)",
+                _ON,
+                remote=False,
+            ),
         ),
         Case(
             "segfault",
             lambda: SegfaultsAt(AT),
             None,
-            Expect(BrokenPipelineError, r"Worker \d of step 'fault' was killed by SIGSEGV \(exit code -11\)", _ON, remote=False),
+            Expect(
+                BrokenPipelineError,
+                r"Worker \d of step 'fault' was killed by SIGSEGV \(exit code -11\)",
+                _ON,
+                remote=False,
+            ),
         ),
         Case("out_of_memory", lambda: OutOfMemoryAt(AT), None, Expect(MemoryError, "", _ON)),
     ]
@@ -236,13 +267,17 @@ def test_exception_keeps_its_attributes_and_the_remote_traceback(backend: str) -
     exc, _ = time_to_error(lambda: three_stages(RaisesMultiArgAt(AT), backend=backend).transform(X))
     assert isinstance(exc, MultiArgError)
     assert (exc.code, exc.reason, exc.detail) == (7, "bad item", {"at": AT})
-    assert exc.__notes__ == [f"Raised in a worker of the queued pipeline: step 'fault', worker 0, minibatch {AT}."]
+    assert exc.__notes__ == [
+        f"Raised in a worker of the queued pipeline: step 'fault', worker 0, minibatch {AT}."
+    ]
     assert "in fail" in exc.__cause__.tb and "raise MultiArgError" in exc.__cause__.tb
 
 
 @pytest.mark.timeout(60)
 def test_worker_error_carries_the_original_type_message_and_traceback() -> None:
-    exc, _ = time_to_error(lambda: three_stages(RaisesUnpicklableAt(AT), backend="process").transform(X))
+    exc, _ = time_to_error(
+        lambda: three_stages(RaisesUnpicklableAt(AT), backend="process").transform(X)
+    )
     assert isinstance(exc, WorkerError) and isinstance(exc, RuntimeError)
     assert exc.type_name == "faults.UnpicklableError"
     assert exc.message == f"unpicklable at {AT}"
@@ -252,7 +287,9 @@ def test_worker_error_carries_the_original_type_message_and_traceback() -> None:
 
 @pytest.mark.timeout(60)
 def test_output_that_cannot_be_pickled_names_the_step() -> None:
-    exc, _ = time_to_error(lambda: three_stages(ReturnsUnpicklableAt(AT), backend="process").transform(X))
+    exc, _ = time_to_error(
+        lambda: three_stages(ReturnsUnpicklableAt(AT), backend="process").transform(X)
+    )
     assert isinstance(exc, TypeError)
     assert exc.__notes__ == [
         f"Raised sending the output of step 'fault' for minibatch {AT}.",
@@ -263,7 +300,9 @@ def test_output_that_cannot_be_pickled_names_the_step() -> None:
 @pytest.mark.timeout(60)
 def test_step_that_cannot_be_pickled_is_named(backend: str) -> None:
     pipeline = three_stages(FailsToPickle(), backend=backend)
-    with pytest.raises(InvalidParameterError, match=r"Step 'fault' \(FailsToPickle\) cannot be sent to its workers") as info:
+    with pytest.raises(
+        InvalidParameterError, match=r"Step 'fault' \(FailsToPickle\) cannot be sent to its workers"
+    ) as info:
         pipeline.transform(X)
     assert isinstance(info.value, ValueError) and isinstance(info.value, TypeError)
     assert "refuses to be pickled" in str(info.value)
@@ -271,7 +310,9 @@ def test_step_that_cannot_be_pickled_is_named(backend: str) -> None:
 
 @pytest.mark.timeout(60)
 def test_union_branch_failure_names_the_branch(backend: str) -> None:
-    union = ParallelQueuedFeatureUnion([("ok", PassThrough()), ("fault", 2, RaisesAt(AT))], batch_size=1, backend=backend)
+    union = ParallelQueuedFeatureUnion(
+        [("ok", PassThrough()), ("fault", 2, RaisesAt(AT))], batch_size=1, backend=backend
+    )
     with pytest.raises(ValueError, match=f"boom at {AT}") as info:
         union.transform(X)
     assert re.search(rf"step 'fault', worker \d, minibatch {AT}", info.value.__notes__[0])
@@ -279,7 +320,9 @@ def test_union_branch_failure_names_the_branch(backend: str) -> None:
 
 @pytest.mark.timeout(60)
 def test_union_branch_death_is_a_broken_pipeline() -> None:
-    union = ParallelQueuedFeatureUnion([("ok", PassThrough()), ("fault", SegfaultsAt(AT))], batch_size=1)
+    union = ParallelQueuedFeatureUnion(
+        [("ok", PassThrough()), ("fault", SegfaultsAt(AT))], batch_size=1
+    )
     with pytest.raises(BrokenPipelineError, match="Worker 0 of step 'fault' was killed by SIGSEGV"):
         union.transform(X)
 
@@ -371,7 +414,9 @@ def test_input_that_cannot_be_pickled_is_a_clear_error() -> None:
 
 @pytest.mark.timeout(60)
 def test_teardown_error_surfaces_at_the_end_of_the_call(backend: str) -> None:
-    pipeline = SequentialQueuedPipeline([("fault", 2, RaisesInTeardown()), ("last", PassThrough())], batch_size=3, backend=backend)
+    pipeline = SequentialQueuedPipeline(
+        [("fault", 2, RaisesInTeardown()), ("last", PassThrough())], batch_size=3, backend=backend
+    )
     with pytest.raises(RuntimeError, match="cannot release model") as info:
         pipeline.transform(X)
     assert re.search(r"step 'fault', worker \d, teardown\(\)", info.value.__notes__[0])
@@ -379,7 +424,9 @@ def test_teardown_error_surfaces_at_the_end_of_the_call(backend: str) -> None:
 
 @pytest.mark.timeout(60)
 def test_teardown_error_inside_with_surfaces_at_close(backend: str) -> None:
-    pipeline = SequentialQueuedPipeline([("fault", RaisesInTeardown())], batch_size=3, backend=backend)
+    pipeline = SequentialQueuedPipeline(
+        [("fault", RaisesInTeardown())], batch_size=3, backend=backend
+    )
     with pytest.raises(RuntimeError, match="cannot release model"), pipeline:
         assert pipeline.transform(X) == X
         assert pipeline.transform(X) == X  # teardown has not run yet

@@ -19,7 +19,9 @@ def arrivals(n: int, lanes: int, seed: int) -> list[tuple[int, int]]:
 
 
 @given(n=st.integers(0, 60), lanes=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
-def test_pop_ready_restores_input_order_whatever_the_arrival_order(n: int, lanes: int, seed: int) -> None:
+def test_pop_ready_restores_input_order_whatever_the_arrival_order(
+    n: int, lanes: int, seed: int
+) -> None:
     joiner = WorkersJoiner(n_worker_wrappers_to_join=lanes)
     out = []
     for index, lane in arrivals(n, lanes, seed):
@@ -30,7 +32,9 @@ def test_pop_ready_restores_input_order_whatever_the_arrival_order(n: int, lanes
 
 
 @given(n=st.integers(0, 60), lanes=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
-def test_pop_completed_yields_each_minibatch_once_as_soon_as_all_lanes_are_in(n: int, lanes: int, seed: int) -> None:
+def test_pop_completed_yields_each_minibatch_once_as_soon_as_all_lanes_are_in(
+    n: int, lanes: int, seed: int
+) -> None:
     joiner = WorkersJoiner(n_worker_wrappers_to_join=lanes)
     seen: dict[int, int] = {}
     out = []
@@ -79,7 +83,9 @@ def test_fail_raises_the_worker_exception_with_cause_and_note() -> None:
     with pytest.raises(KeyError, match="missing") as info:
         WorkersJoiner().fail(error)
     assert isinstance(info.value.__cause__, RemoteTraceback)
-    assert info.value.__notes__ == ["Raised in a worker of the queued pipeline: step 'scale', worker 1, minibatch 4."]
+    assert info.value.__notes__ == [
+        "Raised in a worker of the queued pipeline: step 'scale', worker 1, minibatch 4."
+    ]
 
 
 def test_neuraxle_signature_is_kept() -> None:

@@ -446,14 +446,18 @@ def test_refit_replaces_the_fitted_state() -> None:
     assert pipeline.n_features_in_ == 4
 
 
-def test_verbose_prints_one_line_per_fitted_step(capsys: pytest.CaptureFixture[str]) -> None:
+def test_verbose_prints_one_line_per_step_fitted_or_run(capsys: pytest.CaptureFixture[str]) -> None:
     pipeline = SequentialQueuedPipeline(
         [("scale", StandardScaler()), AddConstant(), ("pca", PCA(2))], backend="thread", verbose=True
     )
     pipeline.fit(X)
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2
-    assert "Fitting scale" in lines[0] and "Fitting pca" in lines[1]
+    # scale is fitted, then runs (with addconstant) to give pca its input; pca is fitted last
+    expected = ["(step 1 of 3) Fitting scale", "(step 1 of 3) Processing scale",
+                "(step 2 of 3) Processing addconstant", "(step 3 of 3) Fitting pca"]
+    assert len(lines) == len(expected)
+    for line, text in zip(lines, expected):
+        assert line.startswith("[SequentialQueuedPipeline] ") and f" {text}, total=" in line
 
 
 # --- per-item callables ------------------------------------------------------------------------

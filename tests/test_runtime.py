@@ -42,9 +42,16 @@ def no_shm_left():
     assert shm_segments() == []
 
 
-def spec(step: Any, name: str = "s", index: int = 0, n_workers: int = 1, queue: int = 1, lane: int = 0) -> StageSpec:
+def spec(
+    step: Any, name: str = "s", index: int = 0, n_workers: int = 1, queue: int = 1, lane: int = 0
+) -> StageSpec:
     return StageSpec(
-        name=name, lane=lane, index=index, n_workers=n_workers, max_queue_size=queue, payload=save_step(step, name)
+        name=name,
+        lane=lane,
+        index=index,
+        n_workers=n_workers,
+        max_queue_size=queue,
+        payload=save_step(step, name),
     )
 
 
@@ -81,7 +88,9 @@ def test_close_before_start_and_twice_is_safe(backend: str) -> None:
 
 @pytest.mark.timeout(60)
 def test_outputs_in_input_order_or_as_completed(backend: str) -> None:
-    rt = Runtime(chain(RandomDelay(0.01), PassThrough(), n_workers=3, queue=2), make_backend(backend))
+    rt = Runtime(
+        chain(RandomDelay(0.01), PassThrough(), n_workers=3, queue=2), make_backend(backend)
+    )
     try:
         assert outputs(rt, list(range(30))) == list(range(30))
         assert sorted(outputs(rt, list(range(30)), ordered=False)) == list(range(30))
@@ -126,7 +135,10 @@ def test_teardown_runs_once_in_every_worker(backend: str, tmp_path) -> None:
 
 @pytest.mark.timeout(60)
 def test_step_error_leaves_the_runtime_usable_and_drops_stale_results(backend: str) -> None:
-    rt = Runtime(chain(PassThrough(), RaisesAt(BAD), PassThrough(), n_workers=2, queue=2), make_backend(backend))
+    rt = Runtime(
+        chain(PassThrough(), RaisesAt(BAD), PassThrough(), n_workers=2, queue=2),
+        make_backend(backend),
+    )
     try:
         for call in range(4):
             with pytest.raises(ValueError, match="boom"):
@@ -210,7 +222,9 @@ def test_abort_with_a_stuck_thread_returns_promptly() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_graceful_stop_that_does_not_finish_falls_back_to_abort(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_graceful_stop_that_does_not_finish_falls_back_to_abort(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(runtime, "STOP_GRACE", 0.5)
     rt = Runtime(chain(PassThrough(), BlocksInSetup(seconds=60.0)), ProcessBackend())
     with blocking_armed():
@@ -222,10 +236,14 @@ def test_graceful_stop_that_does_not_finish_falls_back_to_abort(monkeypatch: pyt
 
 @pytest.mark.timeout(60)
 def test_worker_dying_in_teardown_is_a_broken_pipeline() -> None:
-    rt = Runtime(chain(PassThrough(), ExitsInTeardown(), PassThrough(), n_workers=2), ProcessBackend())
+    rt = Runtime(
+        chain(PassThrough(), ExitsInTeardown(), PassThrough(), n_workers=2), ProcessBackend()
+    )
     assert outputs(rt, list(range(6))) == list(range(6))
     start = time.monotonic()
-    with pytest.raises(BrokenPipelineError, match=r"step 's1' exited with code 4 while running teardown\(\)"):
+    with pytest.raises(
+        BrokenPipelineError, match=r"step 's1' exited with code 4 while running teardown\(\)"
+    ):
         rt.close()
     assert time.monotonic() - start < 5.0  # not the whole STOP_GRACE
 
@@ -255,7 +273,10 @@ def test_stage_spec_key_follows_the_step() -> None:
 
 @pytest.mark.timeout(60)
 def test_lanes_get_every_minibatch(backend: str) -> None:
-    lanes = [[spec(PassThrough(), "a", lane=0)], [spec(RandomDelay(0.01), "b", lane=1, n_workers=2)]]
+    lanes = [
+        [spec(PassThrough(), "a", lane=0)],
+        [spec(RandomDelay(0.01), "b", lane=1, n_workers=2)],
+    ]
     rt = Runtime(lanes, make_backend(backend))
     try:
         got = list(rt.run(batches(list(range(10)))))

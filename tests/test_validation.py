@@ -83,10 +83,11 @@ BAD_PARAMS: list[tuple[dict[str, Any], str, str, str]] = [
     ({"timeout": 0}, "timeout", r"a float in the range \(0.0, inf\) or None", "0"),
     ({"timeout": -1.0}, "timeout", r"a float in the range \(0.0, inf\) or None", "-1.0"),
     ({"verbose": "loud"}, "verbose", ".*", "'loud'"),
+    ({"hooks": [object]}, "hooks", "a list of PipelineHook instances or None", r"[<class 'object'>]"),
+    ({"hooks": "stats"}, "hooks", "an instance of 'list', an instance of 'tuple' or None", "'stats'"),
+    ({"progress": "yes"}, "progress", ".*bool.*", "'yes'"),
     # reserved for later versions: must stay unset
-    ({"hooks": [object]}, "hooks", "None", r"[<class 'object'>]"),
     ({"memory": "/tmp/cache"}, "memory", "None", "'/tmp/cache'"),
-    ({"progress": True}, "progress", "a bool among {False}", "True"),
 ]
 
 

@@ -1,0 +1,668 @@
+"""Stats: where the time of a call went, merged in the parent from the workers' records.
+
+Every worker measures each minibatch it runs (see
+:class:`~neuraxle_stream.messages.TaskRecord`) and sends the record along
+with the minibatch, so measuring costs no extra message. The parent's
+:class:`StatsCollector` merges the records as results arrive; after every
+call ``pipeline.stats_`` is a :class:`PipelineStats`: one :class:`StageStats`
+per step and one :class:`QueueStats` per bounded queue (named after the
+step that reads it), printable as a table that names the bottleneck.
+
+:class:`CallMonitor` is the parent's side of one call: it owns the
+collector, calls the hooks' ``report`` (at the end, and every ``interval``
+seconds from a timer thread), draws the ``progress`` bars and prints the
+``verbose`` lines.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import logging
+import math
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
+
+import numpy as np
+
+from .messages import TaskRecord
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .hooks import PipelineHook
+    from .workers import StageSpec
+
+__all__ = [
+    "CallMonitor",
+    "PipelineStats",
+    "QueueStats",
+    "StageStats",
+    "StatsCollector",
+    "TaskSpan",
+    "format_seconds",
+]
+
+logger = logging.getLogger("neuraxle_stream")
+
+#: Durations kept one by one per stage; beyond, percentiles come from a log histogram (±0.5%).
+_EXACT_SAMPLES = 10_000
+#: Minibatches kept for the timeline of :meth:`PipelineStats.plot` (the first ones of the call).
+_TIMELINE_LIMIT = 20_000
+_BIN_BASE = 1e-7
+_BIN_RATIO = math.log(1.01)
+#: Seconds between two plain progress lines when the output is not a terminal.
+PROGRESS_EVERY = 5.0
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """What the workers of one step did during a call; times in seconds.
+
+    Attributes
+    ----------
+    num_tasks : int
+        Minibatches the step ran (failed ones included).
+    num_items : int
+        Rows of those minibatches.
+    num_failures : int
+        Minibatches on which the step (or a task hook) raised.
+    ave_time, p90_time, p99_time : float
+        Mean, 90th and 99th percentile of the time the step spent on one minibatch.
+    busy_time : float
+        Time the step's workers spent in the step, summed over the workers.
+    n_workers : int
+        Workers of the stage.
+    get_wait : float
+        Time its workers waited on their input queue, summed (starvation).
+    put_wait : float
+        Time its workers waited for room on the next queue, summed (backpressure).
+    wall_time : float
+        Duration of the runs the stage took part in, each from its first
+        minibatch to its end (starting the workers is not counted).
+    """
+
+    num_tasks: int = 0
+    num_items: int = 0
+    num_failures: int = 0
+    ave_time: float = 0.0
+    p90_time: float = 0.0
+    p99_time: float = 0.0
+    busy_time: float = 0.0
+    n_workers: int = 1
+    get_wait: float = 0.0
+    put_wait: float = 0.0
+    wall_time: float = 0.0
+
+    @property
+    def busy_per_worker(self) -> float:
+        """``busy_time / n_workers``: how long each worker was busy, on average."""
+        return self.busy_time / max(1, self.n_workers)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """What went through one bounded queue during a call.
+
+    Attributes
+    ----------
+    num_items : int
+        Minibatches taken from the queue.
+    qps : float
+        ``num_items`` per second of the runs the queue took part in.
+    ave_put_wait : float
+        Mean seconds a writer (the stage before, or the feeder) waited for a
+        free slot: high when the reading stage (or one after it) is slow.
+    ave_get_wait : float
+        Mean seconds a reader waited for an item: high when a stage before it is slow.
+    occupancy : float
+        Estimated fraction of the time the queue had an item waiting:
+        ``1 - get_wait / (reader workers × wall time)``, clipped to [0, 1].
+        Near 1, the readers always found work (the bottleneck is at or after
+        them); near 0, they starved (it is before them).
+    """
+
+    num_items: int = 0
+    qps: float = 0.0
+    ave_put_wait: float = 0.0
+    ave_get_wait: float = 0.0
+    occupancy: float = 0.0
+
+
+class TaskSpan(NamedTuple):
+    """One minibatch on the timeline: seconds since the call started."""
+
+    stage: str
+    worker: int
+    start: float
+    duration: float
+    failed: bool
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    """The merged stats of one call of a queued pipeline (``pipeline.stats_``).
+
+    ``stats[name]`` and ``stats.stages[name]`` are the :class:`StageStats` of
+    step ``name``; ``stats.queues[name]`` the :class:`QueueStats` of its input
+    queue. ``str(stats)`` is a table; :attr:`bottleneck` the step whose
+    workers were busiest.
+    """
+
+    owner: str = ""
+    stages: dict[str, StageStats] = field(default_factory=dict)
+    queues: dict[str, QueueStats] = field(default_factory=dict)
+    wall_time: float = 0.0
+    timeline: tuple[TaskSpan, ...] = field(default=(), repr=False)
+
+    def __getitem__(self, name: str) -> StageStats:
+        return self.stages[name]
+
+    @property
+    def bottleneck(self) -> str | None:
+        """The step with the highest busy time per worker (``None`` before any minibatch)."""
+        ran = {name: s for name, s in self.stages.items() if s.num_tasks}
+        if not ran:
+            return None
+        return max(ran, key=lambda name: ran[name].busy_per_worker)
+
+    # -- display -------------------------------------------------------------------
+
+    def _rows(self) -> tuple[list[list[str]], list[list[str]]]:
+        stage_rows = [["step", "workers", "tasks", "items", "failures", "mean", "p90", "p99", "busy", "busy/worker"]]
+        for name, s in self.stages.items():
+            stage_rows.append([
+                name, str(s.n_workers), str(s.num_tasks), str(s.num_items), str(s.num_failures),
+                *(format_seconds(t) for t in (s.ave_time, s.p90_time, s.p99_time, s.busy_time, s.busy_per_worker)),
+            ])
+        queue_rows = [["queue to", "items", "items/s", "put wait", "get wait", "occupancy"]]
+        for name, q in self.queues.items():
+            queue_rows.append([
+                name, str(q.num_items), f"{q.qps:.1f}", format_seconds(q.ave_put_wait),
+                format_seconds(q.ave_get_wait), f"{q.occupancy:.0%}",
+            ])
+        return stage_rows, queue_rows
+
+    def _summary(self) -> str:
+        name = self.bottleneck
+        if name is None:
+            return "Bottleneck: none (no minibatch ran)."
+        s = self.stages[name]
+        share = s.busy_per_worker / s.wall_time if s.wall_time > 0 else 0.0
+        return (
+            f"Bottleneck: {name!r}, busy {format_seconds(s.busy_per_worker)} per worker "
+            f"({share:.0%} of its {format_seconds(s.wall_time)} run time); give it more workers "
+            "or make it faster."
+        )
+
+    def __str__(self) -> str:
+        stage_rows, queue_rows = self._rows()
+        lines = [f"{self.owner} stats: {format_seconds(self.wall_time)} wall time"]
+        for rows in (stage_rows, queue_rows):
+            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+            for row in rows:
+                cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+                lines.append("  ".join(cells).rstrip())
+            lines.append("")
+        lines.append(self._summary())
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        parts = [f"<p><b>{html.escape(self.owner)} stats</b>: {format_seconds(self.wall_time)} wall time</p>"]
+        for rows in self._rows():
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+            body = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:]
+            )
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        parts.append(f"<p>{html.escape(self._summary())}</p>")
+        return "\n".join(parts)
+
+    def plot(self, path: str | Path) -> Path:
+        """Save a PNG: per-step busy and wait time per worker, and a timeline of minibatches.
+
+        Parameters
+        ----------
+        path : str or Path
+            Where to write the PNG.
+
+        Returns
+        -------
+        Path
+            ``path``.
+
+        Raises
+        ------
+        ImportError
+            When matplotlib is not installed.
+        """
+        try:
+            from matplotlib.figure import Figure
+        except ImportError as exc:
+            raise ImportError(
+                "PipelineStats.plot() needs matplotlib; install it with `pip install matplotlib`."
+            ) from exc
+        names = list(self.stages)
+        rows = sorted({(span.stage, span.worker) for span in self.timeline},
+                      key=lambda r: (names.index(r[0]) if r[0] in names else len(names), r[1]))
+        fig = Figure(figsize=(12, 2.5 + 0.35 * max(len(names), len(rows))), layout="constrained")
+        bars, timeline = fig.subplots(1, 2, width_ratios=[1, 2])
+        y = np.arange(len(names))
+        left = np.zeros(len(names))
+        for label, values, color in (
+            ("busy", [s.busy_per_worker for s in self.stages.values()], "tab:blue"),
+            ("waiting for input", [s.get_wait / s.n_workers for s in self.stages.values()], "tab:orange"),
+            ("waiting for room", [s.put_wait / s.n_workers for s in self.stages.values()], "tab:red"),
+        ):
+            bars.barh(y, values, left=left, label=label, color=color)
+            left += np.asarray(values)
+        bars.set_yticks(y, names)
+        bars.invert_yaxis()
+        bars.set_xlabel("seconds per worker")
+        bars.set_title(f"Where the time went (bottleneck: {self.bottleneck})")
+        bars.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=3, fontsize="small")
+        index = {row: i for i, row in enumerate(rows)}
+        for failed, color in ((False, "tab:blue"), (True, "tab:red")):
+            for row, i in index.items():
+                spans = [(s.start, s.duration) for s in self.timeline
+                         if (s.stage, s.worker) == row and s.failed == failed]
+                if spans:
+                    timeline.broken_barh(spans, (i - 0.4, 0.8), color=color, edgecolor="white", linewidth=0.3)
+        timeline.set_yticks(range(len(rows)), [f"{stage}:{worker}" for stage, worker in rows])
+        timeline.invert_yaxis()
+        timeline.set_xlabel("seconds since the call started")
+        timeline.set_title("Minibatches per worker")
+        fig.savefig(path, dpi=100)
+        return Path(path)
+
+
+def format_seconds(seconds: float) -> str:
+    """``seconds`` in a readable unit: ``"12 µs"``, ``"3.4 ms"``, ``"1.25 s"``, ``"2.0 min"``."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    if seconds < 120:
+        return f"{seconds:.2f} s"
+    return f"{seconds / 60:.1f} min"
+
+
+class _Durations:
+    """Minibatch durations of one stage: exact percentiles, then a log histogram past a bound."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] | None = []
+        self.histogram: Counter[int] = Counter()
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        if self.samples is not None:
+            self.samples.append(seconds)
+            if len(self.samples) > _EXACT_SAMPLES:
+                for s in self.samples:
+                    self.histogram[_bin(s)] += 1
+                self.samples = None
+        else:
+            self.histogram[_bin(seconds)] += 1
+
+    def quantile(self, q: float) -> float:
+        if self.count == 0:
+            return 0.0
+        if self.samples is not None:
+            return float(np.quantile(self.samples, q))
+        rank = q * (self.count - 1)
+        seen = 0
+        for b in sorted(self.histogram):
+            seen += self.histogram[b]
+            if seen > rank:
+                return _BIN_BASE * math.exp((b + 0.5) * _BIN_RATIO)
+        return 0.0  # pragma: no cover - the loop always returns
+
+
+def _bin(seconds: float) -> int:
+    return int(math.log(max(seconds, _BIN_BASE) / _BIN_BASE) / _BIN_RATIO)
+
+
+@dataclass
+class _StageTotals:
+    n_workers: int
+    num_tasks: int = 0
+    num_items: int = 0
+    num_failures: int = 0
+    busy: float = 0.0
+    get_wait: float = 0.0
+    put_wait: float = 0.0  # this stage's own puts on the next queue
+    in_put_wait: float = 0.0  # writers' puts on this stage's input queue
+    in_puts: int = 0
+    wall_time: float = 0.0
+    durations: _Durations = field(default_factory=_Durations)
+
+
+class StatsCollector:
+    """Merges the :class:`~neuraxle_stream.messages.TaskRecord` of one call.
+
+    The runtime's supervisor calls :meth:`add` with the records of each
+    minibatch it receives, and its feeder :meth:`add_feed_wait`; snapshots
+    may be taken from any thread.
+
+    Parameters
+    ----------
+    owner : str
+        The pipeline's class name, for display.
+    stages : list of (str, int)
+        Every step of the pipeline and its workers, in display order.
+    """
+
+    def __init__(self, owner: str, stages: list[tuple[str, int]]) -> None:
+        self.owner = owner
+        self._lock = threading.Lock()
+        self._stages = {name: _StageTotals(n_workers) for name, n_workers in stages}
+        self._next: dict[str, str] = {}
+        self._spans: list[TaskSpan] = []
+        self._started_wall = time.time()
+        self._started = time.perf_counter()
+        self._run_started_wall = self._started_wall
+        self._run_first_start = math.inf
+        self._in_run: list[str] = []
+        self.listeners: list[Callable[[Iterable[TaskRecord]], None]] = []
+
+    def begin_run(self, lanes: list[list[StageSpec]]) -> None:
+        """A run of these stages starts now."""
+        with self._lock:
+            self._run_started_wall, self._run_first_start = time.time(), math.inf
+            self._in_run = [spec.name for lane in lanes for spec in lane]
+            for lane in lanes:
+                for spec, following in itertools.pairwise(lane):
+                    self._next[spec.name] = following.name
+                for spec in lane:
+                    self._stages.setdefault(spec.name, _StageTotals(spec.n_workers))
+
+    def end_run(self) -> None:
+        """The run started by :meth:`begin_run` has ended."""
+        with self._lock:
+            elapsed = self._run_elapsed()
+            for name in self._in_run:
+                self._stages[name].wall_time += elapsed
+            self._in_run = []
+
+    def _run_elapsed(self) -> float:
+        """Seconds from the first minibatch of the current run (or its start) to now."""
+        first = self._run_first_start
+        start = self._run_started_wall if math.isinf(first) else max(self._run_started_wall, first)
+        return max(0.0, time.time() - start)
+
+    def add(self, records: Iterable[TaskRecord]) -> None:
+        """Merge the records that came back with one minibatch (or its failure)."""
+        with self._lock:
+            for r in records:
+                totals = self._stages.get(r.stage)
+                if totals is None:
+                    continue
+                self._run_first_start = min(self._run_first_start, r.start)
+                totals.num_tasks += 1
+                totals.num_items += r.n_items
+                totals.num_failures += r.failed
+                totals.busy += r.duration
+                totals.durations.add(r.duration)
+                # A worker kept up between calls waited for this call's first minibatch
+                # since the call before: count only the wait inside this run.
+                totals.get_wait += min(r.get_wait, max(0.0, r.start - self._run_started_wall))
+                following = self._next.get(r.stage)
+                if r.put_wait is not None and following is not None:
+                    totals.put_wait += r.put_wait
+                    self._stages[following].in_put_wait += r.put_wait
+                    self._stages[following].in_puts += 1
+                if len(self._spans) < _TIMELINE_LIMIT:
+                    self._spans.append(
+                        TaskSpan(r.stage, r.worker, r.start - self._started_wall, r.duration, r.failed)
+                    )
+        for listener in self.listeners:
+            listener(records)
+
+    def add_feed_wait(self, stage: str, seconds: float) -> None:
+        """The feeder waited ``seconds`` for room on the input queue of ``stage``."""
+        with self._lock:
+            totals = self._stages.get(stage)
+            if totals is not None:
+                totals.in_put_wait += seconds
+                totals.in_puts += 1
+
+    def snapshot(self) -> PipelineStats:
+        """The stats merged so far."""
+        with self._lock:
+            running = self._run_elapsed() if self._in_run else 0.0
+            stages: dict[str, StageStats] = {}
+            queues: dict[str, QueueStats] = {}
+            for name, t in self._stages.items():
+                wall = t.wall_time + (running if name in self._in_run else 0.0)
+                n = t.num_tasks
+                stages[name] = StageStats(
+                    num_tasks=n,
+                    num_items=t.num_items,
+                    num_failures=t.num_failures,
+                    ave_time=t.busy / n if n else 0.0,
+                    p90_time=t.durations.quantile(0.9),
+                    p99_time=t.durations.quantile(0.99),
+                    busy_time=t.busy,
+                    n_workers=t.n_workers,
+                    get_wait=t.get_wait,
+                    put_wait=t.put_wait,
+                    wall_time=wall,
+                )
+                if wall > 0:
+                    queues[name] = QueueStats(
+                        num_items=n,
+                        qps=n / wall,
+                        ave_put_wait=t.in_put_wait / t.in_puts if t.in_puts else 0.0,
+                        ave_get_wait=t.get_wait / n if n else 0.0,
+                        occupancy=min(1.0, max(0.0, 1.0 - t.get_wait / (t.n_workers * wall))),
+                    )
+            return PipelineStats(
+                owner=self.owner,
+                stages=stages,
+                queues=queues,
+                wall_time=time.perf_counter() - self._started,
+                timeline=tuple(self._spans),
+            )
+
+
+# -- the parent's side of one call -------------------------------------------------------
+
+
+class CallMonitor:
+    """Collects the stats of one call and reports them: hooks, progress, verbose.
+
+    Parameters
+    ----------
+    owner : str
+        The pipeline's class name.
+    stages : list of (str, int)
+        Every step and its workers, in pipeline order.
+    hooks : sequence of PipelineHook
+        Their ``report`` runs here, in the parent.
+    progress : bool
+        Draw one bar per step (plain lines when ``sys.stderr`` is not a terminal).
+    verbose : bool
+        Print a scikit-learn-style line per step fitted and per step run.
+    total_items : int or None
+        Rows each step will receive, when known (for the progress bars).
+    """
+
+    def __init__(
+        self,
+        owner: str,
+        stages: list[tuple[str, int]],
+        hooks: Sequence[PipelineHook] = (),
+        progress: bool = False,
+        verbose: bool = False,
+        total_items: int | None = None,
+    ) -> None:
+        self.owner = owner
+        self.collector = StatsCollector(owner, stages)
+        self.hooks = list(hooks)
+        self.verbose = verbose
+        #: The final stats, set by :meth:`close`.
+        self.stats: PipelineStats | None = None
+        self._positions = {name: i for i, (name, _) in enumerate(stages)}
+        self._progress: _Progress | None = None
+        if progress:
+            self._progress = _Progress(owner, list(self._positions), total_items, sys.stderr)
+            self.collector.listeners.append(self._progress.update)
+        self._timers = [_ReportTimer(hook, self.collector) for hook in self.hooks if hook.interval]
+
+    def begin_run(self, lanes: list[list[StageSpec]]) -> None:
+        """A run of these stages starts."""
+        self.collector.begin_run(lanes)
+
+    def end_run(self, lanes: list[list[StageSpec]], ok: bool) -> None:
+        """The run ended; with ``verbose``, print a line per step it ran."""
+        self.collector.end_run()
+        if self.verbose and ok:
+            stats = self.collector.snapshot()
+            for lane in lanes:
+                for spec in lane:
+                    self._print_step("Processing", spec.name, stats.stages[spec.name].busy_time)
+
+    def fitted(self, name: str, seconds: float) -> None:
+        """Step ``name`` was fitted in the parent in ``seconds``."""
+        if self.verbose:
+            self._print_step("Fitting", name, seconds)
+
+    def _print_step(self, action: str, name: str, seconds: float) -> None:
+        position = self._positions.get(name, 0)
+        message = f"(step {position + 1} of {len(self._positions)}) {action} {name}"
+        print(verbose_line(self.owner, message, seconds))
+
+    def __enter__(self) -> CallMonitor:
+        for timer in self._timers:
+            timer.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self.close(failed=exc_type is not None)
+
+    def close(self, failed: bool = False) -> PipelineStats:
+        """End the call: stop the timers, close the bars, call every hook's final report.
+
+        When the call failed, an error raised by a report is logged, so that
+        it does not replace the error the caller must see.
+        """
+        errors: list[BaseException] = []
+        for timer in self._timers:
+            timer.stop()
+            if timer.error is not None:
+                errors.append(timer.error)
+        self._timers = []
+        stats = self.stats = self.collector.snapshot()
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        for hook in self.hooks:
+            try:
+                hook.report(stats, final=True)
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            if not failed:
+                raise errors[0]
+            for error in errors:
+                logger.error("A hook's report failed after the call failed.", exc_info=error)
+        return stats
+
+
+def verbose_line(source: str, message: str, seconds: float) -> str:
+    """A line as scikit-learn's ``verbose=True`` prints it, 70 characters wide."""
+    start = f"[{source}] "
+    time_str = f"{seconds / 60:4.1f}min" if seconds > 60 else f" {seconds:5.1f}s"
+    end = f" {message}, total={time_str}"
+    return start + "." * max(0, 70 - len(start) - len(end)) + end
+
+
+class _ReportTimer:
+    """Calls ``hook.report(stats, final=False)`` every ``hook.interval`` seconds."""
+
+    def __init__(self, hook: PipelineHook, collector: StatsCollector) -> None:
+        self.hook, self.collector = hook, collector
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="neuraxle_stream-stats", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        interval = float(self.hook.interval or 0)
+        while not self._stop.wait(interval):
+            try:
+                self.hook.report(self.collector.snapshot(), final=False)
+            except BaseException as exc:  # raised in the caller at the end of the call
+                self.error = exc
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join()
+
+
+class _Progress:
+    """One bar per step on a terminal; plain lines every :data:`PROGRESS_EVERY` s elsewhere.
+
+    Counts arrive with the results (each minibatch carries a record of every
+    step it went through), so every bar is drawn in the parent.
+    """
+
+    def __init__(self, owner: str, names: list[str], total: int | None, file: TextIO) -> None:
+        self.owner, self.names, self.total, self.file = owner, names, total, file
+        isatty = getattr(file, "isatty", None)
+        self.tty = bool(isatty()) if callable(isatty) else False
+        self.items = dict.fromkeys(names, 0)
+        self.tasks = dict.fromkeys(names, 0)
+        self.bars: dict[str, Any] = {}
+        self.started = self.last_line = time.perf_counter()
+
+    def update(self, records: Iterable[TaskRecord]) -> None:
+        for r in records:
+            if r.stage not in self.items:
+                continue
+            self.items[r.stage] += r.n_items
+            self.tasks[r.stage] += 1
+            if self.tty:
+                self._bar(r.stage).update(r.n_items)
+        if not self.tty and time.perf_counter() - self.last_line >= PROGRESS_EVERY:
+            self._lines()
+
+    def _bar(self, name: str) -> Any:
+        bar = self.bars.get(name)
+        if bar is None:
+            from tqdm.auto import tqdm
+
+            bar = self.bars[name] = tqdm(
+                total=self.total, desc=name, unit="item", position=self.names.index(name),
+                leave=True, file=self.file, dynamic_ncols=True,
+            )
+        return bar
+
+    def _lines(self) -> None:
+        self.last_line = time.perf_counter()
+        elapsed = format_seconds(self.last_line - self.started)
+        for name in self.names:
+            if not self.tasks[name]:
+                continue
+            done = f"{self.items[name]}/{self.total} items" if self.total else f"{self.items[name]} items"
+            if self.total:
+                done += f" ({self.items[name] / self.total:.0%})"
+            print(f"[{self.owner}] {name}: {done}, {self.tasks[name]} minibatches, {elapsed}", file=self.file)
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            for bar in self.bars.values():
+                bar.close()
+        else:
+            self._lines()

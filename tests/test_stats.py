@@ -1,0 +1,280 @@
+"""Tests for neuraxle_stream.stats: ``pipeline.stats_``, its table and plot, progress and verbose.
+
+Counts are exact (every minibatch's record comes back with it); times are
+checked for consistency (p90 <= p99, busy = sum of durations) and, with a
+deliberately slow step, for naming the bottleneck.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from doubles import AddConstant, DoubleFailure, MeanCenterer, RaiseOn
+
+from neuraxle_stream import (
+    BaseTransformer,
+    NonFittableMixin,
+    ParallelQueuedFeatureUnion,
+    ParallelWorkersWrapper,
+    PipelineStats,
+    QueueStats,
+    SequentialQueuedPipeline,
+    StageStats,
+)
+from neuraxle_stream.stats import (
+    _EXACT_SAMPLES,
+    PROGRESS_EVERY,
+    StatsCollector,
+    _Durations,
+    verbose_line,
+)
+
+
+class Sleep(NonFittableMixin, BaseTransformer):
+    """Sleep ``delay`` seconds per minibatch; return it unchanged."""
+
+    def __init__(self, delay: float = 0.01) -> None:
+        self.delay = delay
+
+    def transform(self, data_inputs: Any) -> Any:
+        time.sleep(self.delay)
+        return data_inputs
+
+
+ITEMS = list(range(103))  # 11 minibatches of 10, the last one short
+
+
+@pytest.mark.timeout(60)
+def test_stage_and_queue_counts_are_exact(backend: str) -> None:
+    pipeline = SequentialQueuedPipeline(
+        [("a", 2, AddConstant(1)), ("b", AddConstant(1)), ("c", 2, 1, AddConstant(1))],
+        batch_size=10,
+        backend=backend,
+    )
+    assert pipeline.transform(ITEMS) == [i + 3 for i in ITEMS]
+    stats = pipeline.stats_
+    assert isinstance(stats, PipelineStats) and list(stats.stages) == ["a", "b", "c"]
+    for name, n_workers in (("a", 2), ("b", 1), ("c", 2)):
+        stage = stats[name]
+        assert stage is stats.stages[name] and isinstance(stage, StageStats)
+        assert (stage.num_tasks, stage.num_items, stage.num_failures, stage.n_workers) == (11, 103, 0, n_workers)
+        assert 0 < stage.ave_time <= stage.busy_time
+        assert stage.ave_time * 11 == pytest.approx(stage.busy_time)
+        assert 0 <= stage.p90_time <= stage.p99_time <= stage.busy_time
+        queue = stats.queues[name]
+        assert isinstance(queue, QueueStats) and queue.num_items == 11
+        assert queue.qps > 0 and 0.0 <= queue.occupancy <= 1.0
+        assert queue.ave_put_wait >= 0 and queue.ave_get_wait >= 0
+    assert len(stats.timeline) == 33
+    assert stats.wall_time > 0
+
+
+@pytest.mark.timeout(60)
+def test_every_entry_point_sets_stats(backend: str) -> None:
+    # MeanCenterer is a fitting barrier: "add" runs in one run, "center" and "again" in the next.
+    X = np.arange(40.0).reshape(20, 2)
+    pipeline = SequentialQueuedPipeline(
+        [("add", AddConstant(1.0)), ("center", MeanCenterer()), ("again", AddConstant(1.0))],
+        batch_size=4,
+        backend=backend,
+    )
+    pipeline.fit_transform(X)
+    assert [pipeline.stats_[n].num_tasks for n in ("add", "center", "again")] == [5, 5, 5]
+    pipeline.fit(X)
+    assert [pipeline.stats_[n].num_tasks for n in ("add", "center", "again")] == [5, 0, 0]
+    pipeline.transform(X[:6])
+    assert [pipeline.stats_[n].num_items for n in ("add", "center", "again")] == [6, 6, 6]
+    stream = pipeline.stream(iter(X[:9]))
+    next(stream)
+    stream.close()  # closed early: the stats of what ran
+    assert pipeline.stats_["add"].num_tasks <= 3
+    assert len(list(pipeline.stream(iter(X[:9])))) == 9
+    assert pipeline.stats_["again"].num_items == 9
+
+
+@pytest.mark.timeout(60)
+def test_union_and_wrapper_stats() -> None:
+    union = ParallelQueuedFeatureUnion([("a", AddConstant(1)), ("b", 2, AddConstant(2))], batch_size=10, backend="thread")
+    union.transform(ITEMS)
+    assert {name: s.num_tasks for name, s in union.stats_.stages.items()} == {"a": 11, "b": 11}
+    assert set(union.stats_.queues) == {"a", "b"}
+    wrapper = ParallelWorkersWrapper(AddConstant(1), n_workers=2, batch_size=10, backend="thread")
+    wrapper.transform(ITEMS)
+    assert wrapper.stats_["addconstant"].num_items == 103
+
+
+@pytest.mark.timeout(60)
+def test_failures_are_counted(backend: str) -> None:
+    items = list(range(40))
+    items[25] = -1  # minibatch 2 of 4
+    pipeline = SequentialQueuedPipeline(
+        [("first", AddConstant(0)), ("check", RaiseOn(-1))], batch_size=10, backend=backend
+    )
+    with pytest.raises(DoubleFailure):
+        pipeline.transform(items)
+    stats = pipeline.stats_  # set by a failed call too
+    assert stats["check"].num_failures == 1
+    assert stats["first"].num_failures == 0
+    assert stats["first"].num_tasks >= stats["check"].num_tasks >= 1
+    assert any(span.failed for span in stats.timeline if span.stage == "check")
+
+
+@pytest.mark.timeout(60)
+def test_the_slow_stage_is_the_bottleneck_and_its_queue_shows_backpressure(backend: str) -> None:
+    pipeline = SequentialQueuedPipeline(
+        [("fast", AddConstant(1)), ("slow", 1, 1, Sleep(0.02)), ("after", AddConstant(1))],
+        batch_size=2,
+        backend=backend,
+    )
+    pipeline.transform(list(range(30)))  # 15 minibatches, 0.3 s in the slow step
+    stats = pipeline.stats_
+    assert stats.bottleneck == "slow"
+    assert stats["slow"].busy_time >= 15 * 0.02 * 0.9
+    assert stats["slow"].p90_time >= 0.018
+    # "fast" waits for room on the slow stage's queue, which it keeps full;
+    # the stage after "slow" starves
+    assert stats.queues["slow"].ave_put_wait > stats.queues["slow"].ave_get_wait
+    assert stats.queues["after"].ave_get_wait > stats.queues["slow"].ave_get_wait
+    assert stats.queues["slow"].occupancy > stats.queues["after"].occupancy
+    table = str(stats)
+    assert "Bottleneck: 'slow'" in table
+    for word in ("step", "workers", "tasks", "items", "failures", "mean", "p90", "p99", "busy",
+                 "queue to", "items/s", "put wait", "get wait", "occupancy"):
+        assert word in table
+    html = stats._repr_html_()
+    assert html.count("<table>") == 2 and "Bottleneck: &#x27;slow&#x27;" in html
+
+
+def test_table_columns_are_aligned() -> None:
+    collector = StatsCollector("P", [("a_long_step_name", 1), ("b", 2)])
+    stats = collector.snapshot()
+    lines = str(stats).splitlines()
+    assert lines[0].startswith("P stats:")
+    header, row_a, row_b = lines[1:4]
+    assert header.index("workers") + len("workers") == row_a.index(" 1 ") + 2 == row_b.index(" 2 ") + 2
+    assert "Bottleneck: none" in lines[-1]
+
+
+@pytest.mark.timeout(60)
+def test_plot_writes_a_png(tmp_path: Any) -> None:
+    pytest.importorskip("matplotlib")
+    pipeline = SequentialQueuedPipeline([("a", AddConstant(1)), ("b", 2, Sleep(0.001))], batch_size=4, backend="thread")
+    pipeline.transform(list(range(20)))
+    path = pipeline.stats_.plot(tmp_path / "stats.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails
+    with pytest.raises(ImportError, match="needs matplotlib; install it with `pip install matplotlib`"):
+        PipelineStats(owner="P").plot(tmp_path / "x.png")
+
+
+def test_stats_before_any_call_and_dict_unchanged_by_transform() -> None:
+    pipeline = SequentialQueuedPipeline([("a", AddConstant(1))], backend="thread")
+    with pytest.raises(AttributeError, match="has no stats_ yet"):
+        pipeline.stats_
+    assert not hasattr(pipeline, "stats_")
+    before = dict(pipeline.__dict__)
+    pipeline.transform([1, 2])
+    assert pipeline.__dict__ == before  # scikit-learn's check_dict_unchanged
+    assert pipeline.stats_["a"].num_items == 2
+
+
+def test_percentiles_past_the_exact_bound_are_within_one_percent() -> None:
+    rng = np.random.default_rng(0)
+    samples = rng.lognormal(mean=-5, sigma=1, size=_EXACT_SAMPLES + 5000)
+    durations = _Durations()
+    for s in samples:
+        durations.add(float(s))
+    assert durations.samples is None  # folded into the histogram
+    for q in (0.5, 0.9, 0.99):
+        assert durations.quantile(q) == pytest.approx(np.quantile(samples, q), rel=0.01)
+
+
+# --- progress and verbose -----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_progress_on_a_non_tty_is_plain_lines(backend: str, capsys: pytest.CaptureFixture[str]) -> None:
+    pipeline = SequentialQueuedPipeline(
+        [("a", AddConstant(1)), ("b", 2, AddConstant(1))], batch_size=10, backend=backend, progress=True
+    )
+    pipeline.transform(ITEMS)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    lines = err.splitlines()
+    assert lines[-2].startswith("[SequentialQueuedPipeline] a: 103/103 items (100%), 11 minibatches, ")
+    assert lines[-1].startswith("[SequentialQueuedPipeline] b: 103/103 items (100%), 11 minibatches, ")
+    list(pipeline.stream(iter(range(5))))  # no length: no total
+    assert "[SequentialQueuedPipeline] a: 5 items, 1 minibatches, " in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_progress_lines_are_periodic(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("neuraxle_stream.stats.PROGRESS_EVERY", 0.05)
+    pipeline = SequentialQueuedPipeline([("slow", Sleep(0.03))], batch_size=1, backend="thread", progress=True)
+    pipeline.transform(list(range(10)))
+    lines = capsys.readouterr().err.splitlines()
+    assert 3 <= len(lines) <= 11
+    assert lines[-1].startswith("[SequentialQueuedPipeline] slow: 10/10 items (100%), 10 minibatches")
+    assert PROGRESS_EVERY >= 1  # the default keeps logs short
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.timeout(60)
+def test_progress_on_a_terminal_draws_one_bar_per_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    pipeline = SequentialQueuedPipeline(
+        [("a", AddConstant(1)), ("b", AddConstant(1))], batch_size=10, backend="thread", progress=True
+    )
+    pipeline.transform(ITEMS)
+    out = terminal.getvalue()
+    assert "a: 100%" in out and "b: 100%" in out and "103/103" in out
+
+
+@pytest.mark.timeout(60)
+def test_verbose_prints_a_scikit_learn_style_line_per_step(capsys: pytest.CaptureFixture[str]) -> None:
+    pipeline = SequentialQueuedPipeline(
+        [("scale", AddConstant(1)), ("center", MeanCenterer()), ("last", AddConstant(1))],
+        batch_size=4, backend="thread", verbose=True,
+    )
+    X = np.arange(16.0).reshape(8, 2)
+
+
+    def actions() -> list[str]:
+        lines = capsys.readouterr().out.splitlines()
+        assert all(line.startswith("[SequentialQueuedPipeline] ") for line in lines)
+        return [re.search(r"\((step \d of 3\) \w+ \w+), total= +\d+\.\ds$", line)[1] for line in lines]
+
+    pipeline.fit_transform(X)  # "center" is a fitting barrier: scale runs, center is fitted, then the rest runs
+    assert actions() == [
+        "step 1 of 3) Processing scale",
+        "step 2 of 3) Fitting center",
+        "step 2 of 3) Processing center",
+        "step 3 of 3) Processing last",
+    ]
+    pipeline.transform(X)
+    assert actions() == [
+        "step 1 of 3) Processing scale", "step 2 of 3) Processing center", "step 3 of 3) Processing last"
+    ]
+
+
+def test_verbose_line_matches_scikit_learn() -> None:
+    from sklearn.utils._user_interface import _message_with_time
+
+    for seconds in (0.01, 12.345, 75.0):
+        assert verbose_line("Pipeline", "(step 1 of 3) Processing scale", seconds) == _message_with_time(
+            "Pipeline", "(step 1 of 3) Processing scale", seconds
+        )
