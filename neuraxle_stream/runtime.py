@@ -23,9 +23,14 @@ queue of every lane. Who puts and gets:
 - queue i of a lane: put by stage i-1 (the feeder for i = 0), got by stage i;
   bounded by the stage's ``max_queue_size`` (backpressure);
 - the result channel: put by the last stage of each lane, by any worker that
-  fails, and by the feeder when the source is exhausted; got by the supervisor
-  only. The supervisor limits the minibatches in flight with credits, so the
-  channel and the joiner hold a bounded number of them.
+  fails, by worker processes forwarding their log records (``WorkerLog``), by
+  the feeder when the source is exhausted, and by :meth:`Runtime.stop`; got by
+  the supervisor only. The supervisor limits the minibatches in flight with
+  credits, so the channel and the joiner hold a bounded number of them.
+
+Each task also carries the stats records of the stages it went through
+(``TaskRecord``: duration, queue waits); they reach the parent with the result
+or the error, so stats cost no message of their own.
 
 The supervisor (the caller's thread) blocks on the result channel *and* on
 the workers' process sentinels, so a dead worker is noticed at once. Every
