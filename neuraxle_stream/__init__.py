@@ -5,6 +5,7 @@ between stages, a joiner restoring input order; the output equals what the
 same steps give in a sequential ``sklearn.pipeline.Pipeline``.
 """
 
+from .caching import Cache
 from .exceptions import (
     BrokenPipelineError,
     CacheWarning,
@@ -20,6 +21,8 @@ from .pipeline import ParallelWorkersWrapper, SequentialQueuedPipeline, StripAbs
 from .savers import BaseSaver, CloudpickleSaver, TorchSaver
 from .stats import PipelineStats, QueueStats, StageStats
 from .steps import BaseTransformer, Identity, NonFittableMixin
+from .torch_steps import DecodeImages, TorchModuleStep  # torch is imported on use only
+from .tracing import TraceCall, TraceResult, TraceStage, last_trace, trace_func
 from .union import ParallelQueuedFeatureUnion
 
 __version__ = "0.1.0"
@@ -44,10 +47,21 @@ __all__ = [
     "PipelineStats",
     "StageStats",
     "QueueStats",
+    # tracing
+    "TraceResult",
+    "TraceStage",
+    "TraceCall",
+    "trace_func",
+    "last_trace",
     # savers
     "BaseSaver",
     "CloudpickleSaver",
     "TorchSaver",
+    # torch steps (need torch; DecodeImages also Pillow or torchvision)
+    "TorchModuleStep",
+    "DecodeImages",
+    # caching
+    "Cache",
     # errors
     "InvalidParameterError",
     "PipelineStoppedError",

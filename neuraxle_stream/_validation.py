@@ -9,9 +9,11 @@ the range [1, inf). Got 0 instead."
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from joblib import Memory
 from sklearn.utils._param_validation import (
     Interval,
     StrOptions,
@@ -19,10 +21,18 @@ from sklearn.utils._param_validation import (
 )
 from sklearn.utils._param_validation import InvalidParameterError as _SkInvalidParameterError
 
+from . import _containers
 from .exceptions import InvalidParameterError
 from .steps import as_step, step_display_name
 
-__all__ = ["COMMON_CONSTRAINTS", "StageDesc", "check_hooks", "parse_steps", "validate_params"]
+__all__ = [
+    "COMMON_CONSTRAINTS",
+    "StageDesc",
+    "check_hooks",
+    "check_lengths",
+    "parse_steps",
+    "validate_params",
+]
 
 _POSITIVE_INT = Interval(numbers.Integral, 1, None, closed="left")
 _POSITIVE_REAL = Interval(numbers.Real, 0, None, closed="neither")
@@ -40,7 +50,7 @@ COMMON_CONSTRAINTS: dict[str, Any] = {
     "backend": [StrOptions({"process", "thread", "ray"}), None],
     "mp_context": "no_validation",  # a name or a context object: checked in validate_params
     "hooks": [list, tuple, None],  # of PipelineHook instances: checked in validate_params
-    "memory": [None],  # caching is not available in this version
+    "memory": [str, os.PathLike, Memory, None],
     "output_order": [StrOptions({"input", "completion"})],
     "progress": ["boolean"],
     "verbose": ["verbose"],
@@ -86,6 +96,26 @@ def check_hooks(hooks: Any, caller: str) -> None:
         raise InvalidParameterError(
             f"The 'hooks' parameter of {caller} must be a list of PipelineHook instances "
             f"or None. Got {hooks!r} instead."
+        )
+
+
+def check_lengths(X: Any, y: Any, caller: str) -> None:
+    """Raise a ``ValueError`` naming both lengths when ``X`` and ``y`` differ in rows.
+
+    Checked in the parent before any worker starts; a source without a length
+    (a generator) cannot be checked and is taken as it is.
+    """
+    if y is None or not (_containers.is_sequence(X) and _containers.is_sequence(y)):
+        return
+    try:
+        n_x, n_y = _containers.num_rows(X), _containers.num_rows(y)
+    except TypeError:
+        return
+    if n_x != n_y:
+        raise ValueError(
+            f"{caller} got X and y of different lengths: X has {n_x} rows, y has {n_y}. "
+            "Found input variables with inconsistent numbers of samples: "
+            f"[{n_x}, {n_y}]."
         )
 
 

@@ -3,7 +3,7 @@
 A backend makes the queues, the shared counters and the workers of a run.
 :class:`ThreadBackend` passes objects by reference between threads;
 :class:`ProcessBackend` starts one process per worker (``forkserver`` on
-Linux by default) and moves messages through a
+Linux by default, ``spawn`` when the workers use CUDA) and moves messages through a
 :class:`~neuraxle_stream.transport.Transport`.
 """
 
@@ -15,9 +15,11 @@ import os
 import sys
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from multiprocessing.context import BaseContext
 from typing import Any
 
+from .exceptions import InvalidParameterError
 from .queues import (
     Channel,
     ProcessChannel,
@@ -29,7 +31,7 @@ from .queues import (
 from .transport import Transport, default_transport
 from .workers import StageSpec, WorkerIO, process_main, worker_loop
 
-__all__ = ["Backend", "ProcessBackend", "ThreadBackend", "WorkerHandle", "resolve_context"]
+__all__ = ["Backend", "ProcessBackend", "ThreadBackend", "WorkerHandle", "resolve_context", "uses_cuda"]
 
 BACKENDS = ("process", "thread", "ray")
 _backend_ids = itertools.count()
@@ -168,8 +170,33 @@ class _ProcessHandle(WorkerHandle):
         return f"exited with code {code}"
 
 
-def resolve_context(mp_context: Any) -> BaseContext:
-    """The ``multiprocessing`` context for ``mp_context`` (a name, a context or ``None``)."""
+def resolve_context(mp_context: Any, uses_cuda: bool = False) -> BaseContext:
+    """The ``multiprocessing`` context for ``mp_context`` (a name, a context or ``None``).
+
+    Parameters
+    ----------
+    mp_context : str, multiprocessing context or None
+        The user's choice; ``None`` means ``forkserver`` on Linux, else ``spawn``.
+    uses_cuda : bool, default=False
+        Whether the workers will touch CUDA (see :func:`uses_cuda`): then
+        ``None`` means ``spawn``, and ``fork`` is refused.
+
+    Raises
+    ------
+    InvalidParameterError
+        When ``fork`` is asked for workers that use CUDA.
+    """
+    if uses_cuda:
+        method = mp_context.get_start_method() if isinstance(mp_context, BaseContext) else mp_context
+        if method == "fork":
+            raise InvalidParameterError(
+                "The 'mp_context' parameter must not be 'fork' when workers use CUDA "
+                "(a 'cuda' device in a step or its worker_arguments, or CUDA initialised "
+                "in this process): a forked child cannot use CUDA. Use 'spawn' "
+                "(the default then) or 'forkserver'. Got 'fork' instead."
+            )
+        if mp_context is None:
+            mp_context = "spawn"
     if isinstance(mp_context, BaseContext):
         return mp_context
     if mp_context is None:
@@ -178,8 +205,37 @@ def resolve_context(mp_context: Any) -> BaseContext:
     if mp_context == "forkserver":
         # Workers fork from a server that has our worker module (and numpy,
         # scikit-learn) imported already: a worker starts in milliseconds.
-        ctx.set_forkserver_preload(["__main__", "neuraxle_stream.workers"])
+        # torch too when the parent uses it: importing it takes seconds, once per server
+        # rather than once per worker (importing torch does not initialise CUDA).
+        preload = ["__main__", "neuraxle_stream.workers"] + (["torch"] if "torch" in sys.modules else [])
+        ctx.set_forkserver_preload(preload)
     return ctx
+
+
+def uses_cuda(steps: Iterable[Any], worker_arguments: Iterable[Iterable[tuple[str, Any]]]) -> bool:
+    """Whether workers of these steps will touch CUDA, so that they must be spawned.
+
+    True when a step's ``device`` (its attribute, or any ``device`` or
+    ``*__device`` parameter of ``get_params(deep=True)``) or a ``device``
+    worker argument names a ``cuda`` device, or when CUDA is already
+    initialised in this process (a forked child could not use it). Only
+    looks at torch when torch is already imported.
+    """
+    values: list[Any] = []
+    for step in steps:
+        values.append(getattr(step, "device", None))
+        if hasattr(step, "get_params"):
+            try:
+                params = step.get_params(deep=True)
+            except Exception:  # a step whose params cannot be read names no device
+                params = {}
+            values += [v for k, v in params.items() if k == "device" or k.endswith("__device")]
+    for pairs in worker_arguments:
+        values += [v for k, v in pairs if k == "device" or k.endswith("__device")]
+    if any(str(v).startswith("cuda") for v in values if v is not None):
+        return True
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_initialized())
 
 
 class ProcessBackend(Backend):
@@ -189,9 +245,13 @@ class ProcessBackend(Backend):
     portable = True
 
     def __init__(
-        self, mp_context: Any = None, total_workers: int = 1, transport: Transport | None = None
+        self,
+        mp_context: Any = None,
+        total_workers: int = 1,
+        transport: Transport | None = None,
+        uses_cuda: bool = False,
     ) -> None:
-        self.ctx = resolve_context(mp_context)
+        self.ctx = resolve_context(mp_context, uses_cuda)
         self.thread_limit = max(1, (os.cpu_count() or 1) // max(1, total_workers))
         prefix = f"nxs-{os.getpid()}-{next(_backend_ids)}"
         # One transport for every queue of the run: closing the result channel

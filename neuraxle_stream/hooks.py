@@ -123,6 +123,17 @@ class PipelineHook:
     def report(self, stats: PipelineStats, final: bool) -> None:
         """Called in the parent with the stats merged so far (``final`` at the end of a call)."""
 
+    @contextmanager
+    def run_hook(self, owner: str) -> Iterator[None]:
+        """Wrap one call (``fit``, ``transform``, ...) of the pipeline ``owner`` (its class name), **in the parent**.
+
+        Entered before any worker of the call starts (and before the hooks
+        are shipped to the workers, so that what it sets on ``self`` reaches
+        their copies), left after the last ``report``. An exception of the
+        call passes through it; the default only ``yield``.
+        """
+        yield
+
 
 class TaskStatsHook(PipelineHook):
     """Log one summary line per stage: tasks, items, failures, mean, p90, p99 time.

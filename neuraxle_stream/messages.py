@@ -102,6 +102,9 @@ class QueuedMinibatchTask:
         runs that were cancelled.
     stats : tuple of TaskRecord, default=()
         What each stage it went through measured, in stage order.
+    trace : tuple of TraceCall, default=()
+        The calls recorded by the stages it went through when the run is
+        traced (see :mod:`~neuraxle_stream.tracing`); empty otherwise.
     """
 
     index: int
@@ -109,6 +112,7 @@ class QueuedMinibatchTask:
     expected_outputs: Any = None
     run_id: int = 0
     stats: tuple[TaskRecord, ...] = ()
+    trace: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +155,8 @@ class MinibatchError:
     stats : tuple of TaskRecord
         The records of the failed minibatch: its earlier stages, then the
         failure itself.
+    trace : tuple of TraceCall
+        The calls the failed minibatch's stages recorded, when traced.
     """
 
     step_name: str
@@ -162,6 +168,7 @@ class MinibatchError:
     phase: str = "transform"
     extra: dict[str, Any] = field(default_factory=dict)
     stats: tuple[TaskRecord, ...] = ()
+    trace: tuple[Any, ...] = ()
 
     @classmethod
     def capture(
@@ -175,11 +182,12 @@ class MinibatchError:
         phase: str = "transform",
         portable: bool = True,
         stats: tuple[TaskRecord, ...] = (),
+        trace: tuple[Any, ...] = (),
     ) -> MinibatchError:
         """Build the message for ``exc``, made picklable when ``portable``."""
         tb = "".join(traceback.format_exception(exc))
         error = _portable(exc, tb) if portable else exc
-        return cls(step_name, worker_index, index, error, tb, run_id, phase, stats=stats)
+        return cls(step_name, worker_index, index, error, tb, run_id, phase, stats=stats, trace=trace)
 
     def describe(self) -> str:
         """Where it happened, as used in exception notes."""

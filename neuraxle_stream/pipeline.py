@@ -14,11 +14,12 @@ at the end of the call they become ``pipeline.stats_``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from sklearn.exceptions import NotFittedError
@@ -26,9 +27,18 @@ from sklearn.utils import Bunch
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
-from . import _containers
-from ._validation import COMMON_CONSTRAINTS, StageDesc, check_hooks, parse_steps, validate_params
-from .backends import Backend, ProcessBackend, ThreadBackend
+from . import _containers, tracing
+from ._cached_run import fit_cached, last_info, run_cached
+from ._validation import (
+    COMMON_CONSTRAINTS,
+    StageDesc,
+    check_hooks,
+    check_lengths,
+    parse_steps,
+    validate_params,
+)
+from .backends import Backend, ProcessBackend, ThreadBackend, uses_cuda
+from .caching import Cache, CacheInfo, folder_size, memory_location, open_store
 from .exceptions import InvalidParameterError
 from .hooks import dump_hooks
 from .runtime import Runtime
@@ -162,6 +172,7 @@ class _QueuedBase(BaseTransformer):
                         may_change_length=bool(getattr(step, "may_change_length", False)),
                         hooks=stage_hooks,
                         step_index=positions.get(d.name),
+                        trace=settings.get("_trace") is not None,
                     )
                 )
             specs.append(lane_specs)
@@ -171,11 +182,17 @@ class _QueuedBase(BaseTransformer):
         if self._backend_name(settings) == "thread":
             return ThreadBackend()
         total = sum(s.n_workers for lane in specs for s in lane)
-        return ProcessBackend(settings.get("mp_context"), total_workers=total)
+        cuda = uses_cuda(
+            (d.runnable for d in self._stage_descs()),
+            (pairs for lane in specs for s in lane for pairs in s.worker_arguments),
+        )
+        return ProcessBackend(settings.get("mp_context"), total_workers=total, uses_cuda=cuda)
 
     def _runtime(self, specs: list[list[StageSpec]], settings: dict[str, Any]) -> Runtime:
         """The runtime for these stages: a kept one inside ``with``, else a new one."""
         # ``_runtimes`` exists only inside ``with``: a plain call leaves __dict__ as it was.
+        if settings.get("_trace") is not None:  # a traced call never keeps (nor takes) a runtime
+            return Runtime(specs, self._make_backend(settings, specs), timeout=settings.get("timeout"))
         live: dict[Any, Runtime] = self.__dict__.get("_runtimes", {})
         key = (self._backend_name(settings), str(settings.get("mp_context")), repr(specs))
         runtime = live.get(key)
@@ -197,7 +214,8 @@ class _QueuedBase(BaseTransformer):
 
     def _release(self, runtime: Runtime, failed: bool) -> None:
         """End of a call: stop the workers unless ``with pipeline:`` keeps them."""
-        keep = self.__dict__.get("_keep_alive") and not runtime.broken
+        traced = any(spec.trace for lane in runtime.lanes for spec in lane)
+        keep = self.__dict__.get("_keep_alive") and not runtime.broken and not traced
         if keep:
             return
         for key, value in list(self.__dict__.get("_runtimes", {}).items()):
@@ -233,10 +251,17 @@ class _QueuedBase(BaseTransformer):
         ordered: bool = True,
     ) -> Iterator[tuple[int, Any]]:
         """Run stages ``start:stop`` on ``X``; yield ``(index, joined minibatch output)``."""
+        store = open_store(settings.get("memory"))
+        if store.enabled:  # stage by stage, through the cache (see caching.py)
+            yield from run_cached(self, store, X, start, stop, settings, monitor)
+            return
         descs = self._stage_descs()
         lanes = self._lanes(descs, start, stop)
         specs = self._specs(lanes, settings)
         runtime = self._runtime(specs, settings)
+        tracer: tracing.Assembler | None = settings.get("_trace")
+        if tracer is not None:
+            tracer.next_run()
         padded: dict[int, int] = {}
         failed = True
         monitor.begin_run(specs)
@@ -244,7 +269,7 @@ class _QueuedBase(BaseTransformer):
         running.append(runtime)
         try:
             batches = self._minibatches(X, settings, padded)
-            for index, outputs in runtime.run(batches, ordered=ordered, observer=monitor.collector):
+            for index, outputs in runtime.run(batches, ordered=ordered, observer=monitor.collector, tracer=tracer):
                 out = self._join_lanes(outputs, lanes[0] if len(lanes) == 1 else [lane[0] for lane in lanes])
                 if index in padded:
                     out = _containers.slice_rows(out, 0, padded.pop(index))
@@ -274,31 +299,104 @@ class _QueuedBase(BaseTransformer):
         """Fit every fittable step on the output of the stages before it."""
         settings = self._check_params()
         X = _containers.as_rows(X)
+        check_lengths(X, y, type(self).__name__)
         with self._monitor(settings, X) as monitor:
             self._fit(X, y, settings, monitor, transform=False)
         return self
 
-    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
-        """Fit, then return the outputs of the whole pipeline for ``X``."""
+    def fit_transform(self, X: Any, y: Any = None, *, trace: int | None = None, **fit_params: Any) -> Any:
+        """Fit, then return the outputs of the whole pipeline for ``X``.
+
+        With ``trace=N``, fit and run on the first ``N`` items only (the steps
+        are fitted on them, as ``fit_transform(X[:N], y[:N])`` would) and
+        return a :class:`~neuraxle_stream.TraceResult` of the workers' calls.
+        """
         settings = self._check_params()
         X = _containers.as_rows(X)
+        check_lengths(X, y, type(self).__name__)
+        if trace is not None:
+            return self._traced("fit_transform", trace, settings, X, y, self._fit)
         with self._monitor(settings, X) as monitor:
             return self._fit(X, y, settings, monitor, transform=True)
 
-    def transform(self, X: Any) -> Any:
-        """Run ``X`` through every stage and return the joined outputs, in input order."""
+    def transform(self, X: Any, *, trace: int | None = None) -> Any:
+        """Run ``X`` through every stage and return the joined outputs, in input order.
+
+        With ``trace=N``, run only the first ``N`` items and return a
+        :class:`~neuraxle_stream.TraceResult` of what each step did to them.
+        """
         settings = self._check_params()
         X = _containers.as_rows(X)
+        n = len(self._stage_descs())
+        if trace is not None:
+            return self._traced(
+                "transform", trace, settings, X, None,
+                lambda X, y, s, m, transform: self._transform_range(X, 0, n, s, m),
+            )
         with self._monitor(settings, X) as monitor:
-            return self._transform_range(X, 0, len(self._stage_descs()), settings, monitor)
+            return self._transform_range(X, 0, n, settings, monitor)
 
-    def stream(self, iterable: Iterable[Any]) -> Iterator[Any]:
+    @overload
+    def stream(self, iterable: Iterable[Any], *, trace: None = None) -> Iterator[Any]: ...
+    @overload
+    def stream(self, iterable: Iterable[Any], *, trace: int) -> tracing.TraceResult: ...
+    def stream(self, iterable: Iterable[Any], *, trace: int | None = None) -> Iterator[Any] | tracing.TraceResult:
         """Yield the outputs for the items of ``iterable``, one item at a time.
 
         The source is read lazily, so it may be endless; at most the queue
         bounds are in flight. Items come in input order, or as completed with
         ``output_order="completion"``. Closing the generator stops the workers.
+
+        With ``trace=N``, read only the first ``N`` items of the source, run
+        them at once and return a :class:`~neuraxle_stream.TraceResult` (not
+        a generator), as ``transform(X, trace=N)`` does; their outputs are the
+        ``retval`` of the last stage's calls.
         """
+        if trace is None:
+            return self._stream(iterable)
+        settings = self._check_params()
+        ordered = settings.get("output_order", "input") == "input"
+        n = len(self._stage_descs())
+
+        def run(X: Any, y: Any, s: dict[str, Any], m: CallMonitor, transform: bool) -> None:
+            for _ in self._run(X, 0, n, s, m, ordered=ordered):
+                pass
+
+        return self._traced("stream", trace, settings, iterable, None, run)
+
+    def _traced(
+        self, method: str, n_items: Any, settings: dict[str, Any], X: Any, y: Any,
+        call: Any,
+    ) -> tracing.TraceResult:
+        """Run ``call`` on the first ``n_items`` of ``X`` with tracing on; the :class:`TraceResult`.
+
+        The run bypasses caching and never uses (nor keeps) the runtime of
+        ``with pipeline:``. If it fails, the exception carries the partial trace.
+        """
+        if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 1:
+            raise InvalidParameterError(
+                f"The 'trace' parameter of {type(self).__name__}.{method} must be an int in "
+                f"[1, inf) or None. Got {n_items!r} instead."
+            )
+        if _containers.is_sequence(X):
+            X = _containers.slice_rows(X, 0, min(n_items, _containers.num_rows(X)))
+        else:
+            X = list(itertools.islice(X, n_items))
+        if y is not None and _containers.is_sequence(y):
+            y = _containers.slice_rows(y, 0, min(n_items, _containers.num_rows(y)))
+        assembler = tracing.Assembler([d.name for d in self._stage_descs()], _containers.num_rows(X))
+        settings = {**settings, "_trace": assembler}
+        if "memory" in settings:
+            settings["memory"] = None  # a trace shows the steps at work, never cached outputs
+        try:
+            with self._monitor(settings, X) as monitor:
+                call(X, y, settings, monitor, True)
+        except BaseException as exc:
+            tracing.attach(exc, assembler.result(failed=True))
+            raise
+        return assembler.result()
+
+    def _stream(self, iterable: Iterable[Any]) -> Iterator[Any]:
         settings = self._check_params()
         ordered = settings.get("output_order", "input") == "input"
         n = len(self._stage_descs())
@@ -311,7 +409,11 @@ class _QueuedBase(BaseTransformer):
 
     def _fit_step(self, desc: StageDesc, X: Any, y: Any, monitor: CallMonitor) -> None:
         t0 = time.perf_counter()
-        desc.step.fit(X, y)
+        try:
+            fit_cached(self, open_store(getattr(self, "memory", None)), desc, X, y, monitor)
+        except Exception as exc:  # fitted in the parent: say which step could not take its input
+            exc.add_note(f"Raised fitting step {desc.name!r} (in the parent, on the whole input of the step).")
+            raise
         monitor.fitted(desc.name, time.perf_counter() - t0)
 
     # -- stats -----------------------------------------------------------------------
@@ -329,8 +431,12 @@ class _QueuedBase(BaseTransformer):
             total_items=_expected_items(X, settings),
         )
         try:
-            with monitor:
-                yield monitor
+            with contextlib.ExitStack() as around:
+                # entered before the hooks are shipped to the workers, left after their reports
+                for hook in settings.get("hooks") or ():
+                    around.enter_context(hook.run_hook(type(self).__name__))
+                with monitor:
+                    yield monitor
         finally:
             _LAST_STATS[self] = monitor.stats or monitor.collector.snapshot()
 
@@ -351,6 +457,28 @@ class _QueuedBase(BaseTransformer):
                 f"This {type(self).__name__} has no stats_ yet: they are set by each call "
                 "(fit, transform, fit_transform, stream)."
             ) from None
+
+    # -- cache ------------------------------------------------------------------------
+
+    def cache_info(self) -> CacheInfo:
+        """Per step of the last call: its cache key, bytes on disk, hits and misses.
+
+        ``str()`` of the result is a table; ``info[name]`` gives a step's
+        numbers (``key``, ``hits``, ``misses``, ``bytes_written``, ``fit``).
+        A hit is a minibatch whose output of that step was not computed.
+        """
+        location = memory_location(getattr(self, "memory", None))
+        info = last_info(self) or CacheInfo(location)
+        if location is not None:
+            store = open_store(location)
+            info.sizes = {name: folder_size(store, f"steps/{s.key}") for name, s in info.steps.items() if s.key}
+        return info
+
+    def clear_cache(self) -> None:
+        """Remove everything cached under this pipeline's ``memory`` directory."""
+        location = memory_location(getattr(self, "memory", None))
+        if location is not None:
+            Cache(location).clear()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -544,8 +672,10 @@ class SequentialQueuedPipeline(_QueuedBase):
     hooks : list of PipelineHook or None, default=None
         Hooks run in every worker, around its lifetime and each minibatch;
         their ``report`` runs in the parent at the end of each call.
-    memory : None
-        Reserved for caching; must be left unset.
+    memory : str, pathlib.Path, joblib.Memory or None, default=None
+        Cache directory: each step's output per minibatch and each fitted
+        step are kept there and reused by later calls (see ``docs/caching.md``);
+        ``pipeline.cache_info()`` reports hits and misses.
     output_order : {"input", "completion"}, default="input"
         Order of ``stream`` outputs.
     progress : bool, default=False

@@ -314,7 +314,11 @@ class Runtime:
     # -- one run ---------------------------------------------------------------
 
     def run(
-        self, batches: Iterable[tuple[Any, Any]], ordered: bool = True, observer: StatsCollector | None = None
+        self,
+        batches: Iterable[tuple[Any, Any]],
+        ordered: bool = True,
+        observer: StatsCollector | None = None,
+        tracer: Any = None,
     ) -> Iterator[tuple[int, list[Any]]]:
         """Feed ``batches`` through the lanes; yield ``(index, lane_outputs)``.
 
@@ -322,7 +326,8 @@ class Runtime:
         error or closing the generator leave the runtime usable (the tasks of
         this run are dropped by their run id); any other failure (a dead or
         stuck worker, a failed ``setup()``, Ctrl-C) marks it ``broken``.
-        ``observer`` gets the workers' records of each minibatch of this run.
+        ``observer`` gets the workers' records of each minibatch of this run;
+        ``tracer`` (``add(index, calls)``), in a traced run, their trace records.
         """
         if not self.started:
             try:
@@ -361,9 +366,13 @@ class Runtime:
                             joiner.add(msg.task.index, msg.lane, msg.task.data_inputs)
                             if observer is not None:
                                 observer.add(msg.task.stats)
+                            if tracer is not None:
+                                tracer.add(msg.task.index, msg.task.trace)
                     elif isinstance(msg, MinibatchError):
                         if observer is not None and msg.run_id == run_id:
                             observer.add(msg.stats)
+                        if tracer is not None and msg.run_id == run_id and msg.index is not None:
+                            tracer.add(msg.index, msg.trace)
                         self._on_error(msg, run_id)
                     elif isinstance(msg, WorkerLog):
                         msg.emit()
@@ -529,6 +538,12 @@ def _death(stage: _Stage, w: int) -> BrokenPipelineError:
         f"{_during(current)}; the pipeline was stopped."
     )
     error.add_note(f"In the queued pipeline: step {stage.spec.name!r}, worker {w}, {_where(current)}.")
+    if current == STARTING and getattr(getattr(handle, "process", None), "exitcode", None) == 1:
+        error.add_note(
+            "A worker process that exits with code 1 at start-up usually failed to import "
+            "the main script: a script that starts process workers must do so under "
+            "`if __name__ == '__main__':` (as with multiprocessing), or use backend='thread'."
+        )
     return error
 
 

@@ -8,6 +8,7 @@ which is applied to each item of a minibatch (SPDL's ``pipe(op)``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import Any
 
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -17,6 +18,12 @@ __all__ = [
     "Identity",
     "NonFittableMixin",
 ]
+
+#: Where ``save_to_run_info`` records go: set by the cache around each step it
+#: runs in the parent (``fit``); ``None`` elsewhere, and the records are dropped.
+RUN_INFO_RECORDS: ContextVar[list[dict[str, Any]] | None] = ContextVar(
+    "neuraxle_stream_run_info_records", default=None
+)
 
 
 class BaseTransformer(TransformerMixin, BaseEstimator):
@@ -55,6 +62,26 @@ class BaseTransformer(TransformerMixin, BaseEstimator):
     def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
         """Fit on the data, then return its transformed outputs."""
         return self.fit(X, y, **fit_params).transform(X)
+
+    def save_to_run_info(self, **records: Any) -> None:
+        """Add json-like ``records`` to the ``run_info.json`` of this step's cached result.
+
+        Kept when the pipeline has ``memory=`` set and the step calls it from
+        ``fit`` (which runs in the parent); calls from ``transform``, which
+        runs in the workers, are not recorded in this version.
+
+        Examples
+        --------
+        >>> class Count(BaseTransformer):
+        ...     def fit(self, X, y=None):
+        ...         self.save_to_run_info(rows=len(X))
+        ...         return self
+        >>> Count().fit([1, 2]).__class__.__name__
+        'Count'
+        """
+        target = RUN_INFO_RECORDS.get()
+        if target is not None:
+            target.append(dict(records))
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

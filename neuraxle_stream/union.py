@@ -116,12 +116,21 @@ class ParallelQueuedFeatureUnion(_QueuedBase):
             return outputs[0]
         return _containers.join_columns(outputs, [d.name for d in descs])
 
-    def transform(self, X: Any) -> Any:
-        """Run every branch on ``X`` and return the joined outputs."""
+    def transform(self, X: Any, *, trace: int | None = None) -> Any:
+        """Run every branch on ``X`` and return the joined outputs.
+
+        With ``trace=N``, run only the first ``N`` items and return a
+        :class:`~neuraxle_stream.TraceResult` with one stage per branch.
+        """
         settings = self._check_params()
         if not self._stage_descs():
             raise ValueError("ParallelQueuedFeatureUnion needs at least one branch.")
         X = _containers.as_rows(X)
+        if trace is not None:
+            return self._traced(
+                "transform", trace, settings, X, None,
+                lambda X, y, s, m, transform: self._transform_range(X, 0, 1, s, m),
+            )
         with self._monitor(settings, X) as monitor:
             return self._transform_range(X, 0, 1, settings, monitor)
 

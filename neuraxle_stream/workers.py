@@ -12,7 +12,9 @@ long it waited on its input queue and for room on the next) and appends a
 :class:`~neuraxle_stream.messages.TaskRecord` to the task it passes on, runs
 its copy of the pipeline's hooks around its lifetime and each minibatch, and,
 in a worker process, sends its ``logging`` records to the parent on the
-results channel.
+results channel. When its stage spec says ``trace``, it records every call its
+step receives (:mod:`~neuraxle_stream.tracing`) and appends those records to
+the task in the same way.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
-from . import _containers
+from . import _containers, tracing
 from .hooks import StageInfo, WorkerHooks
 from .messages import (
     STOP,
@@ -41,7 +44,7 @@ from .messages import (
 )
 from .queues import Channel, ResultChannel
 from .savers import load_step
-from .steps import apply_worker_arguments, call_hook
+from .steps import call_hook
 from .transport import unlink_segments
 
 __all__ = ["CLOSING", "IDLE", "IDLE_RUN", "SETUP", "STARTING", "STOPPED", "TEARDOWN", "StageSpec", "WorkerIO", "process_main", "worker_loop"]
@@ -92,6 +95,9 @@ class StageSpec:
     step_index : int or None
         Position of the step in the pipeline (``index`` when ``None``), as
         hooks see it in :class:`~neuraxle_stream.hooks.StageInfo`.
+    trace : bool, default=False
+        Whether the workers record every call their step receives and send
+        the records back with each minibatch (a traced call).
     """
 
     name: str
@@ -104,6 +110,8 @@ class StageSpec:
     may_change_length: bool = False
     hooks: bytes = field(default=b"", repr=False)
     step_index: int | None = None
+    #: Record each call the step receives (see :mod:`~neuraxle_stream.tracing`).
+    trace: bool = False
     #: A digest of ``payload`` and ``hooks``, so that the repr (a key of kept runtimes) changes with them.
     digest: str = field(init=False, default="")
 
@@ -148,19 +156,24 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
     io.started[worker_index] = time.monotonic()
     io.current[worker_index] = SETUP
     try:
-        step = load_step(spec.payload)
         args = spec.worker_arguments[worker_index] if spec.worker_arguments else []
-        apply_worker_arguments(step, args)
+        # The saver sets the arguments: a torch step is loaded straight onto its worker's device.
+        step = load_step(spec.payload, args)
+        if io.thread_limit is not None:
+            _limit_torch_threads(io.thread_limit)  # torch may have come with the step
         call_hook(step, "setup")
         index = spec.index if spec.step_index is None else spec.step_index
         hooks = WorkerHooks(spec.hooks, StageInfo(spec.name, index, spec.n_workers, worker_index))
         hooks.enter_stage()
+        transform = step.transform
+        tracer: tracing.Recorder | None = None
+        if spec.trace:  # wrapped once, here; untraced, the loop only checks ``tracer``
+            tracer, transform = tracing.install(step, spec.name, worker_index)
     except BaseException as exc:
         report.failure(exc, None, io.active_run.value, "setup")
         _stopped(spec, worker_index, io)
         return
     io.current[worker_index] = IDLE
-    transform = step.transform
     clock = time.perf_counter
     #: (run id, seconds) of this worker's last put on the next queue, not yet reported.
     last_put: tuple[int, float] | None = None
@@ -180,6 +193,8 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
         start_wall = time.time()
         error: BaseException | None = None
         duration = 0.0
+        if tracer is not None:
+            tracer.begin(task.index)
         try:
             with hooks.around_task(task):
                 started = clock()
@@ -202,10 +217,11 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
             got - waited, put_wait, error is not None,
         )
         stats = (*task.stats, record)
+        trace = task.trace if tracer is None else (*task.trace, *tracer.take())
         if error is not None:
-            report.failure(error, task.index, task.run_id, "transform", stats)
+            report.failure(error, task.index, task.run_id, "transform", stats, trace)
             continue
-        result = QueuedMinibatchTask(task.index, out, task.expected_outputs, task.run_id, stats)
+        result = QueuedMinibatchTask(task.index, out, task.expected_outputs, task.run_id, stats, trace)
         try:
             if io.outbox is not None:
                 before = clock()
@@ -215,7 +231,7 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
                 io.results.put(StageResult(spec.lane, result))
         except Exception as exc:  # the output cannot be encoded: say whose output it is
             exc.add_note(f"Raised sending the output of step {spec.name!r} for minibatch {task.index}.")
-            report.failure(exc, task.index, task.run_id, "transform", stats)
+            report.failure(exc, task.index, task.run_id, "transform", stats)  # no trace: it may be the cause
     io.current[worker_index] = TEARDOWN
     try:
         hooks.exit_stage()
@@ -286,7 +302,8 @@ class _Reporter:
         self.spec, self.worker_index, self.io = spec, worker_index, io
 
     def failure(
-        self, exc: BaseException, index: int | None, run_id: int, phase: str, stats: tuple[TaskRecord, ...] = ()
+        self, exc: BaseException, index: int | None, run_id: int, phase: str,
+        stats: tuple[TaskRecord, ...] = (), trace: tuple[Any, ...] = (),
     ) -> None:
         message = MinibatchError.capture(
             exc,
@@ -297,6 +314,7 @@ class _Reporter:
             phase=phase,
             portable=self.io.portable,
             stats=stats,
+            trace=trace,
         )
         try:
             self.io.results.put(message)
@@ -398,3 +416,11 @@ def _limit_threads(n: int) -> None:
         pass
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(n))
+    _limit_torch_threads(n)
+
+
+def _limit_torch_threads(n: int) -> None:
+    """Give torch, when this worker imported it, the same share of the cores."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)

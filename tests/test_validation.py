@@ -82,12 +82,17 @@ BAD_PARAMS: list[tuple[dict[str, Any], str, str, str]] = [
     ({"output_order": "random"}, "output_order", "a str among {.*'completion'.*}", "'random'"),
     ({"timeout": 0}, "timeout", r"a float in the range \(0.0, inf\) or None", "0"),
     ({"timeout": -1.0}, "timeout", r"a float in the range \(0.0, inf\) or None", "-1.0"),
+    ({"timeout": "10"}, "timeout", r"a float in the range \(0.0, inf\) or None", "'10'"),
+    ({"data_joiner": "concat"}, "data_joiner", "a callable or None", "'concat'"),
+    ({"verbose": 1.5}, "verbose", ".*", "1.5"),
+    ({"progress": None}, "progress", ".*bool.*", "None"),
+    ({"output_order": None}, "output_order", "a str among {.*'input'.*}", "None"),
+    ({"hooks": {}}, "hooks", "an instance of 'list', an instance of 'tuple' or None", "{}"),
     ({"verbose": "loud"}, "verbose", ".*", "'loud'"),
     ({"hooks": [object]}, "hooks", "a list of PipelineHook instances or None", r"[<class 'object'>]"),
     ({"hooks": "stats"}, "hooks", "an instance of 'list', an instance of 'tuple' or None", "'stats'"),
     ({"progress": "yes"}, "progress", ".*bool.*", "'yes'"),
-    # reserved for later versions: must stay unset
-    ({"memory": "/tmp/cache"}, "memory", "None", "'/tmp/cache'"),
+    ({"memory": 3}, "memory", "an instance of 'str', an instance of 'os.PathLike', an instance of 'joblib.memory.Memory' or None", "3"),
 ]
 
 
@@ -265,6 +270,11 @@ def test_wrapper_parameters_are_validated() -> None:
         ({"use_processes": "no"}, "use_processes", "an instance of 'bool'.*", "'no'"),
         ({"backend": "cuda"}, "backend", "a str among {.*} or None", "'cuda'"),
         ({"mp_context": "posix"}, "mp_context", "a str among {'fork', 'forkserver', 'spawn'}.*", "'posix'"),
+        ({"use_savers": "no"}, "use_savers", "an instance of 'bool'.*", "'no'"),
+        ({"timeout": 0}, "timeout", r"a float in the range \(0.0, inf\) or None", "0"),
+        ({"timeout": "1s"}, "timeout", r"a float in the range \(0.0, inf\) or None", "'1s'"),
+        ({"hooks": [object]}, "hooks", "a list of PipelineHook instances or None", r"[<class 'object'>]"),
+        ({"hooks": "stats"}, "hooks", "an instance of 'list', an instance of 'tuple' or None", "'stats'"),
     ]:
         wrapper = cls(Identity(), **{"backend": "thread", **kwargs})
         with pytest.raises(InvalidParameterError, match=_msg(param, cls, allowed, got)):

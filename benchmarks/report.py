@@ -1,0 +1,446 @@
+"""Tables, target checks, plots and the JSON file of a run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# DESIGN.md section 4.
+TARGET_CEILING_RATIO = 0.93
+TARGET_PEER_RATIO = 1.15
+TARGET_TRANSPORT_RATIO = 10.0
+TARGET_OVERHEAD_US = {"thread": 50.0, "process": 200.0}
+TARGET_SECOND_CALL_MS = 5.0
+
+
+def _fmt(value: Any, spec: str = ",.0f", missing: str = "-") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return format(value, spec)
+
+
+def table(headers: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    """A plain-text table; ``align`` has one ``<`` or ``>`` per column."""
+    align = align or "<" + ">" * (len(headers) - 1)
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    line = "  ".join(f"{h:{a}{w}}" for h, a, w in zip(headers, align, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)) for r in rows]
+    return "\n".join(out)
+
+
+def _load(r: dict[str, Any]) -> str:
+    """Share of the machine other processes used during the task (noise flag)."""
+    load = r.get("other_load")
+    return "-" if load is None else f"{load:.0%}"
+
+
+def _status_note(r: dict[str, Any]) -> str:
+    status = r.get("status", "?")
+    if status == "ok":
+        return r.get("check", "")
+    if status == "not installed":
+        return f"not installed ({r.get('pip', '')})" if r.get("pip") else "not installed"
+    return f"{status}: {r.get('error', '')}"[:90]
+
+
+# -- reference workload ----------------------------------------------------------------
+
+
+def add_reference_ratios(rows: list[dict[str, Any]]) -> None:
+    """Fill ``x_sequential`` and ``x_ceiling`` from the baseline rows."""
+    by_name = {r["name"]: r for r in rows}
+    seq = by_name.get("sequential", {}).get("items_per_s")
+    ceiling = by_name.get("ceiling", {}).get("items_per_s")
+    shared = by_name.get("ceiling-shared-output", {}).get("items_per_s")
+    for r in rows:
+        ips = r.get("items_per_s")
+        r["x_sequential"] = ips / seq if ips and seq else None
+        r["x_ceiling"] = ips / ceiling if ips and ceiling else None
+        r["x_ceiling_shared_output"] = ips / shared if ips and shared else None
+
+
+def reference_table(rows: list[dict[str, Any]]) -> str:
+    """The reference workload table."""
+    body = [
+        [
+            r["name"],
+            _fmt(r.get("items_per_s")),
+            _fmt(r.get("median_items_per_s")),
+            _fmt(r.get("x_sequential"), ".2f"),
+            _fmt(r.get("x_ceiling"), ".2f"),
+            _fmt(r.get("cpu_ms_per_item"), ".2f"),
+            _fmt(r.get("peak_rss_mb")) if r.get("status") == "ok" else "-",
+            _load(r),
+            _status_note(r),
+        ]
+        for r in rows
+    ]
+    return table(
+        [
+            "name",
+            "items/s",
+            "median",
+            "x seq",
+            "x ceiling",
+            "CPU ms/item",
+            "peak RSS MB",
+            "other load",
+            "check / status",
+        ],
+        body,
+        "<>>>>>>><",
+    )
+
+
+# -- transport ---------------------------------------------------------------------------
+
+
+def add_transport_ratios(rows: list[dict[str, Any]]) -> None:
+    """Each case's MB/s over the ``mpqueue-hop`` and ``mpqueue-chain`` cases of its size."""
+    base: dict[tuple[str, int], float] = {}
+    for r in rows:
+        if r.get("status") == "ok" and r["case"].startswith("mpqueue"):
+            base[(r["case"], r["size_mb"])] = r["mb_per_s"]
+    for r in rows:
+        mbs = r.get("mb_per_s")
+        for case in ("mpqueue-hop", "mpqueue-chain"):
+            b = base.get((case, r["size_mb"]))
+            r[f"x_{case.replace('-', '_')}"] = mbs / b if mbs and b else None
+
+
+def transport_table(rows: list[dict[str, Any]]) -> str:
+    """The transport table."""
+    body = [
+        [
+            r["case"],
+            f"{r['size_mb']} MB",
+            _fmt(r.get("n_arrays"), "d"),
+            _fmt(r.get("mb_per_s")),
+            _fmt(r.get("x_mpqueue_hop"), ".2f"),
+            _fmt(r.get("x_mpqueue_chain"), ".2f"),
+            _fmt(r.get("peak_rss_mb")) if r.get("status") == "ok" else "-",
+            _load(r),
+            "" if r.get("status") == "ok" else _status_note(r),
+        ]
+        for r in rows
+    ]
+    return table(
+        [
+            "case",
+            "array",
+            "arrays",
+            "MB/s",
+            "x mpQueue hop",
+            "x mpQueue chain",
+            "peak RSS MB",
+            "other load",
+            "status",
+        ],
+        body,
+        "<>>>>>>><",
+    )
+
+
+# -- overhead -------------------------------------------------------------------------------
+
+
+def overhead_table(rows: list[dict[str, Any]]) -> str:
+    """The per-minibatch overhead table."""
+    body = [
+        [
+            r["impl"],
+            r["backend"],
+            _fmt(r.get("batch_size"), "d"),
+            _fmt(r.get("all_in_us"), ",.1f"),
+            _fmt(r.get("per_item_us"), ",.1f"),
+            _fmt(r.get("per_minibatch_us"), ",.1f"),
+            _fmt(r.get("fixed_ms"), ",.1f") if (r.get("fixed_ms") or 0) >= 0 else "~0",
+            _fmt(r.get("second_call_ms"), ",.2f"),
+            _load(r),
+            r.get("note", "") if r.get("status") == "ok" else _status_note(r),
+        ]
+        for r in rows
+    ]
+    return table(
+        [
+            "impl",
+            "backend",
+            "batch",
+            "us/minibatch",
+            "us/item",
+            "marginal us",
+            "fixed ms/call",
+            "2nd call ms",
+            "other load",
+            "status",
+        ],
+        body,
+        "<<>>>>>>><",
+    )
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+
+def memory_table(rows: list[dict[str, Any]]) -> str:
+    """The endless-stream memory summary."""
+    body = []
+    for r in rows:
+        if r.get("status") != "ok":
+            body.append([r["backend"], "-", "-", "-", "-", "-", "-", "-", _status_note(r)])
+            continue
+        body.append(
+            [
+                r["backend"],
+                _fmt(r.get("items"), ",d"),
+                _fmt(r.get("items_per_s")),
+                _fmt(r.get("steady_first_mb")),
+                _fmt(r.get("steady_last_mb")),
+                _fmt(r.get("peak_mb")),
+                _fmt(r.get("slope_mb_per_million_items"), ",.1f"),
+                _fmt(r.get("close_s"), ".2f"),
+                {True: "flat", False: "GROWS", None: "too few samples"}[r.get("flat")]
+                + f", {r.get('workers_left_after_close')} workers left",
+            ]
+        )
+    return table(
+        [
+            "backend",
+            "items",
+            "items/s",
+            "RSS start MB",
+            "RSS end MB",
+            "peak MB",
+            "MB/1M items",
+            "close s",
+            "verdict",
+        ],
+        body,
+        "<>>>>>>><",
+    )
+
+
+# -- targets --------------------------------------------------------------------------------
+
+
+def targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Check the DESIGN.md section 4 targets against what this run measured."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, goal: str, ok: bool | None, detail: str = "") -> None:
+        out.append({"target": name, "value": value, "goal": goal, "met": ok, "detail": detail})
+
+    ref = {r["name"]: r for r in results.get("reference", []) if r.get("status") == "ok"}
+    ours = [r for n, r in ref.items() if n.startswith("ours-process")]
+    if ours:
+        best = max(ours, key=lambda r: r["items_per_s"])
+        ratio = best.get("x_ceiling")
+        add(
+            "processes vs no-transfer ceiling",
+            ratio,
+            f">= {TARGET_CEILING_RATIO}",
+            ratio is not None and ratio >= TARGET_CEILING_RATIO,
+            best["name"],
+        )
+        shared = best.get("x_ceiling_shared_output")
+        if shared is not None:
+            add(
+                "(info) processes vs ceiling with shared output",
+                shared,
+                "-",
+                None,
+                f"{best['name']}; the ceiling that also materialises the output",
+            )
+        peers = [r for r in ref.values() if r.get("group") == "peer"]
+        if peers:
+            top = max(peers, key=lambda r: r["items_per_s"])
+            ratio = best["items_per_s"] / top["items_per_s"]
+            add(
+                "processes vs best peer",
+                ratio,
+                f">= {TARGET_PEER_RATIO}",
+                ratio >= TARGET_PEER_RATIO,
+                f"{best['name']} vs {top['name']}",
+            )
+    # Transport, like for like: stream() (hops only) vs one multiprocessing.Queue hop, and
+    # transform() (hops and join) vs the same topology built of multiprocessing.Queue hops.
+    for r in results.get("transport", []):
+        pairs = {
+            "ours-process-stream": ("hop", "stream()"),
+            "ours-process": ("chain", "transform()"),
+        }
+        if r.get("case") in pairs and r.get("status") == "ok":
+            base, how = pairs[r["case"]]
+            ratio = r.get(f"x_mpqueue_{base}")
+            add(
+                f"transport {r['size_mb']} MB, {how} vs multiprocessing.Queue {base}",
+                ratio,
+                f">= {TARGET_TRANSPORT_RATIO}",
+                ratio is not None and ratio >= TARGET_TRANSPORT_RATIO,
+            )
+    for r in results.get("overhead", []):
+        if r.get("impl") == "ours" and r.get("status") == "ok":
+            goal = TARGET_OVERHEAD_US[r["backend"]]
+            add(
+                f"overhead {r['backend']} bs={r['batch_size']} (us/minibatch, all-in)",
+                r["all_in_us"],
+                f"< {goal:g}",
+                r["all_in_us"] < goal,
+            )
+            if r["batch_size"] == 1 and "second_call_ms" in r:
+                add(
+                    f"second call fixed cost, {r['backend']} (ms)",
+                    r["second_call_ms"],
+                    f"< {TARGET_SECOND_CALL_MS:g}",
+                    r["second_call_ms"] < TARGET_SECOND_CALL_MS,
+                )
+    for r in results.get("memory", []):
+        if r.get("status") == "ok":
+            add(
+                f"endless stream flat RSS, {r['backend']} (growth MB)",
+                r.get("growth_mb"),
+                "flat",
+                r.get("flat"),
+                f"{r['items']:,} items",
+            )
+        else:
+            add(
+                f"endless stream flat RSS, {r['backend']}",
+                None,
+                "flat",
+                None,
+                f"{r.get('status')}: {r.get('error', '')}",
+            )
+    return out
+
+
+def targets_table(rows: list[dict[str, Any]]) -> str:
+    """The target checks as a table."""
+    body = [
+        [
+            t["target"],
+            _fmt(t["value"], ",.2f"),
+            t["goal"],
+            {True: "met", False: "NOT MET", None: "pending" if t["goal"] != "-" else ""}[t["met"]],
+            t["detail"],
+        ]
+        for t in rows
+    ]
+    return table(["target (DESIGN.md 4)", "value", "goal", "", "detail"], body, "<><<<")
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON."""
+    path.write_text(json.dumps(_jsonable(data), indent=1) + "\n")
+
+
+_COLORS = {"ours": "tab:blue", "peer": "tab:orange", "baseline": "tab:gray"}
+
+
+def plot(results: dict[str, list[dict[str, Any]]], out_dir: Path, title: str) -> list[Path]:
+    """Bar charts of the reference and transport sections, and the memory profile."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    ref = [r for r in results.get("reference", []) if r.get("status") == "ok"]
+    transport = [r for r in results.get("transport", []) if r.get("status") == "ok"]
+    if ref or transport:
+        fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), gridspec_kw={"width_ratios": [3, 2]})
+        ax = axes[0]
+        if ref:
+            names = [r["name"] for r in ref][::-1]
+            values = [r["items_per_s"] for r in ref][::-1]
+            colors = [_COLORS.get(r.get("group", ""), "tab:gray") for r in ref][::-1]
+            bars = ax.barh(names, values, color=colors)
+            for bar, r in zip(bars, ref[::-1]):
+                label = f" {r['items_per_s']:,.0f}"
+                if r.get("x_ceiling"):
+                    label += f"  ({r['x_ceiling']:.0%} of ceiling)"
+                ax.text(
+                    bar.get_width(),
+                    bar.get_y() + bar.get_height() / 2,
+                    label,
+                    va="center",
+                    fontsize=8,
+                )
+            ceiling = next((r["items_per_s"] for r in ref if r["name"] == "ceiling"), None)
+            if ceiling:
+                ax.axvline(ceiling, color="k", linestyle="--", linewidth=1)
+            ax.set_xlabel("items/s (higher is better)")
+            ax.set_xlim(0, max(values) * 1.45)
+            ax.set_title("reference workload (DESIGN.md 5)")
+        else:
+            ax.set_axis_off()
+        ax = axes[1]
+        if transport:
+            names = [f"{r['case']} {r['size_mb']}MB" for r in transport][::-1]
+            values = [r["mb_per_s"] for r in transport][::-1]
+            colors = [
+                "tab:blue" if r["case"].startswith("ours") else "tab:gray" for r in transport
+            ][::-1]
+            bars = ax.barh(names, values, color=colors)
+            for bar, v in zip(bars, values):
+                ax.text(
+                    bar.get_width(),
+                    bar.get_y() + bar.get_height() / 2,
+                    f" {v:,.0f}",
+                    va="center",
+                    fontsize=8,
+                )
+            ax.set_xscale("log")
+            ax.set_xlabel("MB/s of payload, log scale (higher is better)")
+            ax.set_title("transport: arrays through 2 stages")
+        else:
+            ax.set_axis_off()
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        path = out_dir / "benchmark.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    memory = [r for r in results.get("memory", []) if r.get("status") == "ok" and r.get("series")]
+    if memory:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for r in memory:
+            series = r["series"][: r.get("streaming_samples")]
+            items = [s[2] / 1000 for s in series]
+            rss = [s[1] for s in series]
+            ax.plot(items, rss, label=f"{r['backend']} ({r['items_per_s']:,.0f} items/s)")
+        ax.set_xlabel("items streamed (thousands)")
+        ax.set_ylabel("RSS of the process tree (MB)")
+        ax.set_ylim(bottom=0)
+        ax.set_title("endless stream through 3 stages: pipeline.stream(generator)")
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / "memory.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,303 @@
+"""How a pipeline runs through its cache: stage by stage, per window of minibatches.
+
+See :mod:`neuraxle_stream.caching` for the keys and the layout on disk. Per
+window (the whole input for ``transform``, ``caching.STREAM_WINDOW``
+minibatches for ``stream``), for each stage in turn: the minibatches whose
+output of this stage (or of a later one) is cached are not sent to the
+workers; the others are, and each output is stored as it comes back, with
+the stage's ``run_info.json`` and ``log.txt``. Fitted steps are looked up
+before ``fit`` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import socket
+import sys
+import time
+import uuid
+import weakref
+from collections.abc import Generator, Iterator
+from datetime import datetime
+from typing import Any
+
+import joblib
+
+from . import caching
+from .caching import (
+    MISSING,
+    CacheInfo,
+    CacheStore,
+    StepCacheStats,
+    _qualname,
+    chain_key,
+    content_hash,
+    is_missing,
+    memory_location,
+    step_key,
+)
+from .steps import RUN_INFO_RECORDS
+
+__all__ = ["fit_cached", "last_info", "run_cached"]
+
+
+# -- run info and logs ----------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    from . import __version__
+
+    out = {"python": platform.python_version(), "neuraxle_stream": __version__}
+    for name in ("numpy", "sklearn", "joblib", "pandas", "torch"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            out[name] = str(getattr(mod, "__version__", "?"))
+    return out
+
+
+def run_info(name: str, step: Any, key: str, input_key: str, started: float, ended: float,
+             minibatches: int, items: int, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``run_info.json`` of one step's computed results."""
+    params = step.get_params(deep=False) if hasattr(step, "get_params") else {}
+    return {
+        "step": name,
+        "class": _qualname(step),
+        "cache_version": getattr(step, "cache_version", None),
+        "params": {k: repr(v) for k, v in params.items()},
+        "key": key,
+        "input_key": input_key,
+        "started": datetime.fromtimestamp(started).isoformat(),
+        "ended": datetime.fromtimestamp(ended).isoformat(),
+        "duration": ended - started,
+        "minibatches": minibatches,
+        "items": items,
+        "hostname": socket.gethostname(),
+        "run_id": uuid.uuid4().hex,
+        "versions": _versions(),
+        "records": records,
+    }
+
+
+class _LogCapture(logging.Handler):
+    """Collects the records the parent's logging sees while one step runs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.lines.append(self.format(record))
+
+
+@contextlib.contextmanager
+def capture(records: list[dict[str, Any]] | None = None) -> Iterator[_LogCapture]:
+    """Capture log records (root logger) and ``save_to_run_info`` records of the parent."""
+    handler = _LogCapture()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    token = RUN_INFO_RECORDS.set(records if records is not None else [])
+    try:
+        yield handler
+    finally:
+        RUN_INFO_RECORDS.reset(token)
+        root.removeHandler(handler)
+
+
+# -- a cached run --------------------------------------------------------------------------
+
+#: The cache stats of each pipeline's last call, kept out of its ``__dict__``
+#: (a call must leave the estimator's ``__dict__`` as it was).
+_LAST_INFO: weakref.WeakKeyDictionary[Any, tuple[Any, CacheInfo]] = weakref.WeakKeyDictionary()
+
+
+def call_info(pipeline: Any, monitor: Any, location: str | None) -> CacheInfo:
+    """The :class:`CacheInfo` of the call ``monitor`` belongs to (new for a new call)."""
+    held = _LAST_INFO.get(pipeline)
+    if held is None or held[0] is not monitor:
+        held = (monitor, CacheInfo(location))
+        _LAST_INFO[pipeline] = held
+    return held[1]
+
+
+def last_info(pipeline: Any) -> CacheInfo | None:
+    """The :class:`CacheInfo` of the pipeline's last call, if it used a cache."""
+    held = _LAST_INFO.get(pipeline)
+    return None if held is None else held[1]
+
+
+def fit_cached(pipeline: Any, store: CacheStore, desc: Any, X: Any, y: Any, monitor: Any) -> None:
+    """Fit ``desc.step`` on ``(X, y)``, or load its fitted state from the cache."""
+    step = desc.step
+    if not store.enabled:
+        step.fit(X, y)
+        return
+    info = call_info(pipeline, monitor, memory_location(getattr(pipeline, "memory", None)))
+    stats = info.steps.setdefault(desc.name, StepCacheStats(desc.name))
+    unfitted = step_key(step, fitted_state=False)
+    data_key = content_hash((X, y))
+    key = chain_key(unfitted, data_key)
+    area = f"fits/{key}"
+    fitted = store.get(area, "fitted")
+    if not is_missing(fitted) and type(fitted) is type(step):
+        vars(step).update(vars(fitted))
+        stats.fit = "hit"
+        return
+    records: list[dict[str, Any]] = []
+    started = time.time()
+    with capture(records) as log:
+        step.fit(X, y)
+    ended = time.time()
+    stats.fit = "miss"
+    stats.bytes_written += store.put(area, "fitted", step)
+    n = _num_rows(X)
+    store.write_info(area, run_info(desc.name, step, key, data_key, started, ended, 1, n, records), log.lines)
+
+
+def _num_rows(data: Any) -> int:
+    from . import _containers
+
+    try:
+        return int(_containers.num_rows(data))
+    except Exception:
+        return 0
+
+
+def run_cached(
+    pipeline: Any, store: CacheStore, X: Any, start: int, stop: int,
+    settings: dict[str, Any], monitor: Any,
+) -> Iterator[tuple[int, Any]]:
+    """Run stages ``start:stop`` on ``X`` through the cache; yield ``(index, output)``."""
+    from . import _containers
+
+    descs = pipeline._stage_descs()
+    lanes = pipeline._lanes(descs, start, stop)
+    keys = [[step_key(d.runnable) for d in lane] for lane in lanes]
+    info = call_info(pipeline, monitor, memory_location(settings.get("memory")))
+    for lane, lane_keys in zip(lanes, keys):
+        for d, k in zip(lane, lane_keys):
+            info.steps.setdefault(d.name, StepCacheStats(d.name)).key = k
+    join_descs = lanes[0] if len(lanes) == 1 else [lane[0] for lane in lanes]
+    padded: dict[int, int] = {}
+    window_size = None if _containers.is_sequence(X) else caching.STREAM_WINDOW
+    owned = not pipeline.__dict__.get("_keep_alive")
+    if owned:  # keep each stage's workers up across the windows of this call
+        pipeline._keep_alive = True
+    ok = False
+    try:
+        batches = enumerate(pipeline._minibatches(X, settings, padded))
+        read = 0
+        while True:
+            window: list[tuple[int, Any]] = []
+            source_error: BaseException | None = None
+            try:
+                for item in batches:
+                    window.append((item[0], item[1][0]))
+                    read += 1
+                    if window_size is not None and len(window) >= window_size:
+                        break
+            except Exception as exc:  # keep what was read: a re-run resumes after it
+                exc.add_note(f"Raised by the input of the queued pipeline, reading minibatch {read}.")
+                source_error = exc
+            if not window:
+                if source_error is not None:
+                    raise source_error
+                ok = True
+                return
+            outputs = _run_window(pipeline, store, lanes, keys, window, settings, monitor, info)
+            if source_error is not None:
+                raise source_error
+            for (index, _), per_lane in zip(window, outputs):
+                out = pipeline._join_lanes(per_lane, join_descs)
+                if index in padded:
+                    out = _containers.slice_rows(out, 0, padded.pop(index))
+                yield index, out
+            if window_size is None:
+                ok = True
+                return
+    finally:
+        if owned:
+            if ok:
+                pipeline.close()
+            else:  # the error being raised already says what went wrong
+                with contextlib.suppress(Exception):
+                    pipeline.close()
+
+
+def _run_window(
+    pipeline: Any, store: CacheStore, lanes: list[list[Any]], keys: list[list[str]],
+    window: list[tuple[int, Any]], settings: dict[str, Any], monitor: Any, info: CacheInfo,
+) -> list[list[Any]]:
+    """Outputs of every lane for the minibatches of ``window``, computing only what is missing."""
+    input_keys = [content_hash(batch) for _, batch in window]
+    per_lane: list[list[Any]] = []
+    for lane, lane_keys in zip(lanes, keys):
+        chain: list[list[str]] = []
+        previous = input_keys
+        for k in lane_keys:
+            previous = [chain_key(k, p) for p in previous]
+            chain.append(previous)
+        values: list[Any] = []
+        deepest: list[int] = []
+        for m, (_, batch) in enumerate(window):
+            level, value = len(lane) - 1, MISSING
+            while level >= 0:
+                area = f"steps/{lane_keys[level]}/out"
+                if store.contains(area, chain[level][m]):
+                    value = store.get(area, chain[level][m])
+                    if not is_missing(value):
+                        break
+                level -= 1
+            deepest.append(level)
+            values.append(batch if level < 0 else value)
+        for j, desc in enumerate(lane):
+            stats = info.steps[desc.name]
+            todo = [m for m in range(len(window)) if deepest[m] < j]
+            stats.hits += len(window) - len(todo)
+            stats.misses += len(todo)
+            if not todo:
+                continue
+            inputs_key = str(joblib.hash([chain[j - 1][m] if j else input_keys[m] for m in todo]))
+            records: list[dict[str, Any]] = []
+            started = time.time()
+            area = f"steps/{lane_keys[j]}/out"
+            run = _run_stage(pipeline, desc, [values[m] for m in todo], settings, monitor)
+            with capture(records) as log, contextlib.closing(run):
+                for m, out in zip(todo, run):
+                    values[m] = out
+                    stats.bytes_written += store.put(area, chain[j][m], out)
+            ended = time.time()
+            items = sum(_num_rows(values[m]) for m in todo)
+            store.write_info(
+                f"steps/{lane_keys[j]}",
+                run_info(desc.name, desc.runnable, lane_keys[j], inputs_key, started, ended, len(todo), items, records),
+                log.lines,
+            )
+        per_lane.append(values)
+    return [list(outs) for outs in zip(*per_lane)]
+
+
+def _run_stage(
+    pipeline: Any, desc: Any, batches: list[Any], settings: dict[str, Any], monitor: Any
+) -> Generator[Any, None, None]:
+    """Run one stage's workers on ``batches``; yield the outputs in order."""
+    from .pipeline import _RUNNING
+
+    lanes = [[desc]]
+    specs = pipeline._specs(lanes, settings)
+    runtime = pipeline._runtime(specs, settings)
+    failed = True
+    monitor.begin_run(specs)
+    running = _RUNNING.setdefault(pipeline, [])
+    running.append(runtime)
+    try:
+        for _, outputs in runtime.run(((b, None) for b in batches), ordered=True, observer=monitor.collector):
+            yield outputs[0]
+        failed = False
+    finally:
+        running.remove(runtime)
+        monitor.end_run(specs, ok=not failed)
+        pipeline._release(runtime, failed)
