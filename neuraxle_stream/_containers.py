@@ -376,3 +376,55 @@ def check_same_length(n_in: int, output: Any, step_name: str) -> None:
             f"Step {step_name!r} returned {n_out} rows for a minibatch of {n_in} rows; "
             "a step in a queued pipeline must return one row per input row."
         )
+
+
+class RowAccumulator:
+    """Joins minibatch outputs along axis 0 as they arrive.
+
+    When every output is an ndarray of one dtype and row shape and the total
+    number of rows is known, each minibatch is copied into one preallocated
+    array as it arrives: no serial concatenation at the end, and no second
+    copy of the whole output in memory. Anything else is kept and joined by
+    :func:`concat_rows` at the end.
+
+    Examples
+    --------
+    >>> acc = RowAccumulator(total_rows=4)
+    >>> acc.add(np.array([1, 2])); acc.add(np.array([3, 4]))
+    >>> acc.result()
+    array([1, 2, 3, 4])
+    """
+
+    def __init__(self, total_rows: int | None) -> None:
+        self._total = total_rows
+        self._parts: list[Any] = []
+        self._out: np.ndarray | None = None
+        self._filled = 0
+
+    def add(self, part: Any) -> None:
+        """Take the output of the next minibatch, in input order."""
+        out = self._out
+        first = out is None and not self._parts and self._total is not None
+        if first and type(part) is np.ndarray and part.ndim >= 1 and part.shape[0] <= self._total:
+            out = self._out = np.empty((self._total, *part.shape[1:]), dtype=part.dtype)
+        if out is not None:
+            fits = (
+                type(part) is np.ndarray
+                and part.dtype == out.dtype
+                and part.shape[1:] == out.shape[1:]
+                and self._filled + part.shape[0] <= out.shape[0]
+            )
+            if fits:
+                out[self._filled : self._filled + part.shape[0]] = part
+                self._filled += part.shape[0]
+                return
+            # Not the expected shape after all: fall back to joining the parts.
+            self._parts = [out[: self._filled]]
+            self._out = None
+        self._parts.append(part)
+
+    def result(self) -> Any:
+        """The joined output (``[]`` when nothing was added)."""
+        if self._out is not None:
+            return self._out if self._filled == self._out.shape[0] else self._out[: self._filled]
+        return concat_rows(self._parts)

@@ -285,13 +285,21 @@ class _QueuedBase(BaseTransformer):
     ) -> Any:
         if _containers.is_sequence(X) and _containers.num_rows(X) == 0:
             return _containers.empty_rows(X)
-        parts = [out for _, out in self._run(X, start, stop, settings, monitor)]
+        outputs = self._run(X, start, stop, settings, monitor)
         joiner = settings.get("data_joiner")
         if joiner is not None:
+            parts = [out for _, out in outputs]
             return joiner.transform(parts) if hasattr(joiner, "transform") else joiner(parts)
-        if not parts:
+        # Join as the minibatches arrive, while the workers go on.
+        total = _containers.num_rows(X) if _containers.is_sequence(X) else None
+        accumulator = _containers.RowAccumulator(total)
+        n_parts = 0
+        for _, out in outputs:
+            accumulator.add(out)
+            n_parts += 1
+        if not n_parts:
             return _containers.empty_rows(X)
-        return _containers.concat_rows(parts)
+        return accumulator.result()
 
     # -- public API ----------------------------------------------------------------
 
