@@ -639,7 +639,60 @@ class _QueuedBase(BaseTransformer):
 _SEQUENTIAL_CONSTRAINTS = {"steps": [list, tuple], **COMMON_CONSTRAINTS}
 
 
-class SequentialQueuedPipeline(_QueuedBase):
+class _StepsComposite(_QueuedBase):
+    """A queued composite of a list of steps: stores the parameters both share."""
+
+    _parameter_constraints = _SEQUENTIAL_CONSTRAINTS
+
+    def __init__(
+        self,
+        steps: list[Any],
+        batch_size: int = 32,
+        n_workers_per_step: int = 1,
+        max_queued_minibatches: int | None = None,
+        data_joiner: Any = None,
+        use_processes: bool = True,
+        use_savers: bool = False,
+        keep_incomplete_batch: bool = True,
+        default_value_data_inputs: Any = None,
+        default_value_expected_outputs: Any = None,
+        *,
+        backend: str | None = None,
+        mp_context: Any = None,
+        hooks: Any = None,
+        memory: Any = None,
+        output_order: str = "input",
+        progress: bool = False,
+        verbose: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        self.steps = steps
+        self.batch_size = batch_size
+        self.n_workers_per_step = n_workers_per_step
+        self.max_queued_minibatches = max_queued_minibatches
+        self.data_joiner = data_joiner
+        self.use_processes = use_processes
+        self.use_savers = use_savers
+        self.keep_incomplete_batch = keep_incomplete_batch
+        self.default_value_data_inputs = default_value_data_inputs
+        self.default_value_expected_outputs = default_value_expected_outputs
+        self.backend = backend
+        self.mp_context = mp_context
+        self.hooks = hooks
+        self.memory = memory
+        self.output_order = output_order
+        self.progress = progress
+        self.verbose = verbose
+        self.timeout = timeout
+
+    def _stage_descs(self) -> list[StageDesc]:
+        return parse_steps(
+            self.steps, type(self).__name__, self.n_workers_per_step, self.max_queued_minibatches
+        )
+
+
+
+class SequentialQueuedPipeline(_StepsComposite):
     """Run steps in sequence, each stage with its own workers, linked by bounded queues.
 
     The data are cut into minibatches of ``batch_size``; each stage runs its step
@@ -702,54 +755,6 @@ class SequentialQueuedPipeline(_QueuedBase):
     >>> p.fit_transform(np.array([[0.0], [2.0], [4.0]])).ravel()
     array([-1.22474487,  0.        ,  1.22474487])
     """
-
-    _parameter_constraints = _SEQUENTIAL_CONSTRAINTS
-
-    def __init__(
-        self,
-        steps: list[Any],
-        batch_size: int = 32,
-        n_workers_per_step: int = 1,
-        max_queued_minibatches: int | None = None,
-        data_joiner: Any = None,
-        use_processes: bool = True,
-        use_savers: bool = False,
-        keep_incomplete_batch: bool = True,
-        default_value_data_inputs: Any = None,
-        default_value_expected_outputs: Any = None,
-        *,
-        backend: str | None = None,
-        mp_context: Any = None,
-        hooks: Any = None,
-        memory: Any = None,
-        output_order: str = "input",
-        progress: bool = False,
-        verbose: bool = False,
-        timeout: float | None = None,
-    ) -> None:
-        self.steps = steps
-        self.batch_size = batch_size
-        self.n_workers_per_step = n_workers_per_step
-        self.max_queued_minibatches = max_queued_minibatches
-        self.data_joiner = data_joiner
-        self.use_processes = use_processes
-        self.use_savers = use_savers
-        self.keep_incomplete_batch = keep_incomplete_batch
-        self.default_value_data_inputs = default_value_data_inputs
-        self.default_value_expected_outputs = default_value_expected_outputs
-        self.backend = backend
-        self.mp_context = mp_context
-        self.hooks = hooks
-        self.memory = memory
-        self.output_order = output_order
-        self.progress = progress
-        self.verbose = verbose
-        self.timeout = timeout
-
-    def _stage_descs(self) -> list[StageDesc]:
-        return parse_steps(
-            self.steps, type(self).__name__, self.n_workers_per_step, self.max_queued_minibatches
-        )
 
     def _fit(self, X: Any, y: Any, settings: dict[str, Any], monitor: CallMonitor, transform: bool) -> Any:
         descs = self._stage_descs()

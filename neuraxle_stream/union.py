@@ -14,15 +14,15 @@ import numpy as np
 from sklearn.utils.metaestimators import available_if
 
 from . import _containers
-from ._validation import COMMON_CONSTRAINTS, StageDesc, parse_steps
-from .pipeline import _QueuedBase
+from ._validation import StageDesc
+from .pipeline import _QueuedBase, _StepsComposite
 from .stats import CallMonitor
 from .steps import is_fittable
 
 __all__ = ["ParallelQueuedFeatureUnion"]
 
 
-class ParallelQueuedFeatureUnion(_QueuedBase):
+class ParallelQueuedFeatureUnion(_StepsComposite):
     """Run every branch on every minibatch, in parallel, and join their outputs.
 
     Takes the parameters of
@@ -41,54 +41,6 @@ class ParallelQueuedFeatureUnion(_QueuedBase):
     >>> union.transform([1, 2, 3])
     [(2, 1), (4, 4), (6, 9)]
     """
-
-    _parameter_constraints = {"steps": [list, tuple], **COMMON_CONSTRAINTS}
-
-    def __init__(
-        self,
-        steps: list[Any],
-        batch_size: int = 32,
-        n_workers_per_step: int = 1,
-        max_queued_minibatches: int | None = None,
-        data_joiner: Any = None,
-        use_processes: bool = True,
-        use_savers: bool = False,
-        keep_incomplete_batch: bool = True,
-        default_value_data_inputs: Any = None,
-        default_value_expected_outputs: Any = None,
-        *,
-        backend: str | None = None,
-        mp_context: Any = None,
-        hooks: Any = None,
-        memory: Any = None,
-        output_order: str = "input",
-        progress: bool = False,
-        verbose: bool = False,
-        timeout: float | None = None,
-    ) -> None:
-        self.steps = steps
-        self.batch_size = batch_size
-        self.n_workers_per_step = n_workers_per_step
-        self.max_queued_minibatches = max_queued_minibatches
-        self.data_joiner = data_joiner
-        self.use_processes = use_processes
-        self.use_savers = use_savers
-        self.keep_incomplete_batch = keep_incomplete_batch
-        self.default_value_data_inputs = default_value_data_inputs
-        self.default_value_expected_outputs = default_value_expected_outputs
-        self.backend = backend
-        self.mp_context = mp_context
-        self.hooks = hooks
-        self.memory = memory
-        self.output_order = output_order
-        self.progress = progress
-        self.verbose = verbose
-        self.timeout = timeout
-
-    def _stage_descs(self) -> list[StageDesc]:
-        return parse_steps(
-            self.steps, type(self).__name__, self.n_workers_per_step, self.max_queued_minibatches
-        )
 
     @available_if(_QueuedBase._steps_name_features)
     def get_feature_names_out(self, input_features: Any = None) -> Any:
