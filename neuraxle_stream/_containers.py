@@ -374,7 +374,8 @@ def check_same_length(n_in: int, output: Any, step_name: str) -> None:
     if n_out != n_in:
         raise ValueError(
             f"Step {step_name!r} returned {n_out} rows for a minibatch of {n_in} rows; "
-            "a step in a queued pipeline must return one row per input row."
+            "a step in a queued pipeline must return one row per input row (a step that "
+            "filters rows must set the class attribute `may_change_length = True`)."
         )
 
 

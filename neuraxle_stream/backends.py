@@ -33,9 +33,7 @@ from .workers import StageSpec, WorkerIO, process_main, worker_loop
 
 __all__ = ["Backend", "ProcessBackend", "ThreadBackend", "WorkerHandle", "resolve_context", "uses_cuda"]
 
-BACKENDS = ("process", "thread", "ray")
 _backend_ids = itertools.count()
-START_METHODS = ("forkserver", "spawn", "fork")
 
 
 class WorkerHandle(ABC):

@@ -83,10 +83,6 @@ class ThreadChannel(Channel):
     def get(self) -> Any:
         return self._queue.get()
 
-    def qsize(self) -> int:
-        """Number of items waiting."""
-        return self._queue.qsize()
-
 
 class ThreadResultChannel(ResultChannel):
     """An unbounded ``queue.SimpleQueue``."""

@@ -19,6 +19,7 @@ the task in the same way.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import multiprocessing
@@ -284,17 +285,13 @@ def _stopped(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
 
 
 def _check_length(step_name: str, inputs: Any, outputs: Any) -> None:
+    """One output row per input row, where both have a length."""
     try:
         n_in = _containers.num_rows(inputs)
-        n_out = _containers.num_rows(outputs)
     except TypeError:
         return
-    if n_in != n_out:
-        raise ValueError(
-            f"Step {step_name!r} returned {n_out} rows for a minibatch of {n_in} rows. "
-            "Queued pipelines need one output per input; a step that filters rows "
-            "must set the class attribute `may_change_length = True`."
-        )
+    with contextlib.suppress(TypeError):  # an unsized output cannot be counted
+        _containers.check_same_length(n_in, outputs, step_name)
 
 
 class _Reporter:
