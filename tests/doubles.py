@@ -17,6 +17,7 @@ Fittable: :class:`MeanCenterer` (a complete scikit-learn transformer written on
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -273,3 +274,14 @@ def add_one(x: Any) -> Any:
 def describe_item(x: Any) -> str:
     """A string per item: a per-item operator whose outputs cannot be stacked."""
     return f"item:{x}"
+
+
+class RecordingHandler(logging.Handler):
+    """A logging handler that keeps every record it is given, to count them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)

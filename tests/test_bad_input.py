@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from doubles import RecordingHandler
 from faults import RaisesAt
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
@@ -172,20 +173,11 @@ def test_nan_and_inf_in_a_union_and_in_lists(backend: str) -> None:
 # -- a failing step is raised, not logged ----------------------------------------------------------
 
 
-class _Counter(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def error_records() -> Iterator[list[logging.LogRecord]]:
     """Records of level >= ERROR reaching the root logger (and so any handler) during a test."""
     root = logging.getLogger()
-    counter = _Counter()
+    counter = RecordingHandler()
     level = root.level
     root.addHandler(counter)
     root.setLevel(logging.DEBUG)

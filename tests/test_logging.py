@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from doubles import RecordingHandler
 
 from neuraxle_stream import BaseTransformer, NonFittableMixin, SequentialQueuedPipeline
 
@@ -44,20 +45,11 @@ class LoggingStep(NonFittableMixin, BaseTransformer):
         logging.getLogger(LOGGER).warning("teardown")
 
 
-class Counter(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
-def counted() -> Iterator[Counter]:
+def counted() -> Iterator[RecordingHandler]:
     """A handler on the test logger, at INFO, for the duration of a test."""
     logger = logging.getLogger(LOGGER)
-    handler = Counter()
+    handler = RecordingHandler()
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     yield handler
@@ -70,7 +62,7 @@ def counted() -> Iterator[Counter]:
     ("backend", "mp_context"), [("thread", None), ("process", None), ("process", "fork")]
 )
 def test_worker_records_reach_the_parent_exactly_once(
-    counted: Counter, backend: str, mp_context: str | None, tmp_path: Path
+    counted: RecordingHandler, backend: str, mp_context: str | None, tmp_path: Path
 ) -> None:
     # Under fork the workers inherit the parent's handlers: a file handler
     # there would write a second copy of each record into the same file.
@@ -106,7 +98,7 @@ def test_worker_records_reach_the_parent_exactly_once(
 
 
 @pytest.mark.timeout(60)
-def test_records_arrive_while_the_workers_stay_up(counted: Counter) -> None:
+def test_records_arrive_while_the_workers_stay_up(counted: RecordingHandler) -> None:
     pipeline = SequentialQueuedPipeline([("log", LoggingStep())], batch_size=5, backend="process")
     with pipeline:
         pipeline.transform(list(range(10)))
