@@ -55,6 +55,8 @@ COMMON_CONSTRAINTS: dict[str, Any] = {
     "progress": ["boolean"],
     "verbose": ["verbose"],
     "timeout": [_POSITIVE_REAL, None],
+    "ray_options": [dict, None],  # step name -> ray actor options: checked by the Ray runtime
+    "ray_address": [str, None],
 }
 
 

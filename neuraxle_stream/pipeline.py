@@ -665,6 +665,8 @@ class _StepsComposite(_QueuedBase):
         progress: bool = False,
         verbose: bool = False,
         timeout: float | None = None,
+        ray_options: dict[str, dict[str, Any]] | None = None,
+        ray_address: str | None = None,
     ) -> None:
         self.steps = steps
         self.batch_size = batch_size
@@ -684,6 +686,8 @@ class _StepsComposite(_QueuedBase):
         self.progress = progress
         self.verbose = verbose
         self.timeout = timeout
+        self.ray_options = ray_options
+        self.ray_address = ray_address
 
     def _stage_descs(self) -> list[StageDesc]:
         return parse_steps(
@@ -805,7 +809,7 @@ _WRAPPER_CONSTRAINTS = {
     "n_workers": [COMMON_CONSTRAINTS["n_workers_per_step"][0]],
     **{k: COMMON_CONSTRAINTS[k] for k in (
         "max_queued_minibatches", "use_processes", "use_savers", "backend",
-        "mp_context", "hooks", "timeout",
+        "mp_context", "hooks", "timeout", "ray_options", "ray_address",
     )},
     "batch_size": [COMMON_CONSTRAINTS["batch_size"][0], None],
 }
@@ -857,6 +861,8 @@ class ParallelWorkersWrapper(_QueuedBase):
         mp_context: Any = None,
         hooks: Any = None,
         timeout: float | None = None,
+        ray_options: dict[str, Any] | None = None,
+        ray_address: str | None = None,
     ) -> None:
         self.wrapped = wrapped
         self.n_workers = n_workers
@@ -868,6 +874,8 @@ class ParallelWorkersWrapper(_QueuedBase):
         self.mp_context = mp_context
         self.hooks = hooks
         self.timeout = timeout
+        self.ray_options = ray_options
+        self.ray_address = ray_address
 
     @property
     def steps(self) -> list[Any]:
