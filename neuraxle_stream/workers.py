@@ -48,7 +48,10 @@ from .savers import load_step
 from .steps import call_hook
 from .transport import unlink_segments
 
-__all__ = ["CLOSING", "IDLE", "IDLE_RUN", "SETUP", "STARTING", "STOPPED", "TEARDOWN", "StageSpec", "WorkerIO", "process_main", "worker_loop"]
+__all__ = [
+    "CLOSING", "IDLE", "IDLE_RUN", "SETUP", "STARTING", "STOPPED", "TEARDOWN",
+    "StageSpec", "StepRunner", "WorkerIO", "process_main", "worker_loop",
+]
 
 #: ``current`` value of a worker between minibatches.
 IDLE = -1
@@ -151,25 +154,93 @@ class WorkerIO:
     log_levels: dict[str, int] = field(default_factory=_parent_log_levels)
 
 
+class StepRunner:
+    """One worker's copy of its step, with its hooks and tracer: runs one minibatch at a time.
+
+    Creating it loads the step (the saver sets the worker's arguments), runs
+    ``setup()`` and enters the stage hooks; it raises what they raise. The
+    worker loop of threads and processes and the Ray actors both run their
+    minibatches through it.
+    """
+
+    def __init__(self, spec: StageSpec, worker_index: int, thread_limit: int | None = None) -> None:
+        self.spec, self.worker_index = spec, worker_index
+        args = spec.worker_arguments[worker_index] if spec.worker_arguments else []
+        # The saver sets the arguments: a torch step is loaded straight onto its worker's device.
+        self.step = load_step(spec.payload, args)
+        if thread_limit is not None:
+            _limit_torch_threads(thread_limit)  # torch may have come with the step
+        call_hook(self.step, "setup")
+        index = spec.index if spec.step_index is None else spec.step_index
+        self.hooks = WorkerHooks(spec.hooks, StageInfo(spec.name, index, spec.n_workers, worker_index))
+        self.hooks.enter_stage()
+        self.transform = self.step.transform
+        self.tracer: tracing.Recorder | None = None
+        if spec.trace:  # wrapped once, here; untraced, ``run`` only checks ``tracer``
+            self.tracer, self.transform = tracing.install(self.step, spec.name, worker_index)
+
+    def run(
+        self, task: QueuedMinibatchTask, get_wait: float, put_wait: float | None
+    ) -> tuple[QueuedMinibatchTask, BaseException | None]:
+        """Transform ``task``; return the task to pass on (its stats and trace appended) and the error, if any.
+
+        ``get_wait`` and ``put_wait`` are the seconds the worker waited for this
+        task and for room for its previous output (``None``: not known), for its stats.
+        """
+        spec, tracer = self.spec, self.tracer
+        start_wall = time.time()
+        clock = time.perf_counter
+        error: BaseException | None = None
+        duration = 0.0
+        out: Any = None
+        if tracer is not None:
+            tracer.begin(task.index)
+        try:
+            with self.hooks.around_task(task):
+                started = clock()
+                try:
+                    kwargs = task.params.get(spec.name) if task.params else None  # routed metadata
+                    out = self.transform(task.data_inputs, **kwargs) if kwargs else self.transform(task.data_inputs)
+                    if not spec.may_change_length:
+                        _check_length(spec.name, task.data_inputs, out)
+                except BaseException as exc:
+                    error = exc  # reported even if a task hook swallows it
+                    raise
+                finally:
+                    duration = clock() - started
+        except BaseException as exc:
+            error = exc  # the step's error, or a hook's own
+        record = TaskRecord(
+            spec.name, self.worker_index, _num_items(task.data_inputs), start_wall, duration,
+            get_wait, put_wait, error is not None,
+        )
+        trace = task.trace if tracer is None else (*task.trace, *tracer.take())
+        result = QueuedMinibatchTask(
+            task.index, out, task.expected_outputs, task.run_id, (*task.stats, record), trace, task.params
+        )
+        return result, error
+
+    def teardown(self) -> list[BaseException]:
+        """Exit the stage hooks and run the step's ``teardown()``; return what they raised."""
+        errors: list[BaseException] = []
+        try:
+            self.hooks.exit_stage()
+        except BaseException as exc:
+            errors.append(exc)
+        try:
+            call_hook(self.step, "teardown")
+        except BaseException as exc:
+            errors.append(exc)
+        return errors
+
+
 def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
     """Run one worker until it is told to stop (or its runtime is aborted)."""
     report = _Reporter(spec, worker_index, io)
     io.started[worker_index] = time.monotonic()
     io.current[worker_index] = SETUP
     try:
-        args = spec.worker_arguments[worker_index] if spec.worker_arguments else []
-        # The saver sets the arguments: a torch step is loaded straight onto its worker's device.
-        step = load_step(spec.payload, args)
-        if io.thread_limit is not None:
-            _limit_torch_threads(io.thread_limit)  # torch may have come with the step
-        call_hook(step, "setup")
-        index = spec.index if spec.step_index is None else spec.step_index
-        hooks = WorkerHooks(spec.hooks, StageInfo(spec.name, index, spec.n_workers, worker_index))
-        hooks.enter_stage()
-        transform = step.transform
-        tracer: tracing.Recorder | None = None
-        if spec.trace:  # wrapped once, here; untraced, the loop only checks ``tracer``
-            tracer, transform = tracing.install(step, spec.name, worker_index)
+        runner = StepRunner(spec, worker_index, io.thread_limit)
     except BaseException as exc:
         report.failure(exc, None, io.active_run.value, "setup")
         _stopped(spec, worker_index, io)
@@ -191,38 +262,14 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
         io.current[worker_index] = task.index
         put_wait = last_put[1] if last_put is not None and last_put[0] == task.run_id else None
         last_put = None
-        start_wall = time.time()
-        error: BaseException | None = None
-        duration = 0.0
-        if tracer is not None:
-            tracer.begin(task.index)
         try:
-            with hooks.around_task(task):
-                started = clock()
-                try:
-                    out = transform(task.data_inputs)
-                    if not spec.may_change_length:
-                        _check_length(spec.name, task.data_inputs, out)
-                except BaseException as exc:
-                    error = exc  # reported even if a task hook swallows it
-                    raise
-                finally:
-                    duration = clock() - started
-        except BaseException as exc:
-            error = exc  # the step's error, or a hook's own
+            result, error = runner.run(task, got - waited, put_wait)
         finally:
             # Waiting for room downstream is backpressure, not this step's time.
             io.current[worker_index] = IDLE
-        record = TaskRecord(
-            spec.name, worker_index, _num_items(task.data_inputs), start_wall, duration,
-            got - waited, put_wait, error is not None,
-        )
-        stats = (*task.stats, record)
-        trace = task.trace if tracer is None else (*task.trace, *tracer.take())
         if error is not None:
-            report.failure(error, task.index, task.run_id, "transform", stats, trace)
+            report.failure(error, task.index, task.run_id, "transform", result.stats, result.trace)
             continue
-        result = QueuedMinibatchTask(task.index, out, task.expected_outputs, task.run_id, stats, trace)
         try:
             if io.outbox is not None:
                 before = clock()
@@ -232,16 +279,10 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
                 io.results.put(StageResult(spec.lane, result))
         except Exception as exc:  # the output cannot be encoded: say whose output it is
             exc.add_note(f"Raised sending the output of step {spec.name!r} for minibatch {task.index}.")
-            report.failure(exc, task.index, task.run_id, "transform", stats)  # no trace: it may be the cause
+            report.failure(exc, task.index, task.run_id, "transform", result.stats)  # no trace: it may be the cause
     io.current[worker_index] = TEARDOWN
-    try:
-        hooks.exit_stage()
-    except BaseException as exc:
-        report.failure(exc, None, io.active_run.value, "teardown")
-    try:
-        call_hook(step, "teardown")
-    except BaseException as exc:
-        report.failure(exc, None, io.active_run.value, "teardown")
+    for failure in runner.teardown():
+        report.failure(failure, None, io.active_run.value, "teardown")
     _stopped(spec, worker_index, io)
 
 
