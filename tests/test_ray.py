@@ -1,0 +1,369 @@
+"""The Ray backend on a real local Ray instance (2 CPUs, fractional actors).
+
+One Ray instance serves the whole test session (starting one takes seconds);
+the actors of each call are killed at its end, which the tests check. The
+unit tests of :func:`~neuraxle_stream.ray_backend.actor_options` need no Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from doubles import AddConstant, LifecycleRecorder, MeanCenterer, MultiplyBy, add_one, read_events, square
+from faults import BlocksAt, ExitsAt, RaisesAt, RaisesInSetup, RaisesMultiArgAt, blocking_armed
+from sklearn.decomposition import PCA
+from sklearn.pipeline import FeatureUnion, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from neuraxle_stream import (
+    BrokenPipelineError,
+    InvalidParameterError,
+    ParallelQueuedFeatureUnion,
+    PipelineHook,
+    RemoteTraceback,
+    SequentialQueuedPipeline,
+)
+from neuraxle_stream.ray_backend import DRIVER_CPUS, RayRuntime, actor_options, connect
+from neuraxle_stream.workers import StageSpec
+
+ray = pytest.importorskip("ray")
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray instance with 2 CPUs, for the whole session (or the user's, if already up)."""
+    started = False
+    if not ray.is_initialized():
+        # Ray workers inherit the environment: they import the test doubles by name, as worker processes do.
+        paths = [str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        started = True
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def _assert_dead(handles: list, timeout: float = 10.0) -> None:
+    """Every actor in ``handles`` is dead (its calls fail with RayActorError)."""
+    assert handles
+    for handle in handles:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(handle.ping.remote(), timeout=timeout)
+
+
+def _spy_runtimes(monkeypatch: pytest.MonkeyPatch) -> list[RayRuntime]:
+    """Record every RayRuntime the pipelines create, and the actors each started."""
+    made: list[RayRuntime] = []
+    original = RayRuntime.start
+
+    def start(self: RayRuntime) -> None:
+        made.append(self)
+        original(self)
+        self.started_actors = list(self.actors)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(RayRuntime, "start", start)
+    return made
+
+
+# -- equivalence with scikit-learn -------------------------------------------
+
+
+# Each fit of a step runs the stages before it: a new set of actors each time (seconds
+# each on 2 CPUs), so these cases are few and small.
+@pytest.mark.parametrize(("batch_size", "n_workers"), [(1, 1), (7, 2)])
+def test_sequential_equals_sklearn(ray_session, batch_size: int, n_workers: int) -> None:
+    X = np.random.RandomState(batch_size).rand(40, 6)
+    p = SequentialQueuedPipeline(
+        [("double", n_workers, MultiplyBy(2.0)), ("center", MeanCenterer()), ("pca", n_workers, PCA(3))],
+        batch_size=batch_size, backend="ray",
+    )
+    expected = make_pipeline(MultiplyBy(2.0), MeanCenterer(), PCA(3)).fit_transform(X)
+    np.testing.assert_allclose(p.fit_transform(X), expected)
+    np.testing.assert_allclose(p.transform(X), expected)
+
+
+def test_item_functions_and_lists(ray_session) -> None:
+    p = SequentialQueuedPipeline([("square", 2, square), ("add", add_one)], batch_size=4, backend="ray")
+    assert p.transform(list(range(30))) == [x * x + 1 for x in range(30)]
+
+
+def test_union_equals_feature_union(ray_session) -> None:
+    X = np.random.RandomState(0).rand(50, 4)
+    union = ParallelQueuedFeatureUnion(
+        [("scale", 2, StandardScaler()), ("double", MultiplyBy(2.0))], batch_size=8, backend="ray"
+    )
+    expected = FeatureUnion([("scale", StandardScaler()), ("double", MultiplyBy(2.0))]).fit_transform(X)
+    np.testing.assert_allclose(union.fit_transform(X), expected)
+
+
+def test_stream_is_lazy_and_ordered(ray_session) -> None:
+    pulled: list[int] = []
+
+    def source():
+        for i in range(200):
+            pulled.append(i)
+            yield i
+
+    p = SequentialQueuedPipeline(
+        [("add", 2, AddConstant(1)), ("square", 2, square)], batch_size=5, max_queued_minibatches=1, backend="ray"
+    )
+    out = p.stream(source())
+    first = [next(out) for _ in range(3)]
+    assert first == [1, 4, 9]
+    assert len(pulled) < 200  # bounded in flight: the source is read as the run goes
+    rest = list(out)
+    assert first + rest == [(i + 1) ** 2 for i in range(200)]
+
+
+def test_completion_order_gives_every_output(ray_session) -> None:
+    p = SequentialQueuedPipeline([("add", 2, AddConstant(1))], batch_size=3, output_order="completion", backend="ray")
+    assert sorted(p.stream(range(40))) == [i + 1 for i in range(40)]
+
+
+# -- failures ------------------------------------------------------------------
+
+
+def test_step_error_keeps_its_type_and_names_the_minibatch(ray_session, monkeypatch) -> None:
+    made = _spy_runtimes(monkeypatch)
+    p = SequentialQueuedPipeline([("ok", PassThroughish()), ("bad", 2, RaisesMultiArgAt(at=12))], batch_size=5, backend="ray")
+    with pytest.raises(Exception) as info:
+        p.transform(list(range(30)))
+    error = info.value
+    assert type(error).__name__ == "MultiArgError"
+    assert (error.code, error.reason) == (7, "bad item")
+    assert isinstance(error.__cause__, RemoteTraceback)
+    assert any("step 'bad'" in n and "minibatch 2" in n for n in error.__notes__)
+    _assert_dead(made[0].started_actors)
+
+
+class PassThroughish(AddConstant):
+    """AddConstant(0), defined here: pickled by reference from this test module."""
+
+    def __init__(self, value: float = 0) -> None:
+        super().__init__(value)
+
+
+def test_pipeline_is_usable_after_a_step_error(ray_session) -> None:
+    p = SequentialQueuedPipeline([("bad", 2, RaisesAt(at=4))], batch_size=2, backend="ray")
+    with p:
+        with pytest.raises(ValueError, match="boom at 4"):
+            p.transform(list(range(10)))
+        assert p.transform([1, 2, 3]) == [1, 2, 3]
+
+
+def test_killed_actor_raises_broken_pipeline(ray_session) -> None:
+    p = SequentialQueuedPipeline([("fine", AddConstant(1)), ("dies", 2, ExitsAt(at=7))], batch_size=3, backend="ray")
+    started = time.monotonic()
+    with pytest.raises(BrokenPipelineError, match=r"Worker \d of step 'dies' \(a Ray actor\) died"):
+        p.transform(list(range(6, 30)))
+    assert time.monotonic() - started < 60
+
+
+def test_actor_killed_from_outside(ray_session, monkeypatch) -> None:
+    made = _spy_runtimes(monkeypatch)
+    p = SequentialQueuedPipeline([("slow", 1, BlocksAt(at=5, seconds=20))], batch_size=2, backend="ray")
+
+    def kill_when_started() -> None:
+        deadline = time.monotonic() + 60
+        while not made or not getattr(made[0], "started_actors", None):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        time.sleep(0.5)
+        ray.kill(made[0].started_actors[0])
+
+    killer = threading.Thread(target=kill_when_started)
+    killer.start()
+    with blocking_armed(), pytest.raises(BrokenPipelineError, match="step 'slow'") as info:
+        p.transform(list(range(10)))
+    killer.join()
+    assert any("step 'slow', worker 0" in n for n in info.value.__notes__)
+
+
+def test_setup_error_reaches_the_caller(ray_session) -> None:
+    p = SequentialQueuedPipeline([("model", RaisesInSetup())], backend="ray")
+    with pytest.raises(OSError, match="cannot open model") as info:
+        p.transform([1, 2])
+    assert any("setup()" in n for n in info.value.__notes__)
+
+
+def test_timeout_names_the_step_and_minibatch(ray_session) -> None:
+    p = SequentialQueuedPipeline([("stuck", BlocksAt(at=3, seconds=30))], batch_size=2, timeout=1.5, backend="ray")
+    started = time.monotonic()
+    with blocking_armed(), pytest.raises(TimeoutError, match=r"Step 'stuck' \(worker 0\) spent more than 1.5 s on minibatch 1"):
+        p.transform(list(range(8)))
+    assert time.monotonic() - started < 30
+
+
+def test_unknown_step_in_ray_options(ray_session) -> None:
+    p = SequentialQueuedPipeline([("a", AddConstant(1))], backend="ray", ray_options={"b": {"num_cpus": 1}})
+    with pytest.raises(InvalidParameterError, match=r"not in the pipeline: \['b'\]; its steps are \['a'\]"):
+        p.transform([1])
+
+
+def test_options_that_can_never_be_placed(ray_session) -> None:
+    p = SequentialQueuedPipeline([("gpu", 2, AddConstant(1))], backend="ray", ray_options={"gpu": {"num_gpus": 1}})
+    with pytest.raises(InvalidParameterError, match=r"ask for 2 GPUs in all .* the Ray cluster has 0"):
+        p.transform([1])
+
+
+# -- persistent actors, hooks, stats, logging, tracing, caching --------------------------
+
+
+def test_with_block_keeps_the_actors_then_kills_them(ray_session, monkeypatch) -> None:
+    made = _spy_runtimes(monkeypatch)
+    p = SequentialQueuedPipeline([("add", 2, AddConstant(1))], batch_size=4, backend="ray")
+    with p:
+        assert p.transform([1, 2, 3]) == [2, 3, 4]
+        assert p.transform([5]) == [6]
+    assert len(made) == 1  # one set of actors served both calls
+    _assert_dead(made[0].started_actors)
+
+
+def test_ray_options_reach_the_actors(ray_session, monkeypatch) -> None:
+    made = _spy_runtimes(monkeypatch)
+    p = SequentialQueuedPipeline(
+        [("a", 2, AddConstant(1)), ("b", AddConstant(2))], backend="ray",
+        ray_options={"a": {"num_cpus": 0.3, "resources": {}}},
+    )
+    with p:
+        assert p.transform([1]) == [4]
+        used = ray.available_resources().get("CPU", 0.0)
+        assert used <= 2.0 - 0.6  # the two actors of 'a' hold 0.3 CPU each
+    assert made
+
+
+class CountingHook(PipelineHook):
+    """Counts minibatches in each worker; writes the count at teardown."""
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+
+    @contextlib.contextmanager
+    def task_hook(self, stage, task):
+        self.n = getattr(self, "n", 0) + 1
+        yield
+
+    @contextlib.contextmanager
+    def stage_hook(self, stage):
+        yield
+        Path(self.log_dir, f"{stage.name}-{stage.worker_index}.txt").write_text(str(getattr(self, "n", 0)))
+
+
+def test_hooks_and_stats(ray_session, tmp_path) -> None:
+    p = SequentialQueuedPipeline(
+        [("add", 2, AddConstant(1)), ("life", LifecycleRecorder(str(tmp_path)))],
+        batch_size=5, backend="ray", hooks=[CountingHook(str(tmp_path))],
+    )
+    assert p.transform(list(range(50))) == [i + 1 for i in range(50)]
+    counts = sum(int(f.read_text()) for f in tmp_path.glob("add-*.txt"))
+    assert counts == 10  # every minibatch went through a hook in an actor, once
+    assert [e["event"] for e in read_events(tmp_path) if e["event"] in ("setup", "teardown")] == ["setup", "teardown"]
+    stats = p.stats_
+    assert (stats["add"].num_tasks, stats["add"].num_items, stats["life"].num_failures) == (10, 50, 0)
+
+
+class LogsEachBatch(AddConstant):
+    def transform(self, data_inputs):
+        logging.getLogger("neuraxle_stream.test_ray").warning("minibatch of %d", len(data_inputs))
+        return super().transform(data_inputs)
+
+
+def test_actor_logs_reach_the_driver_once(ray_session, caplog) -> None:
+    p = SequentialQueuedPipeline([("log", 2, LogsEachBatch(0))], batch_size=4, backend="ray")
+    with caplog.at_level(logging.WARNING, logger="neuraxle_stream.test_ray"):
+        p.transform(list(range(12)))
+    messages = [r.getMessage() for r in caplog.records if r.name == "neuraxle_stream.test_ray"]
+    assert messages == ["minibatch of 4"] * 3
+
+
+def test_trace(ray_session) -> None:
+    p = SequentialQueuedPipeline([("add", 2, AddConstant(1)), ("sq", square)], batch_size=2, backend="ray")
+    result = p.transform(list(range(10)), trace=3)
+    assert result.keys() == ["add", "sq"]
+    assert sum(len(c.params["data_inputs"]) for c in result.add) == 3  # minibatches [0, 1], [2]
+    assert [c.retval for c in result.sq] == [1, 4, 9]  # one call per item
+
+
+def test_caching_resumes_on_ray(ray_session, tmp_path) -> None:
+    X = np.arange(40.0).reshape(20, 2)
+    p = SequentialQueuedPipeline([("scale", 2, StandardScaler())], batch_size=5, memory=tmp_path, backend="ray")
+    first = p.fit_transform(X)
+    second = p.fit_transform(X)
+    np.testing.assert_allclose(first, second)
+    assert p.cache_info().hits > 0
+
+
+# -- connecting and sizing actors, without starting Ray ------------------------------
+
+
+def _stage(name: str, n: int) -> StageSpec:
+    return StageSpec(name=name, lane=0, index=0, n_workers=n, max_queue_size=2, payload=b"")
+
+
+def test_default_actor_sizes_leave_a_cpu_to_the_driver() -> None:
+    options = actor_options([[_stage("a", 2), _stage("b", 2)]], None, {"CPU": 2.0})
+    assert options == {"a": {"num_cpus": 0.25}, "b": {"num_cpus": 0.25}}
+    big = actor_options([[_stage("a", 2)]], None, {"CPU": 16.0})
+    assert big == {"a": {"num_cpus": 1.0}}  # at most one CPU each
+    one = actor_options([[_stage("a", 3)]], None, {"CPU": 1.0})
+    assert one["a"]["num_cpus"] == pytest.approx((1.0 - 0.5) / 3, abs=1e-4)
+    assert DRIVER_CPUS == 1.0
+
+
+def test_explicit_options_are_kept_and_the_rest_shared() -> None:
+    options = actor_options(
+        [[_stage("gpu", 1), _stage("cpu", 2)]], {"gpu": {"num_cpus": 0.5, "num_gpus": 1}}, {"CPU": 4.0, "GPU": 1.0}
+    )
+    assert options["gpu"] == {"num_cpus": 0.5, "num_gpus": 1}
+    assert options["cpu"] == {"num_cpus": 1.0}  # (4 - 1 - 0.5) / 2 = 1.25, capped at one
+
+
+@pytest.mark.parametrize(
+    ("ray_options", "match"),
+    [
+        ({"a": 3}, "must map step names to dicts of Ray actor options"),
+        ({"a": {"max_restarts": 3}}, r"set \['max_restarts'\], which the pipeline sets itself"),
+        ({"a": {"num_cpus": 3}}, r"ask for 6 CPUs in all"),
+    ],
+)
+def test_bad_ray_options(ray_options, match) -> None:
+    with pytest.raises(InvalidParameterError, match=match):
+        actor_options([[_stage("a", 2)]], ray_options, {"CPU": 4.0})
+
+
+def test_ray_options_must_be_a_dict() -> None:
+    p = SequentialQueuedPipeline([AddConstant(1)], backend="ray", ray_options=["x"])
+    with pytest.raises(InvalidParameterError, match="'ray_options' parameter of SequentialQueuedPipeline must be"):
+        p.transform([1])
+
+
+def test_connect_starts_a_local_instance_with_a_warning(monkeypatch, caplog) -> None:
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    with caplog.at_level(logging.WARNING, logger="neuraxle_stream.ray_backend"):
+        connect()
+    assert calls and "address" not in calls[0]
+    assert any("starting a local Ray instance" in r.getMessage() for r in caplog.records)
+    calls.clear()
+    connect("ray://head:10001")
+    assert calls[0]["address"] == "ray://head:10001"
+
+
+def test_connect_uses_the_users_ray(monkeypatch) -> None:
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("ray.init called again"))
+    assert connect("ray://elsewhere:10001") is ray
