@@ -169,6 +169,44 @@ def _ours(backend: str, build_workers: int, compute_workers: int) -> Callable[[i
     return setup
 
 
+class _TimedRun:
+    """A runner that also reports numbers of its own set-up (merged into the row's result)."""
+
+    def __init__(self, run: Callable[[int], Any], extra: dict[str, float]) -> None:
+        self.run, self.extra = run, extra
+
+    def __call__(self, n: int) -> Any:
+        return self.run(n)
+
+
+def _ours_ray(build_workers: int, compute_workers: int) -> Callable[[int, int], Any]:
+    """Ours on Ray: a local Ray instance started here (its start-up timed apart), actors kept by ``with``."""
+
+    @contextmanager
+    def setup(n_items: int, batch_size: int) -> Iterator[Runner]:
+        import time
+
+        import ray
+
+        from neuraxle_stream import SequentialQueuedPipeline
+
+        started = time.perf_counter()
+        ray.init(num_cpus=_cpu_count(), include_dashboard=False, log_to_driver=False)
+        init_s = time.perf_counter() - started
+        try:
+            pipe = SequentialQueuedPipeline(
+                [("build", build_workers, Build()), ("compute", compute_workers, Compute())],
+                batch_size=batch_size,
+                backend="ray",
+            )
+            with pipe:
+                yield _TimedRun(lambda n: pipe.transform(np.arange(n)), {"ray_init_s": init_s})
+        finally:
+            ray.shutdown()
+
+    return setup
+
+
 # -- peers --------------------------------------------------------------------------
 
 
@@ -327,6 +365,14 @@ ROWS: list[Row] = [
         _ours("thread", 2, 2),
     ),
     Row(
+        "ours-ray-2x2",
+        "ours",
+        "SequentialQueuedPipeline, Ray actors on a local instance, 2 per step (ray.init timed apart)",
+        _ours_ray(2, 2),
+        requires=("ray",),
+        pip="pip install 'neuraxle_stream[ray]'",
+    ),
+    Row(
         "ours-thread-1x2",
         "ours",
         "SequentialQueuedPipeline, threads, 1 build + 2 compute workers",
@@ -446,6 +492,7 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
         median_items_per_s=n / result["median_s"],
         cpu_ms_per_item=cpu * 1e3 / (n * spec["repeats"]),
     )
+    result.update(getattr(run, "extra", {}))
     if shape:
         result["output_shape"], result["output_itemsize"] = shape[:-1], shape[-1]
     return result

@@ -50,6 +50,14 @@ def _status_note(r: dict[str, Any]) -> str:
     return f"{status}: {r.get('error', '')}"[:90]
 
 
+def _start_up(r: dict[str, Any]) -> str:
+    """The first (warm-up) call, which starts the workers; Ray's own start-up apart."""
+    first = _fmt(r.get("warmup_s"), ".2f")
+    if r.get("ray_init_s") is not None:
+        return f"{first} (+{r['ray_init_s']:.1f} ray.init)"
+    return first
+
+
 # -- reference workload ----------------------------------------------------------------
 
 
@@ -76,6 +84,7 @@ def reference_table(rows: list[dict[str, Any]]) -> str:
             _fmt(r.get("x_sequential"), ".2f"),
             _fmt(r.get("x_ceiling"), ".2f"),
             _fmt(r.get("cpu_ms_per_item"), ".2f"),
+            _start_up(r),
             _fmt(r.get("peak_rss_mb")) if r.get("status") == "ok" else "-",
             _load(r),
             _status_note(r),
@@ -90,12 +99,13 @@ def reference_table(rows: list[dict[str, Any]]) -> str:
             "x seq",
             "x ceiling",
             "CPU ms/item",
+            "1st call s",
             "peak RSS MB",
             "other load",
             "check / status",
         ],
         body,
-        "<>>>>>>><",
+        "<>>>>>>>><",
     )
 
 

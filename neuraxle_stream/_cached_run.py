@@ -129,16 +129,19 @@ def last_info(pipeline: Any) -> CacheInfo | None:
     return None if held is None else held[1]
 
 
-def fit_cached(pipeline: Any, store: CacheStore, desc: Any, X: Any, y: Any, monitor: Any) -> None:
-    """Fit ``desc.step`` on ``(X, y)``, or load its fitted state from the cache."""
+def fit_cached(
+    pipeline: Any, store: CacheStore, desc: Any, X: Any, y: Any, monitor: Any, params: dict[str, Any] | None = None
+) -> None:
+    """Fit ``desc.step`` on ``(X, y)`` (with its routed ``params``), or load its fitted state from the cache."""
     step = desc.step
+    params = params or {}
     if not store.enabled:
-        step.fit(X, y)
+        step.fit(X, y, **params)
         return
     info = call_info(pipeline, monitor, memory_location(getattr(pipeline, "memory", None)))
     stats = info.steps.setdefault(desc.name, StepCacheStats(desc.name))
     unfitted = step_key(step, fitted_state=False)
-    data_key = content_hash((X, y))
+    data_key = content_hash((X, y, params)) if params else content_hash((X, y))
     key = chain_key(unfitted, data_key)
     area = f"fits/{key}"
     fitted = store.get(area, "fitted")
@@ -149,7 +152,7 @@ def fit_cached(pipeline: Any, store: CacheStore, desc: Any, X: Any, y: Any, moni
     records: list[dict[str, Any]] = []
     started = time.time()
     with capture(records) as log:
-        step.fit(X, y)
+        step.fit(X, y, **params)
     ended = time.time()
     stats.fit = "miss"
     stats.bytes_written += store.put(area, "fitted", step)

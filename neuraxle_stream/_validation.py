@@ -23,10 +23,12 @@ from sklearn.utils._param_validation import InvalidParameterError as _SkInvalidP
 
 from . import _containers
 from .exceptions import InvalidParameterError
-from .steps import as_step, step_display_name
+from .steps import Identity, as_step, step_display_name
 
 __all__ = [
     "COMMON_CONSTRAINTS",
+    "PIPELINE_SPECIAL_STEPS",
+    "UNION_SPECIAL_STEPS",
     "StageDesc",
     "check_hooks",
     "check_lengths",
@@ -57,6 +59,7 @@ COMMON_CONSTRAINTS: dict[str, Any] = {
     "timeout": [_POSITIVE_REAL, None],
     "ray_options": [dict, None],  # step name -> ray actor options: checked by the Ray runtime
     "ray_address": [str, None],
+    "fit_mode": [StrOptions({"full", "partial"})],
 }
 
 
@@ -131,6 +134,9 @@ class StageDesc:
     max_queue_size: int | None
     worker_arguments: list[list[tuple[str, Any]]] = field(default_factory=list)
     owner: Any = None  # the object the user put in ``steps`` (a wrapper, a function...)
+    #: ``"step"``; ``"passthrough"`` (``"passthrough"`` or ``None`` in ``steps``: the
+    #: identity, run by no worker in a pipeline); ``"drop"`` (a union branch left out)
+    kind: str = "step"
 
     @property
     def runnable(self) -> Any:
@@ -175,12 +181,30 @@ def _worker_args(caller: str, name: str, args: Any, n_workers: int) -> list[list
     return per_worker
 
 
-def parse_steps(steps: Any, caller: str, n_workers_per_step: int, max_queued: int | None) -> list[StageDesc]:
+#: The step values that stand for no step, as in ``sklearn.pipeline.Pipeline``
+#: (``"passthrough"`` and ``None``: the identity) and ``FeatureUnion``
+#: (``"passthrough"``: the input features; ``"drop"``: no branch).
+PIPELINE_SPECIAL_STEPS: tuple[Any, ...] = ("passthrough", None)
+UNION_SPECIAL_STEPS: tuple[Any, ...] = ("passthrough", "drop")
+_SPECIAL_STEPS = ("passthrough", "drop", None)
+
+
+def _is_special(step: Any) -> bool:
+    return step is None or isinstance(step, str)
+
+
+def parse_steps(
+    steps: Any, caller: str, n_workers_per_step: int, max_queued: int | None,
+    *, special: tuple[Any, ...] = (),
+) -> list[StageDesc]:
     """Parse the five step forms of ``steps`` into :class:`StageDesc` entries.
 
     Forms: ``step`` · ``(name, step)`` · ``(name, n_workers, step)`` ·
     ``(name, n_workers, max_queue_size, step)`` ·
     ``(name, n_workers, worker_arguments, max_queue_size, step)``.
+    A step among ``special`` (``"passthrough"``, ``None``, ``"drop"``) gives a
+    stage of that ``kind`` whose ``step`` is an :class:`~neuraxle_stream.Identity`
+    and whose ``owner`` is the value given.
     """
     from .pipeline import ParallelWorkersWrapper
 
@@ -213,6 +237,16 @@ def parse_steps(steps: Any, caller: str, n_workers_per_step: int, max_queued: in
                 worker_args = _worker_args(caller, name, middle[1], int(n_workers))
         else:
             step = entry
+        if _is_special(step) and step in special:
+            kind = "drop" if step == "drop" else "passthrough"
+            stages.append(StageDesc(name or "", Identity(), int(n_workers), max_queue, [], step, kind))
+            continue
+        if _is_special(step) and step in _SPECIAL_STEPS and special:  # allowed elsewhere, not here
+            allowed = ", ".join(repr(a) for a in special)
+            raise _bad(
+                caller, f"step {where if name is None else repr(name)}",
+                f"an object with a transform method, a callable or one of {allowed}", step,
+            )
         _check_step(caller, step, where if name is None else repr(name))
         owner = step
         if isinstance(step, ParallelWorkersWrapper):
@@ -237,15 +271,20 @@ def _name_stages(stages: list[StageDesc], caller: str) -> None:
             raise InvalidParameterError(
                 f"The step names of {caller} must not contain '__'. Got {s.name!r} instead."
             )
-    defaults = [step_display_name(s.owner) for s in stages if not s.name]
+    defaults = [_default_name(s.owner) for s in stages if not s.name]
     counts = {n: defaults.count(n) for n in defaults}
     seen: dict[str, int] = {}
     for s in stages:
         if s.name:
             continue
-        base = step_display_name(s.owner)
+        base = _default_name(s.owner)
         if counts[base] > 1 or base in explicit:
             seen[base] = seen.get(base, 0) + 1
             s.name = f"{base}-{seen[base]}"
         else:
             s.name = base
+
+
+def _default_name(owner: Any) -> str:
+    # "passthrough" is named "passthrough", as by sklearn's ``make_pipeline``
+    return owner if isinstance(owner, str) else step_display_name(owner)

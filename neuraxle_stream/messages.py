@@ -104,7 +104,12 @@ class QueuedMinibatchTask:
         What each stage it went through measured, in stage order.
     trace : tuple of TraceCall, default=()
         The calls recorded by the stages it went through when the run is
-        traced (see :mod:`~neuraxle_stream.tracing`); empty otherwise.
+        traced (see :class:`~neuraxle_stream.TraceResult`); empty otherwise.
+    params : dict or None, default=None
+        Metadata routed to ``transform`` for this minibatch (already sliced
+        to its rows), by step name: ``{name: {param: value}}``; a stage whose
+        name is absent calls ``transform(data_inputs)``. ``None`` when no step
+        requested any (the usual case: nothing more to carry).
     """
 
     index: int
@@ -113,6 +118,7 @@ class QueuedMinibatchTask:
     run_id: int = 0
     stats: tuple[TaskRecord, ...] = ()
     trace: tuple[Any, ...] = ()
+    params: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,13 +24,17 @@ from typing import Any, overload
 import numpy as np
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import Bunch
+from sklearn.utils.metadata_routing import MetadataRouter
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
-from . import _containers, tracing
+from . import _containers, _sklearn_output, tracing
 from ._cached_run import fit_cached, last_info, run_cached
+from ._fitting import MinibatchParams, RoutedParams, fit_partial, metadata_router, route_params
+from ._fitting import resolve as resolve_source
 from ._validation import (
     COMMON_CONSTRAINTS,
+    PIPELINE_SPECIAL_STEPS,
     StageDesc,
     check_hooks,
     check_lengths,
@@ -82,11 +86,18 @@ class StripAbsentValues:
         return hash(StripAbsentValues)
 
 
-class _QueuedBase(BaseTransformer):
+class _QueuedBase(BaseTransformer, auto_wrap_output_keys=None):  # type: ignore[call-arg]
     """What the queued composites share: validation, runs, lifecycle, params."""
 
     _parameter_constraints: dict[str, Any] = {}
     steps: Any  # a parameter of the pipelines, a property of the wrapper
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # scikit-learn's wrapping of transform's output is off: ours (in
+        # _sklearn_output) passes traces through and gives the input's index.
+        kwargs["auto_wrap_output_keys"] = None
+        super().__init_subclass__(**kwargs)
+        _sklearn_output.wrap_methods(cls)
 
     # -- to be given by subclasses ------------------------------------------------
 
@@ -94,10 +105,17 @@ class _QueuedBase(BaseTransformer):
         raise NotImplementedError
 
     def _lanes(self, descs: list[StageDesc], start: int, stop: int) -> list[list[StageDesc]]:
-        return [descs[start:stop]]
+        stages = descs[start:stop]
+        # "passthrough" stages run in no worker, unless nothing else is left to run
+        return [[d for d in stages if d.kind != "passthrough"] or stages]
 
     def _join_lanes(self, outputs: list[Any], descs: list[StageDesc]) -> Any:
         return outputs[0]
+
+    def _passthrough_only(self, start: int, stop: int) -> bool:
+        """Whether stages ``start:stop`` are all ``"passthrough"``: their output is their input."""
+        stages = self._stage_descs()[start:stop]
+        return bool(stages) and all(d.kind == "passthrough" for d in stages)
 
     def _settings(self) -> dict[str, Any]:
         return self.get_params(deep=False)
@@ -127,11 +145,10 @@ class _QueuedBase(BaseTransformer):
     def _check_params(self) -> dict[str, Any]:
         settings = self._settings()
         validate_params(self._parameter_constraints, settings, type(self).__name__)
-        if settings.get("backend") == "ray":
-            raise InvalidParameterError(
-                f"The 'backend' parameter of {type(self).__name__}: 'ray' is not available "
-                "in this version; use 'process' or 'thread'."
-            )
+        if settings.get("ray_options") is not None:
+            from .ray_backend import check_ray_options  # imports no Ray
+
+            check_ray_options(settings["ray_options"], [d.name for d in self._stage_descs()])
         return settings
 
     def _backend_name(self, settings: dict[str, Any]) -> str:
@@ -188,24 +205,36 @@ class _QueuedBase(BaseTransformer):
         )
         return ProcessBackend(settings.get("mp_context"), total_workers=total, uses_cuda=cuda)
 
+    def _new_runtime(self, specs: list[list[StageSpec]], settings: dict[str, Any]) -> Runtime:
+        if self._backend_name(settings) == "ray":
+            from .ray_backend import RayRuntime  # Ray is optional: imported only when asked for
+
+            runtime: Any = RayRuntime(
+                specs, timeout=settings.get("timeout"),
+                ray_options=settings.get("ray_options"), address=settings.get("ray_address"),
+            )
+            return runtime  # the same interface as Runtime
+        return Runtime(specs, self._make_backend(settings, specs), timeout=settings.get("timeout"))
+
     def _runtime(self, specs: list[list[StageSpec]], settings: dict[str, Any]) -> Runtime:
         """The runtime for these stages: a kept one inside ``with``, else a new one."""
         # ``_runtimes`` exists only inside ``with``: a plain call leaves __dict__ as it was.
         if settings.get("_trace") is not None:  # a traced call never keeps (nor takes) a runtime
-            return Runtime(specs, self._make_backend(settings, specs), timeout=settings.get("timeout"))
+            return self._new_runtime(specs, settings)
         live: dict[Any, Runtime] = self.__dict__.get("_runtimes", {})
         key = (self._backend_name(settings), str(settings.get("mp_context")), repr(specs))
         runtime = live.get(key)
         if runtime is not None and not runtime.broken:
             return runtime
-        runtime = Runtime(specs, self._make_backend(settings, specs), timeout=settings.get("timeout"))
+        runtime = self._new_runtime(specs, settings)
         if self.__dict__.get("_keep_alive"):
             kept = self.__dict__.setdefault("_runtimes", {})
             # A kept runtime for the same stages whose steps (or settings) changed
             # since holds stale step copies: stop it rather than keep both.
+            # Ray actors hold their CPUs and GPUs for as long as they live: keep one set.
             stages = [[s.name for s in lane] for lane in specs]
             for old_key, old in list(kept.items()):
-                if [[s.name for s in lane] for lane in old.lanes] == stages:
+                if [[s.name for s in lane] for lane in old.lanes] == stages or old_key[0] == key[0] == "ray":
                     del kept[old_key]
                     with contextlib.suppress(Exception):
                         old.close(graceful=not old.broken)
@@ -228,9 +257,13 @@ class _QueuedBase(BaseTransformer):
         else:
             runtime.close(graceful=True)
 
-    def _minibatches(self, X: Any, settings: dict[str, Any], padded: dict[int, int]) -> Iterator[tuple[Any, Any]]:
+    def _minibatches(
+        self, X: Any, settings: dict[str, Any], padded: dict[int, int], params: MinibatchParams | None = None,
+    ) -> Iterator[tuple[Any, ...]]:
+        """``(minibatch, None)``, or ``(minibatch, None, transform params)`` when ``params``."""
         batch_size = settings.get("batch_size") or 32
         default = settings.get("default_value_data_inputs")
+        offset = 0
         for index, batch in enumerate(_containers.iter_row_batches(X, batch_size)):
             n = _containers.num_rows(batch)
             if n < batch_size:
@@ -239,7 +272,11 @@ class _QueuedBase(BaseTransformer):
                 if default is not None and not isinstance(default, StripAbsentValues):
                     batch = _containers.pad_rows(batch, batch_size - n, default)
                     padded[index] = n
-            yield batch, None
+            if params is None:
+                yield batch, None
+            else:  # metadata routed to transform: cut (and padded) with the rows
+                yield batch, None, params.at(offset, n, batch_size - n if index in padded else 0)
+            offset += n
 
     def _run(
         self,
@@ -252,11 +289,18 @@ class _QueuedBase(BaseTransformer):
     ) -> Iterator[tuple[int, Any]]:
         """Run stages ``start:stop`` on ``X``; yield ``(index, joined minibatch output)``."""
         store = open_store(settings.get("memory"))
-        if store.enabled:  # stage by stage, through the cache (see caching.py)
-            yield from run_cached(self, store, X, start, stop, settings, monitor)
-            return
         descs = self._stage_descs()
         lanes = self._lanes(descs, start, stop)
+        routed: RoutedParams | None = settings.get("_routed")
+        params = routed.for_stages([d.name for lane in lanes for d in lane]) if routed is not None else None
+        if store.enabled:  # stage by stage, through the cache (see caching.py)
+            if params is not None:
+                raise ValueError(
+                    f"{type(self).__name__} cannot route metadata to transform ({sorted(params.per_step)}) "
+                    "with memory= set: cached outputs are keyed by their input only."
+                )
+            yield from run_cached(self, store, X, start, stop, settings, monitor)
+            return
         specs = self._specs(lanes, settings)
         runtime = self._runtime(specs, settings)
         tracer: tracing.Assembler | None = settings.get("_trace")
@@ -268,7 +312,7 @@ class _QueuedBase(BaseTransformer):
         running = _RUNNING.setdefault(self, [])
         running.append(runtime)
         try:
-            batches = self._minibatches(X, settings, padded)
+            batches = self._minibatches(X, settings, padded, params)
             for index, outputs in runtime.run(batches, ordered=ordered, observer=monitor.collector, tracer=tracer):
                 out = self._join_lanes(outputs, lanes[0] if len(lanes) == 1 else [lane[0] for lane in lanes])
                 if index in padded:
@@ -285,6 +329,10 @@ class _QueuedBase(BaseTransformer):
     ) -> Any:
         if _containers.is_sequence(X) and _containers.num_rows(X) == 0:
             return _containers.empty_rows(X)
+        if self._passthrough_only(start, stop) and _containers.is_sequence(X) and (
+            settings.get("keep_incomplete_batch", True) and settings.get("data_joiner") is None
+        ):
+            return X  # "passthrough" stages only (before a fitting barrier, say): nothing to run
         outputs = self._run(X, start, stop, settings, monitor)
         joiner = settings.get("data_joiner")
         if joiner is not None:
@@ -304,10 +352,17 @@ class _QueuedBase(BaseTransformer):
     # -- public API ----------------------------------------------------------------
 
     def fit(self, X: Any, y: Any = None, **fit_params: Any) -> _QueuedBase:
-        """Fit every fittable step on the output of the stages before it."""
+        """Fit every fittable step on the output of the stages before it.
+
+        ``fit_params`` are routed to the steps (see ``docs/fitting.md``): with
+        ``sklearn.set_config(enable_metadata_routing=True)``, to the steps that
+        request them; otherwise as scikit-learn's ``Pipeline`` (``step__param``)
+        or ``FeatureUnion`` (every branch) take them.
+        """
         settings = self._check_params()
-        X = _containers.as_rows(X)
+        X = self._fit_input(X, settings, trace=False)
         check_lengths(X, y, type(self).__name__)
+        settings["_routed"] = route_params(self, "fit", fit_params, X, y)
         with self._monitor(settings, X) as monitor:
             self._fit(X, y, settings, monitor, transform=False)
         return self
@@ -320,21 +375,26 @@ class _QueuedBase(BaseTransformer):
         return a :class:`~neuraxle_stream.TraceResult` of the workers' calls.
         """
         settings = self._check_params()
-        X = _containers.as_rows(X)
+        X = self._fit_input(X, settings, trace=trace is not None)
         check_lengths(X, y, type(self).__name__)
+        settings["_routed"] = route_params(self, "fit_transform", fit_params, X, y)
         if trace is not None:
             return self._traced("fit_transform", trace, settings, X, y, self._fit)
         with self._monitor(settings, X) as monitor:
             return self._fit(X, y, settings, monitor, transform=True)
 
-    def transform(self, X: Any, *, trace: int | None = None) -> Any:
+    def transform(self, X: Any, *, trace: int | None = None, **params: Any) -> Any:  # type: ignore[override]
         """Run ``X`` through every stage and return the joined outputs, in input order.
 
         With ``trace=N``, run only the first ``N`` items and return a
         :class:`~neuraxle_stream.TraceResult` of what each step did to them.
+        ``params`` (only with ``enable_metadata_routing=True``) go to the
+        ``transform`` of the steps that request them, cut per minibatch.
         """
         settings = self._check_params()
         X = _containers.as_rows(X)
+        if params:
+            settings["_routed"] = route_params(self, "transform", params, X, None)
         n = len(self._stage_descs())
         if trace is not None:
             return self._traced(
@@ -415,10 +475,31 @@ class _QueuedBase(BaseTransformer):
     def _fit(self, X: Any, y: Any, settings: dict[str, Any], monitor: CallMonitor, transform: bool) -> Any:
         raise NotImplementedError
 
-    def _fit_step(self, desc: StageDesc, X: Any, y: Any, monitor: CallMonitor) -> None:
+    def _fit_input(self, X: Any, settings: dict[str, Any], trace: bool) -> Any:
+        """``X`` as ``fit`` reads it: a callable source is called, except by a partial fit."""
+        X = _containers.as_rows(X)
+        return X if settings.get("fit_mode") == "partial" and not trace else resolve_source(X)
+
+    def get_metadata_routing(self) -> MetadataRouter:
+        """Metadata routing of this composite (scikit-learn's metadata routing API).
+
+        Each step is a consumer: its ``fit`` (``partial_fit`` when
+        ``fit_mode="partial"``) and ``transform`` get what it requested when
+        the composite's ``fit`` or ``fit_transform`` gets it; its
+        ``transform`` when the composite's ``transform`` does.
+
+        Returns
+        -------
+        routing : sklearn.utils.metadata_routing.MetadataRouter
+        """
+        return metadata_router(self)
+
+    def _fit_step(
+        self, desc: StageDesc, X: Any, y: Any, monitor: CallMonitor, params: dict[str, Any] | None = None
+    ) -> None:
         t0 = time.perf_counter()
         try:
-            fit_cached(self, open_store(getattr(self, "memory", None)), desc, X, y, monitor)
+            fit_cached(self, open_store(getattr(self, "memory", None)), desc, X, y, monitor, params)
         except Exception as exc:  # fitted in the parent: say which step could not take its input
             exc.add_note(f"Raised fitting step {desc.name!r} (in the parent, on the whole input of the step).")
             raise
@@ -590,23 +671,42 @@ class _QueuedBase(BaseTransformer):
         return True
 
     def _steps_name_features(self) -> bool:
-        try:
-            return all(hasattr(d.step, "get_feature_names_out") for d in self._stage_descs())
-        except InvalidParameterError:
-            return False
+        return _sklearn_output.pipeline_names_available(self)
 
     @available_if(_steps_name_features)
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        """Output feature names, passed through each step's ``get_feature_names_out``.
+        """Output feature names, as ``sklearn.pipeline.Pipeline`` gives them.
 
-        Available when every step has ``get_feature_names_out``; it also makes
-        ``set_output(transform="pandas")`` available (the steps themselves keep
-        giving their usual outputs to the next stage).
+        ``input_features`` go through each step's ``get_feature_names_out`` in
+        turn (``"passthrough"`` steps are skipped). Available when every other
+        step has ``get_feature_names_out``.
         """
-        names = input_features
-        for d in self._stage_descs():
-            names = d.step.get_feature_names_out(names)
-        return np.asarray(names, dtype=object)
+        names: np.ndarray = _sklearn_output.pipeline_feature_names(self, input_features)
+        return names
+
+    def set_output(self, *, transform: str | None = None) -> _QueuedBase:
+        """Set the output container of ``transform`` and ``fit_transform``, and of every step.
+
+        As ``sklearn.pipeline.Pipeline.set_output``, each step's output is set,
+        so the workers' copies give DataFrames; the composite's output is then a
+        DataFrame whose columns are ``get_feature_names_out()`` and whose index
+        is the input's (a ``RangeIndex`` for other inputs).
+
+        Parameters
+        ----------
+        transform : {"default", "pandas"} or None, default=None
+            ``"pandas"``: DataFrame output; ``"default"``: the steps' own
+            output; ``None``: unchanged.
+
+        Returns
+        -------
+        self
+        """
+        return _sklearn_output.set_output(self, transform)
+
+    def _sk_visual_block_(self) -> Any:
+        # the notebook diagram: the stages in series, each with its workers
+        return _sklearn_output.visual_block(self, "serial")
 
     @property
     def n_features_in_(self) -> int:
@@ -635,6 +735,8 @@ class _QueuedBase(BaseTransformer):
             pass
         return tags
 
+
+_sklearn_output.wrap_methods(_QueuedBase)
 
 _SEQUENTIAL_CONSTRAINTS = {"steps": [list, tuple], **COMMON_CONSTRAINTS}
 
@@ -667,6 +769,7 @@ class _StepsComposite(_QueuedBase):
         timeout: float | None = None,
         ray_options: dict[str, dict[str, Any]] | None = None,
         ray_address: str | None = None,
+        fit_mode: str = "full",
     ) -> None:
         self.steps = steps
         self.batch_size = batch_size
@@ -688,10 +791,12 @@ class _StepsComposite(_QueuedBase):
         self.timeout = timeout
         self.ray_options = ray_options
         self.ray_address = ray_address
+        self.fit_mode = fit_mode
 
     def _stage_descs(self) -> list[StageDesc]:
         return parse_steps(
-            self.steps, type(self).__name__, self.n_workers_per_step, self.max_queued_minibatches
+            self.steps, type(self).__name__, self.n_workers_per_step, self.max_queued_minibatches,
+            special=PIPELINE_SPECIAL_STEPS,
         )
 
 
@@ -749,6 +854,17 @@ class SequentialQueuedPipeline(_StepsComposite):
         Print a scikit-learn-style line per step fitted and per step run.
     timeout : float or None, default=None
         Seconds a worker may spend on one minibatch before a ``TimeoutError``.
+    fit_mode : {"full", "partial"}, default="full"
+        How ``fit`` fits each fittable step, in the parent, on the output of
+        the stages before it: ``"full"``, its ``fit`` on the whole output (as
+        scikit-learn's ``Pipeline``); ``"partial"``, its ``partial_fit``
+        minibatch by minibatch in input order while the stages before it run
+        in their workers (one pass over ``X`` per fittable step, so ``X`` may
+        be a stream larger than memory: a sequence, a re-iterable, a callable
+        returning a fresh iterable, or a generator when one pass is enough).
+        In partial mode a fittable step without ``partial_fit`` raises
+        ``InvalidParameterError``. See ``docs/fitting.md``, also for the
+        metadata routing of ``fit(X, y, **params)``.
 
     Examples
     --------
@@ -761,16 +877,22 @@ class SequentialQueuedPipeline(_StepsComposite):
     """
 
     def _fit(self, X: Any, y: Any, settings: dict[str, Any], monitor: CallMonitor, transform: bool) -> Any:
+        if settings.get("fit_mode") == "partial":
+            return fit_partial(self, X, y, settings, monitor, transform)
         descs = self._stage_descs()
         fittable = [i for i, d in enumerate(descs) if is_fittable(d.step)]
         if fittable and not _containers.is_sequence(X):
             X = list(X)  # fitting needs the whole data: read the source once
+        routed: RoutedParams = settings.get("_routed") or RoutedParams()
+        if routed.n_samples is None and _containers.is_sequence(X):
+            routed.n_samples = len(X)
         data, start = X, 0
         for k in fittable:
             if k > start:
                 data = self._transform_range(data, start, k, settings, monitor)
                 y = _trim_targets(y, data)
-            self._fit_step(descs[k], data, y, monitor)
+            params = routed.fit_params(descs[k].name, 0, _containers.num_rows(data))
+            self._fit_step(descs[k], data, y, monitor, params)
             start = k
         if not transform:
             return self
@@ -913,5 +1035,6 @@ class ParallelWorkersWrapper(_QueuedBase):
         if is_fittable(desc.step):
             if not _containers.is_sequence(X):
                 X = list(X)
-            self._fit_step(desc, X, y, monitor)
+            routed: RoutedParams = settings.get("_routed") or RoutedParams()
+            self._fit_step(desc, X, y, monitor, routed.fit_params(desc.name, 0, _containers.num_rows(X)))
         return self._transform_range(X, 0, 1, settings, monitor) if transform else self

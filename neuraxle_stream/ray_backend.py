@@ -57,7 +57,7 @@ from .workers import StageSpec, StepRunner, _parent_log_levels, _portable_record
 if TYPE_CHECKING:  # pragma: no cover
     from .stats import StatsCollector
 
-__all__ = ["RayRuntime", "actor_options", "connect"]
+__all__ = ["RayRuntime", "actor_options", "check_ray_options", "connect"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ _run_ids = itertools.count(1)
 def _import_ray() -> Any:
     try:
         import ray
-    except ImportError as exc:  # pragma: no cover - depends on the environment
+    except ImportError as exc:
         raise ImportError(
             "backend='ray' needs Ray, which is not installed: pip install 'neuraxle_stream[ray]'."
         ) from exc
@@ -111,34 +111,22 @@ def connect(address: str | None = None) -> Any:
     return ray
 
 
-def actor_options(
-    lanes: list[list[StageSpec]], ray_options: dict[str, dict[str, Any]] | None, cluster: dict[str, float]
-) -> dict[str, dict[str, Any]]:
-    """The Ray actor options of each stage's workers, by step name.
-
-    A step named in ``ray_options`` gets its options (``num_cpus``,
-    ``num_gpus``, ``memory``, ``resources``, ``scheduling_strategy``,
-    ``runtime_env``, ...). The other workers share what is left of the
-    cluster's CPUs once :data:`DRIVER_CPUS` are kept for the driver, at most
-    one CPU each: an actor holding a CPU slot forever, with every slot taken,
-    would leave nothing to run the tasks Ray needs (the deadlock Ray Data users
-    meet). ``cluster`` is ``ray.cluster_resources()``.
+def check_ray_options(ray_options: Any, step_names: list[str]) -> None:
+    """Check ``ray_options`` against the pipeline's steps (no Ray needed).
 
     Raises
     ------
     InvalidParameterError
-        For an unknown step name, a reserved option, or requests that
-        exceed the cluster's total CPUs or GPUs (they could never be placed).
+        For an unknown step name, options that are not a dict, or an option
+        the pipeline sets itself.
     """
-    options = dict(ray_options or {})
-    workers = {spec.name: spec.n_workers for lane in lanes for spec in lane}
-    unknown = sorted(set(options) - set(workers))
+    unknown = sorted(set(ray_options or {}) - set(step_names))
     if unknown:
         raise InvalidParameterError(
             f"The 'ray_options' parameter names steps that are not in the pipeline: {unknown}; "
-            f"its steps are {sorted(workers)}."
+            f"its steps are {sorted(step_names)}."
         )
-    for name, opts in options.items():
+    for name, opts in (ray_options or {}).items():
         if not isinstance(opts, dict):
             raise InvalidParameterError(
                 f"The 'ray_options' parameter must map step names to dicts of Ray actor options. "
@@ -149,7 +137,31 @@ def actor_options(
             raise InvalidParameterError(
                 f"The 'ray_options' of step {name!r} set {reserved}, which the pipeline sets itself."
             )
-    total_cpus = float(cluster.get("CPU", 0.0))
+
+
+def actor_options(
+    lanes: list[list[StageSpec]], ray_options: dict[str, dict[str, Any]] | None, cluster: dict[str, float]
+) -> dict[str, dict[str, Any]]:
+    """The Ray actor options of each stage's workers, by step name.
+
+    A step named in ``ray_options`` gets its options (``num_cpus``,
+    ``num_gpus``, ``memory``, ``resources``, ``scheduling_strategy``,
+    ``runtime_env``, ...); names of steps that are not in ``lanes`` are
+    ignored (a fit runs only the stages before a step). The other workers
+    share what is left of the cluster's CPUs once :data:`DRIVER_CPUS` are
+    kept for the driver (half the cluster when it has fewer than two), at
+    most one CPU each: an actor holding a CPU slot forever, with every slot
+    taken, would leave nothing to run the tasks Ray needs (the deadlock Ray
+    Data users meet). ``cluster`` is ``ray.cluster_resources()``.
+
+    Raises
+    ------
+    InvalidParameterError
+        When the requests exceed the cluster's total CPUs or GPUs (they
+        could never be placed).
+    """
+    workers = {spec.name: spec.n_workers for lane in lanes for spec in lane}
+    options = {name: dict(opts) for name, opts in (ray_options or {}).items() if name in workers}
     for resource, key in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
         asked = sum(float(options[n].get(key, 0) or 0) * workers[n] for n in options)
         available = float(cluster.get(resource, 0.0))
@@ -159,15 +171,13 @@ def actor_options(
                 f"per step), but the Ray cluster has {available:g}: the actors could never be "
                 "placed. Lower them, or add nodes to the cluster."
             )
+    total_cpus = float(cluster.get("CPU", 0.0))
     explicit = sum(float(options[n]["num_cpus"]) * workers[n] for n in options if "num_cpus" in options[n])
     defaulted = sum(w for n, w in workers.items() if "num_cpus" not in options.get(n, {}))
     left = max(0.0, total_cpus - min(DRIVER_CPUS, total_cpus / 2) - explicit)
     # Ray counts resources in units of 1/10,000.
     share = math.floor(min(1.0, left / defaulted) * 1e4) / 1e4 if defaulted else 0.0
-    return {
-        name: {"num_cpus": share, **options.get(name, {})}
-        for name in workers
-    }
+    return {name: {"num_cpus": share, **options.get(name, {})} for name in workers}
 
 
 class _CollectLogs(logging.Handler):
@@ -386,7 +396,8 @@ class RayRuntime:
                         f"Step {name!r} (worker {actor.worker}) spent more than {limit} s on setup(); "
                         "the pipeline was stopped."
                     )
-                error.add_note(f"In the queued pipeline: step {name!r}, worker {actor.worker}, setup().")
+                during = "start-up" if what == "placed" else "setup()"
+                error.add_note(f"In the queued pipeline: step {name!r}, worker {actor.worker}, {during}.")
                 raise error
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=min(remaining, _WAIT_CHECK))
             for ref in ready:

@@ -500,7 +500,7 @@ class Runtime:
         try:
             while True:
                 try:
-                    data, expected = next(batches)
+                    batch = next(batches)
                 except StopIteration:
                     break
                 except BaseException as exc:
@@ -509,7 +509,9 @@ class Runtime:
                 credits.acquire()
                 if stop.is_set():
                     return
-                task = QueuedMinibatchTask(count, data, expected, run_id)
+                # (data, expected_outputs[, transform params by step name])
+                params = batch[2] if len(batch) > 2 else None
+                task = QueuedMinibatchTask(count, batch[0], batch[1], run_id, params=params)
                 for lane, channel in zip(self.lanes, self._first_channels):
                     waited = time.perf_counter()
                     try:

@@ -121,8 +121,10 @@ def test_get_feature_names_out_and_set_output_pandas() -> None:
     union = ParallelQueuedFeatureUnion(
         [("s", StandardScaler()), ("c", MeanCenterer()), ("pca", PCA(2))], batch_size=6, backend="thread"
     ).fit(frame)
-    # duplicate names are prefixed by their branch, as in the joined DataFrames
-    assert list(union.get_feature_names_out()) == ["s__a", "s__b", "s__c", "c__a", "c__b", "c__c", "pca0", "pca1"]
+    # every name is prefixed by its branch, as FeatureUnion's verbose_feature_names_out=True
+    assert list(union.get_feature_names_out()) == [
+        "s__a", "s__b", "s__c", "c__a", "c__b", "c__c", "pca__pca0", "pca__pca1"
+    ]
     union.set_output(transform="pandas")
     assert list(union.fit_transform(frame).columns) == list(union.get_feature_names_out())
 

@@ -1,0 +1,341 @@
+"""scikit-learn's output API on the queued composites.
+
+What ``sklearn.pipeline.Pipeline`` and ``FeatureUnion`` give their users on
+the output side, with scikit-learn's own utilities wherever they fit:
+
+- feature names (``get_feature_names_out``), with ``"passthrough"`` and
+  ``"drop"`` entries and the union's ``verbose_feature_names_out``;
+- ``set_output(transform="pandas")``: every step's output is set (so the
+  workers' copies give DataFrames) and the composite's own output is a
+  DataFrame named by ``get_feature_names_out``, with the input's index;
+- the union's ``transformer_weights``;
+- the notebook diagram (``_sk_visual_block_``), each stage labelled with its
+  workers.
+
+scikit-learn's automatic wrapping of ``transform`` (``_SetOutputMixin``) is
+switched off on the composites and replaced by :func:`wrap_method`: a traced
+call returns a ``TraceResult``, not data, and minibatch outputs of a NumPy
+input carry one ``RangeIndex`` per minibatch, which the composite replaces by
+the input's.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import FeatureUnion
+from sklearn.utils._set_output import (
+    ADAPTERS_MANAGER,
+    _get_output_config,
+    _safe_set_output,
+    check_library_installed,
+)
+from sklearn.utils.validation import _check_feature_names_in
+
+try:
+    from sklearn.utils._repr_html.estimator import _VisualBlock
+except ImportError:  # scikit-learn < 1.7
+    from sklearn.utils._estimator_html_repr import _VisualBlock
+
+from . import _containers
+from .exceptions import InvalidParameterError
+
+__all__ = [
+    "check_transformer_weights",
+    "join_branches",
+    "pipeline_feature_names",
+    "pipeline_names_available",
+    "set_output",
+    "union_feature_names",
+    "union_names_available",
+    "visual_block",
+    "wrap_method",
+    "wrap_methods",
+]
+
+#: The containers ``set_output`` offers on the queued composites.
+OUTPUTS = ("default", "pandas")
+
+
+# -- set_output ------------------------------------------------------------------------------
+
+
+def set_output(composite: Any, transform: str | None) -> Any:
+    """``set_output`` of a composite: its own output, and every step's, as sklearn's composites do."""
+    if transform is not None and transform not in OUTPUTS:
+        extra = " Polars output is not supported by the queued composites in this version." \
+            if transform == "polars" else ""
+        raise InvalidParameterError(
+            f"The 'transform' parameter of {type(composite).__name__}.set_output must be a str "
+            f"among {{'default', 'pandas'}} or None. Got {transform!r} instead.{extra}"
+        )
+    if transform is None:
+        return composite
+    for d in composite._stage_descs():
+        # A step without set_output (a plain function, a step that does not name
+        # its features) keeps its usual output, where sklearn's Pipeline would
+        # refuse: the composite's own output is converted all the same.
+        if d.kind == "step" and hasattr(d.step, "set_output"):
+            _safe_set_output(d.step, transform=transform)
+    config = dict(getattr(composite, "_sklearn_output_config", {}))
+    config["transform"] = transform
+    composite._sklearn_output_config = config
+    return composite
+
+
+def output_config(estimator: Any) -> str:
+    """``"default"`` or ``"pandas"``: the estimator's own, else scikit-learn's global ``transform_output``."""
+    return str(_get_output_config("transform", estimator)["dense"])
+
+
+def wrap_output(estimator: Any, out: Any, X: Any) -> Any:
+    """The composite's output ``out`` for input ``X`` in the container ``set_output`` asked for.
+
+    As scikit-learn's own wrapping, only a composite that names its features
+    (``get_feature_names_out``) converts its output; a DataFrame output of
+    any composite gets the input's index.
+    """
+    config = output_config(estimator)
+    if config == "default":
+        return out
+    pd = sys.modules.get("pandas")
+    named = hasattr(estimator, "get_feature_names_out")
+    if not named and not (pd is not None and isinstance(out, pd.DataFrame)):
+        return out
+    if config not in OUTPUTS:
+        raise ValueError(f"{type(estimator).__name__} cannot give {config!r} output in this version.")
+    if sparse.issparse(out):  # scikit-learn's message
+        raise ValueError(
+            "The transformer outputs a scipy sparse matrix. "
+            "Try to set the transformer output to a dense array or disable "
+            f"{config.capitalize()} output with set_output(transform='default')."
+        )
+    pd = check_library_installed(config)
+    columns = None
+    if named:
+        try:
+            columns = estimator.get_feature_names_out()
+        except (AttributeError, NotFittedError, ValueError):
+            # names that need fitted state the steps lack: keep the joined columns
+            if not isinstance(out, pd.DataFrame):
+                raise
+    if isinstance(out, pd.DataFrame):
+        out = out.copy(deep=False)  # never rename the columns of a frame someone else holds
+    frame = ADAPTERS_MANAGER.adapters[config].create_container(out, X, columns=columns)
+    n = len(frame)
+    if isinstance(X, pd.DataFrame | pd.Series):
+        if len(X) == n:
+            frame.index = X.index
+    else:  # each minibatch of a NumPy input came back with its own RangeIndex
+        frame.index = pd.RangeIndex(n)
+    return frame
+
+
+def wrap_method(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``transform`` / ``fit_transform`` giving the container ``set_output`` asked for."""
+
+    @functools.wraps(method)
+    def wrapped(self: Any, X: Any, *args: Any, **kwargs: Any) -> Any:
+        out = method(self, X, *args, **kwargs)
+        if kwargs.get("trace") is not None:  # a TraceResult, not data
+            return out
+        return wrap_output(self, out, X)
+
+    wrapped._neuraxle_wraps_output = True  # type: ignore[attr-defined]
+    return wrapped
+
+
+def wrap_methods(cls: type) -> None:
+    """Wrap the ``transform`` and ``fit_transform`` that ``cls`` itself defines."""
+    for name in ("transform", "fit_transform"):
+        method = cls.__dict__.get(name)
+        if method is not None and not getattr(method, "_neuraxle_wraps_output", False):
+            setattr(cls, name, wrap_method(method))
+
+
+# -- feature names ---------------------------------------------------------------------------
+
+
+def pipeline_names_available(pipeline: Any) -> bool:
+    """Whether every step (but ``"passthrough"``) names its output features.
+
+    Raises ``AttributeError`` with scikit-learn's message otherwise, so that
+    ``available_if`` shows it.
+    """
+    try:
+        descs = pipeline._stage_descs()
+    except InvalidParameterError:
+        return False
+    for d in descs:
+        if d.kind == "step" and not hasattr(d.step, "get_feature_names_out"):
+            raise AttributeError(
+                f"Estimator {d.name} does not provide get_feature_names_out. "
+                "Did you mean to call pipeline[:-1].get_feature_names_out()?"
+            )
+    return True
+
+
+def pipeline_feature_names(pipeline: Any, input_features: Any) -> Any:
+    """As ``sklearn.pipeline.Pipeline.get_feature_names_out``: through each step in turn."""
+    names = input_features
+    for d in pipeline._stage_descs():
+        if d.kind == "step":
+            names = d.step.get_feature_names_out(names)
+    return names
+
+
+def union_names_available(union: Any) -> bool:
+    """Whether every branch (but ``"drop"``, ``"passthrough"``) names its output features."""
+    try:
+        descs = union._stage_descs()
+    except InvalidParameterError:
+        return False
+    for d in descs:
+        if d.kind == "step" and not hasattr(d.step, "get_feature_names_out"):
+            raise AttributeError(
+                f"Transformer {d.name} (type {type(d.step).__name__}) does not provide "
+                "get_feature_names_out."
+            )
+    return True
+
+
+class _NoFittedInput:
+    """Stands for a fitted step when no branch of a union knows its input features."""
+
+
+def union_feature_names(union: Any, input_features: Any) -> np.ndarray:
+    """As ``sklearn.pipeline.FeatureUnion.get_feature_names_out``.
+
+    A ``"passthrough"`` branch names the input features, as the fitted
+    ``FunctionTransformer(feature_names_out="one-to-one")`` scikit-learn puts
+    in its place would: from ``input_features``, else from the input seen by
+    the first fitted branch.
+    """
+    descs = [d for d in union._stage_descs() if d.kind != "drop"]
+    pairs = []
+    for d in descs:
+        if d.kind == "passthrough":
+            names = _check_feature_names_in(_fitted_input(descs), input_features)
+        else:
+            names = d.step.get_feature_names_out(input_features)
+        pairs.append((d.name, names))
+    return _prefixed(union, pairs)
+
+
+def _fitted_input(descs: list[Any]) -> Any:
+    for d in descs:
+        if d.kind == "step" and hasattr(d.step, "n_features_in_"):
+            return d.step
+    return _NoFittedInput()
+
+
+def _prefixed(union: Any, pairs: list[tuple[str, Any]]) -> np.ndarray:
+    """``branch__feature`` names, or plain ones checked unique: FeatureUnion's own rule."""
+    # FeatureUnion's method reads only ``self.verbose_feature_names_out``, which the union has.
+    names: np.ndarray = FeatureUnion._add_prefix_for_feature_names_out(union, pairs)
+    return names
+
+
+# -- the union's join -----------------------------------------------------------------------
+
+
+def check_transformer_weights(union: Any) -> None:
+    """Raise :class:`InvalidParameterError` for a weight of no branch, or not a number."""
+    weights = union.transformer_weights
+    if not weights:
+        return
+    names = [d.name for d in union._stage_descs()]
+    for name, weight in weights.items():
+        if name not in names:
+            raise InvalidParameterError(
+                f'Attempting to weight transformer "{name}", but it is not present in the steps '
+                f"of {type(union).__name__} ({', '.join(map(repr, names))})."
+            )
+        if not isinstance(weight, numbers.Real) or isinstance(weight, bool):
+            raise InvalidParameterError(
+                f"The weight of step {name!r} in the 'transformer_weights' parameter of "
+                f"{type(union).__name__} must be a real number. Got {weight!r} instead."
+            )
+
+
+def _weighted(out: Any, weight: Any) -> Any:
+    if weight is None:
+        return out
+    if isinstance(out, list | tuple):
+        out = np.asarray(out)
+    return out * weight
+
+
+def join_branches(union: Any, outputs: list[Any], descs: list[Any]) -> Any:
+    """One minibatch's branch outputs, weighted, side by side.
+
+    With ``set_output(transform="pandas")`` (or the global config), DataFrames
+    are joined with FeatureUnion's names (``verbose_feature_names_out``);
+    otherwise as :func:`~neuraxle_stream._containers.join_columns` joins them.
+    """
+    weights = union.transformer_weights or {}
+    outputs = [_weighted(out, weights.get(d.name)) for out, d in zip(outputs, descs)]
+    names = [d.name for d in descs]
+    pd = sys.modules.get("pandas")
+    if (
+        pd is not None
+        and output_config(union) != "default"
+        and all(isinstance(out, pd.DataFrame) for out in outputs)
+    ):
+        columns = _prefixed(union, [(name, [str(c) for c in out.columns]) for name, out in zip(names, outputs)])
+        index = outputs[0].index
+        frame = pd.concat([out.set_axis(index, axis=0).set_axis(range(out.shape[1]), axis=1)
+                           for out in outputs], axis=1)
+        frame.columns = columns
+        return frame
+    if len(outputs) == 1:
+        return outputs[0]
+    return _containers.join_columns(outputs, names)
+
+
+def no_branch_output(X: Any) -> np.ndarray:
+    """What a union whose branches are all ``"drop"`` gives, as FeatureUnion: no columns."""
+    return np.zeros((_containers.num_rows(X), 0))
+
+
+# -- notebook diagram --------------------------------------------------------------------------
+
+
+def _label(d: Any) -> str:
+    if d.kind != "step":
+        return f"{d.name}: {d.kind}"
+    what = getattr(d.step, "__name__", None) or type(d.step).__name__
+    plural = "" if d.n_workers == 1 else "s"
+    # "name: ..." keeps scikit-learn's parameter prefixes (it reads the name up to the colon)
+    return f"{d.name}: {what} × {d.n_workers} worker{plural}"
+
+
+def _details(d: Any) -> str:
+    if d.kind != "step":
+        return d.kind
+    queue = d.max_queue_size if d.max_queue_size is not None else 2 * d.n_workers
+    plural = "" if d.n_workers == 1 else "s"
+    return f"{d.n_workers} worker{plural}, input queue of {queue} minibatches\n{d.step!r}"
+
+
+def visual_block(composite: Any, kind: str) -> _VisualBlock:
+    """The composite's diagram: its stages in series (``kind="serial"``) or side by side."""
+    descs = composite._stage_descs()
+    estimators: list[Any] = [d.step if d.kind == "step" else d.kind for d in descs]
+    if kind == "serial":
+        # a stage's label is shown only around a block, so each stage is a block of one step
+        estimators = [_VisualBlock("serial", [e], dash_wrapped=False) for e in estimators]
+    return _VisualBlock(
+        kind,
+        estimators,
+        names=[_label(d) for d in descs],
+        name_details=[_details(d) for d in descs],
+        dash_wrapped=False,
+    )
