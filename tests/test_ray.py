@@ -391,3 +391,41 @@ def test_connect_uses_the_users_ray(monkeypatch) -> None:
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail("ray.init called again"))
     assert connect("ray://elsewhere:10001") is ray
+
+
+# -- fitting modes and metadata routing ----------------------------------------------
+
+
+def test_partial_fit_on_ray_equals_sequential_partial_fit(ray_session) -> None:
+    X = np.random.RandomState(1).rand(45, 3)
+    p = SequentialQueuedPipeline(
+        [("double", 2, MultiplyBy(2.0)), ("scale", StandardScaler())], batch_size=10, fit_mode="partial", backend="ray"
+    )
+    p.fit(iter(X))  # one pass over a one-shot source: the last step is the only fittable one
+    reference = StandardScaler()
+    for start in range(0, len(X), 10):
+        reference.partial_fit(X[start : start + 10] * 2.0)
+    np.testing.assert_allclose(p.named_steps["scale"].mean_, reference.mean_)
+    np.testing.assert_allclose(p.named_steps["scale"].var_, reference.var_)
+
+
+class ScaleRows(AddConstant):
+    """Multiplies each row by its routed ``weight`` in ``transform``."""
+
+    def transform(self, data_inputs, sample_weight=None):
+        assert sample_weight is not None and len(sample_weight) == len(data_inputs)
+        return np.asarray(data_inputs) * np.asarray(sample_weight)[:, None]
+
+
+def test_transform_params_are_routed_per_minibatch_on_ray(ray_session) -> None:
+    import sklearn
+
+    X = np.arange(30.0).reshape(15, 2)
+    weights = np.arange(15.0)
+    with sklearn.config_context(enable_metadata_routing=True):
+        p = SequentialQueuedPipeline(
+            [("add", AddConstant(1)), ("weigh", 2, ScaleRows(0).set_transform_request(sample_weight=True))],
+            batch_size=4, backend="ray",
+        )
+        out = p.transform(X, sample_weight=weights)
+    np.testing.assert_allclose(out, (X + 1) * weights[:, None])

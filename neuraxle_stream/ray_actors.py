@@ -1,0 +1,209 @@
+"""Ray, connected and sized: the connection, each stage's actor options, and the actor's body.
+
+Used by :mod:`~neuraxle_stream.ray_backend`; importing this module does not
+import Ray (only :func:`connect` does).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from .exceptions import InvalidParameterError
+from .messages import MinibatchError, QueuedMinibatchTask
+from .workers import StageSpec, StepRunner, _portable_record
+
+__all__ = ["DRIVER_CPUS", "StageActor", "actor_options", "check_ray_options", "connect", "import_ray"]
+
+logger = logging.getLogger("neuraxle_stream.ray_backend")
+
+#: CPUs of the cluster left to the driver (and Ray's own work) by the default actor sizes.
+DRIVER_CPUS = 1.0
+#: Actor options a step may not set: the runtime owns the actor's life and its restarts.
+_RESERVED_OPTIONS = {"max_restarts", "max_task_retries", "lifetime", "name", "get_if_exists"}
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError(
+            "backend='ray' needs Ray, which is not installed: pip install 'neuraxle_stream[ray]'."
+        ) from exc
+    return ray
+
+
+def connect(address: str | None = None) -> Any:
+    """The ``ray`` module, connected to a cluster.
+
+    Uses the user's ``ray.init(...)`` when Ray is initialised (``address``
+    is then ignored, with a log message if it differs); else connects to
+    ``address`` when given, else starts a local Ray instance, with a warning
+    logged: a local instance takes seconds to start, and stays up for the
+    rest of the process so that later calls reuse it.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        if address is not None:
+            logger.info("Ray is already initialised: ray_address=%r is not used.", address)
+        return ray
+    if address is not None:
+        logger.info("Connecting to the Ray cluster at %r.", address)
+        ray.init(address=address, log_to_driver=True)
+    else:
+        logger.warning(
+            "Ray is not initialised: starting a local Ray instance for backend='ray' "
+            "(call ray.init(...) first to choose its resources, or pass ray_address= "
+            "to reach a cluster)."
+        )
+        ray.init(include_dashboard=False, log_to_driver=True)
+    return ray
+
+
+def check_ray_options(ray_options: Any, step_names: list[str]) -> None:
+    """Check ``ray_options`` against the pipeline's steps (no Ray needed).
+
+    Raises
+    ------
+    InvalidParameterError
+        For an unknown step name, options that are not a dict, or an option
+        the pipeline sets itself.
+    """
+    unknown = sorted(set(ray_options or {}) - set(step_names))
+    if unknown:
+        raise InvalidParameterError(
+            f"The 'ray_options' parameter names steps that are not in the pipeline: {unknown}; "
+            f"its steps are {sorted(step_names)}."
+        )
+    for name, opts in (ray_options or {}).items():
+        if not isinstance(opts, dict):
+            raise InvalidParameterError(
+                f"The 'ray_options' parameter must map step names to dicts of Ray actor options. "
+                f"Got {opts!r} for step {name!r} instead."
+            )
+        reserved = sorted(set(opts) & _RESERVED_OPTIONS)
+        if reserved:
+            raise InvalidParameterError(
+                f"The 'ray_options' of step {name!r} set {reserved}, which the pipeline sets itself."
+            )
+
+
+def actor_options(
+    lanes: list[list[StageSpec]], ray_options: dict[str, dict[str, Any]] | None, cluster: dict[str, float]
+) -> dict[str, dict[str, Any]]:
+    """The Ray actor options of each stage's workers, by step name.
+
+    A step named in ``ray_options`` gets its options (``num_cpus``,
+    ``num_gpus``, ``memory``, ``resources``, ``scheduling_strategy``,
+    ``runtime_env``, ...); names of steps that are not in ``lanes`` are
+    ignored (a fit runs only the stages before a step). The other workers
+    share what is left of the cluster's CPUs once :data:`DRIVER_CPUS` are
+    kept for the driver (half the cluster when it has fewer than two), at
+    most one CPU each: an actor holding a CPU slot forever, with every slot
+    taken, would leave nothing to run the tasks Ray needs (the deadlock Ray
+    Data users meet). ``cluster`` is ``ray.cluster_resources()``.
+
+    Raises
+    ------
+    InvalidParameterError
+        When the requests exceed the cluster's total CPUs or GPUs (they
+        could never be placed).
+    """
+    workers = {spec.name: spec.n_workers for lane in lanes for spec in lane}
+    options = {name: dict(opts) for name, opts in (ray_options or {}).items() if name in workers}
+    for resource, key in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
+        asked = sum(float(options[n].get(key, 0) or 0) * workers[n] for n in options)
+        available = float(cluster.get(resource, 0.0))
+        if asked > available:
+            raise InvalidParameterError(
+                f"The 'ray_options' ask for {asked:g} {resource}s in all ({key} x n_workers "
+                f"per step), but the Ray cluster has {available:g}: the actors could never be "
+                "placed. Lower them, or add nodes to the cluster."
+            )
+    total_cpus = float(cluster.get("CPU", 0.0))
+    explicit = sum(float(options[n]["num_cpus"]) * workers[n] for n in options if "num_cpus" in options[n])
+    defaulted = sum(w for n, w in workers.items() if "num_cpus" not in options.get(n, {}))
+    left = max(0.0, total_cpus - min(DRIVER_CPUS, total_cpus / 2) - explicit)
+    # Ray counts resources in units of 1/10,000.
+    share = math.floor(min(1.0, left / defaulted) * 1e4) / 1e4 if defaulted else 0.0
+    return {name: {"num_cpus": share, **options.get(name, {})} for name in workers}
+
+
+class _CollectLogs(logging.Handler):
+    """Keeps an actor's ``logging`` records, made portable, until its next reply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.records.append(_portable_record(record))
+        except Exception:
+            self.handleError(record)
+
+    def take(self) -> list[logging.LogRecord]:
+        records, self.records = self.records, []
+        return records
+
+
+class StageActor:
+    """The body of one worker's Ray actor (made remote by :class:`RayRuntime`).
+
+    Its life: :meth:`ping` once placed, :meth:`setup` (a step that fails to
+    load or in ``setup()`` does not kill the actor: the error is returned, so
+    it reaches the driver with its type and traceback), :meth:`run` per
+    minibatch, :meth:`teardown`.
+    """
+
+    def __init__(self, spec: StageSpec, worker_index: int, log_levels: dict[str, int]) -> None:
+        self.spec, self.worker_index = spec, worker_index
+        self.logs = _CollectLogs()
+        root = logging.getLogger()
+        for handler in list(root.handlers):  # Ray's own handlers would print a second copy
+            root.removeHandler(handler)
+        for name, level in log_levels.items():
+            logging.getLogger(name or None).setLevel(level)
+        root.addHandler(self.logs)
+        self.runner: StepRunner | None = None
+        self.last = time.perf_counter()
+
+    def ping(self) -> bool:
+        """Answer once the actor is placed and started."""
+        return True
+
+    def setup(self) -> tuple[MinibatchError | None, list[logging.LogRecord]]:
+        """Load the step and run its ``setup()``; return the error, if any, and the logs so far."""
+        try:
+            self.runner = StepRunner(self.spec, self.worker_index)
+        except BaseException as exc:
+            return self._capture(exc, None, 0, "setup"), self.logs.take()
+        self.last = time.perf_counter()
+        return None, self.logs.take()
+
+    def _capture(self, exc: BaseException, index: int | None, run_id: int, phase: str, **kw: Any) -> MinibatchError:
+        return MinibatchError.capture(
+            exc, step_name=self.spec.name, worker_index=self.worker_index, index=index,
+            run_id=run_id, phase=phase, portable=True, **kw,
+        )
+
+    def run(self, task: QueuedMinibatchTask) -> tuple[tuple[MinibatchError | None, list[logging.LogRecord]], Any]:
+        """Transform one minibatch: ``((error or None, log records), task for the next stage)``."""
+        assert self.runner is not None, "run() on an actor whose setup failed"
+        idle = time.perf_counter() - self.last  # as a worker waiting on its input queue
+        result, error = self.runner.run(task, idle, None)
+        self.last = time.perf_counter()
+        if error is not None:
+            failure = self._capture(error, task.index, task.run_id, "transform", stats=result.stats, trace=result.trace)
+            return (failure, self.logs.take()), None
+        return (None, self.logs.take()), result
+
+    def teardown(self) -> tuple[list[MinibatchError], list[logging.LogRecord]]:
+        """Run the stage hooks' exit and the step's ``teardown()``; return their errors and the logs."""
+        errors = [] if self.runner is None else self.runner.teardown()
+        self.runner = None
+        return [self._capture(e, None, 0, "teardown") for e in errors], self.logs.take()
+
+
