@@ -35,6 +35,7 @@ from neuraxle_stream import (
     InvalidParameterError,
     ParallelQueuedFeatureUnion,
     PipelineHook,
+    PipelineStoppedError,
     RemoteTraceback,
     SequentialQueuedPipeline,
 )
@@ -429,3 +430,22 @@ def test_transform_params_are_routed_per_minibatch_on_ray(ray_session) -> None:
         )
         out = p.transform(X, sample_weight=weights)
     np.testing.assert_allclose(out, (X + 1) * weights[:, None])
+
+
+def test_stop_from_another_thread(ray_session, monkeypatch) -> None:
+    made = _spy_runtimes(monkeypatch)
+    p = SequentialQueuedPipeline([("slow", BlocksAt(at=3, seconds=3))], batch_size=2, backend="ray")
+
+    def stop_when_started() -> None:
+        deadline = time.monotonic() + 60
+        while not (made and getattr(made[0], "started_actors", None)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        p.stop()
+
+    stopper = threading.Thread(target=stop_when_started)
+    stopper.start()
+    with blocking_armed(), pytest.raises(PipelineStoppedError, match="stopped by stop"):
+        p.transform(list(range(10)))
+    stopper.join()
+    _assert_dead(made[0].started_actors)
