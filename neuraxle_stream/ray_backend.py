@@ -72,6 +72,8 @@ __all__ = ["DRIVER_CPUS", "PLACEMENT_TIMEOUT", "RayRuntime", "actor_options", "c
 STOP_GRACE = 10.0
 #: Seconds the actors of a run may take to be placed and run ``setup()`` when ``timeout`` is None.
 PLACEMENT_TIMEOUT = 120.0
+#: Seconds :meth:`RayRuntime.close` waits for killed actors to be gone.
+KILL_GRACE = 5.0
 #: Seconds between two checks for :meth:`RayRuntime.stop` while the driver waits on the actors.
 _WAIT_CHECK = 0.2
 _run_ids = itertools.count(1)
@@ -239,9 +241,11 @@ class RayRuntime:
                 errors = self._teardown(ray)
         finally:
             if ray.is_initialized():
-                for handle in self.actors:
+                handles = self.actors
+                for handle in handles:
                     with contextlib.suppress(Exception):  # already dead, or Ray is going down
                         ray.kill(handle, no_restart=True)
+                _wait_dead(ray, handles, KILL_GRACE)
             self._stages.clear()
         if errors:
             raise errors[0]
@@ -420,6 +424,28 @@ class RayRuntime:
         for lane in self._stages:
             for stage in lane:
                 stage.waiting.clear()
+
+
+def _wait_dead(ray: Any, handles: list[Any], grace: float) -> None:
+    """Wait (at most ``grace`` seconds) until every actor in ``handles`` is gone.
+
+    ``ray.kill`` only sends the order: a call made at once may still be
+    answered. An actor is gone when a call to it fails with ``RayActorError``.
+    """
+    deadline = time.monotonic() + grace
+    alive = list(handles)
+    while alive and time.monotonic() < deadline:
+        pings = {handle.ping.remote(): handle for handle in alive}
+        ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=max(0.0, deadline - time.monotonic()))
+        alive = []
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except Exception:  # RayActorError: gone, as wanted
+                continue
+            alive.append(pings[ref])
+        if alive:
+            time.sleep(0.05)  # the kill is on its way: ask again in a moment
 
 
 def _next_batch(source: Iterator[tuple[Any, ...]], count: int) -> tuple[Any, ...] | None:
