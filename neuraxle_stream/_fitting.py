@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import clone
 from sklearn.utils.metadata_routing import (
     MetadataRouter,
@@ -42,6 +44,7 @@ from sklearn.utils.metadata_routing import (
     _routing_enabled,
     process_routing,
 )
+from sklearn.utils.validation import _is_arraylike_not_scalar, _num_samples
 
 from . import _containers
 from .exceptions import InvalidParameterError
@@ -99,16 +102,26 @@ def metadata_router(pipeline: Any) -> MetadataRouter:
     return router
 
 
+def _n_rows(value: Any) -> int | None:
+    """The rows of ``value`` when it may be per-sample metadata, else ``None``.
+
+    As scikit-learn's ``_check_method_params`` sees a param: an array-like
+    (``_is_arraylike_not_scalar``, or sparse) with ``_num_samples`` rows.
+    Strings, mappings, sets, scalars and 0-d arrays are passed whole.
+    """
+    if isinstance(value, str | bytes | Mapping | AbstractSet):
+        return None
+    if not (_is_arraylike_not_scalar(value) or sp.issparse(value)):
+        return None
+    try:
+        return int(_num_samples(value))
+    except TypeError:
+        return None
+
+
 def _is_per_sample(value: Any, n: int | None) -> bool:
     """Whether ``value`` has one row per sample (scikit-learn's ``_check_method_params`` rule)."""
-    if n is None or isinstance(value, str | bytes | dict) or np.isscalar(value):
-        return False
-    if not (hasattr(value, "__len__") or hasattr(value, "shape")):
-        return False
-    try:
-        return _containers.num_rows(value) == n
-    except TypeError:
-        return False
+    return n is not None and _n_rows(value) == n
 
 
 def _cut(value: Any, start: int, stop: int) -> Any:
@@ -122,24 +135,73 @@ class RoutedParams:
     """The metadata of one call, by step: for its ``fit`` (or ``partial_fit``) and its ``transform``.
 
     ``n_samples`` is the length of per-sample metadata (the rows of ``X``, or
-    of ``y`` for a source without a length; ``None``: nothing is cut).
+    of ``y`` for a source without a length): a param with that many rows is
+    cut with the data, as in scikit-learn. ``None``: ``X`` is streamed, its
+    length unknown until its end; then a param is cut by the running row
+    offset when it has at least as many rows as the first minibatch (see
+    :meth:`_streamed_cut`).
     """
 
     fit: dict[str, dict[str, Any]] = field(default_factory=dict)
     transform: dict[str, dict[str, Any]] = field(default_factory=dict)
     n_samples: int | None = None
 
-    def fit_params(self, name: str, start: int = 0, stop: int | None = None) -> dict[str, Any]:
+    def fit_params(
+        self, name: str, start: int = 0, stop: int | None = None, method: str = "fit"
+    ) -> dict[str, Any]:
         """The fit params of step ``name``, per-sample ones cut to rows ``[start, stop)``."""
         params = self.fit.get(name) or {}
-        return self._rows(params, start, stop)
+        return self._rows(params, start, stop, name, method)
 
-    def _rows(self, params: dict[str, Any], start: int, stop: int | None) -> dict[str, Any]:
+    def _rows(
+        self, params: dict[str, Any], start: int, stop: int | None, name: str = "", method: str = "fit"
+    ) -> dict[str, Any]:
         n = self.n_samples
         end = n if stop is None else stop
-        if not params or n is None or end is None or (start == 0 and end == n):
+        if not params or end is None or (start == 0 and end == n):
             return dict(params)
-        return {k: _cut(v, start, end) if _is_per_sample(v, n) else v for k, v in params.items()}
+        keys = self._per_sample(params, start, end, name, method)
+        return {k: _cut(v, start, end) if k in keys else v for k, v in params.items()}
+
+    def _per_sample(self, params: dict[str, Any], start: int, stop: int, name: str, method: str) -> set[str]:
+        """The keys of the per-sample params of ``params``, for the minibatch of rows ``[start, stop)``."""
+        if self.n_samples is not None:
+            return {k for k, v in params.items() if _is_per_sample(v, self.n_samples)}
+        return {k for k, v in params.items() if self._streamed_cut(k, v, start, stop, name, method)}
+
+    @staticmethod
+    def _streamed_cut(key: str, value: Any, start: int, stop: int, name: str, method: str) -> bool:
+        """Whether ``value`` is cut to rows ``[start, stop)`` of a streamed ``X`` (length unknown).
+
+        A param is per-sample when it has at least as many rows as the first
+        minibatch (``start == 0``): it is then cut by the running offset, and
+        must have a row for every row the stream goes on to yield. A shorter
+        param (``classes=``...) is passed whole to every minibatch, as
+        scikit-learn passes a param without one row per sample. The rule
+        needs no state: minibatches are contiguous from row 0, so a param
+        cut once is cut until it runs short, which raises.
+        """
+        rows = _n_rows(value)
+        if rows is None:
+            return False
+        if rows >= stop:
+            return True
+        if start == 0 or rows < start:  # shorter than the first minibatch: never cut
+            return False
+        raise InvalidParameterError(
+            f"The {key!r} param of step {name!r} ({method}) has {rows} rows, but {stop} rows of X "
+            "have reached the step so far. X is streamed (its length is unknown and no y was given), "
+            "so a param with at least as many rows as the first minibatch is cut with the minibatches "
+            "and needs one row per row of X."
+        )
+
+    def head(self, n_rows: int) -> RoutedParams:
+        """The params of the first ``n_rows`` rows of ``X`` only (for ``trace=N``), per-sample ones cut."""
+        return RoutedParams(
+            {name: self._rows(p, 0, n_rows, name, "fit") for name, p in self.fit.items()},
+            {name: self._rows(p, 0, n_rows, name, "transform") for name, p in self.transform.items()},
+            n_rows,
+        )
 
     def for_stages(self, names: list[str]) -> MinibatchParams | None:
         """What the minibatches of a run through stages ``names`` carry, or ``None`` if nothing."""
@@ -158,12 +220,10 @@ class MinibatchParams:
         """The params of the minibatch of rows ``[start, start + n)``, padded by ``n_pad`` rows."""
         out = {}
         for name, params in self.per_step.items():
-            cut = self.routed._rows(params, start, start + n)
+            cut = self.routed._rows(params, start, start + n, name, "transform")
             if n_pad:
-                cut = {
-                    k: _pad(v, n_pad) if _is_per_sample(params[k], self.routed.n_samples) else v
-                    for k, v in cut.items()
-                }
+                keys = self.routed._per_sample(params, start, start + n, name, "transform")
+                cut = {k: _pad(v, n_pad) if k in keys else v for k, v in cut.items()}
             out[name] = cut
         return out
 
@@ -338,7 +398,7 @@ def _partial_fit_stream(
                         index: int = index, n: int = n) -> None:
                 t0 = time.perf_counter()
                 try:
-                    d.step.partial_fit(batch, y_batch, **routed.fit_params(d.name, start, start + n))
+                    d.step.partial_fit(batch, y_batch, **routed.fit_params(d.name, start, start + n, "partial_fit"))
                 except Exception as exc:
                     exc.add_note(
                         f"Raised fitting step {d.name!r} (in the parent, partial_fit on minibatch {index})."

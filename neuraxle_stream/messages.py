@@ -12,6 +12,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import cloudpickle
+
 from .exceptions import RemoteTraceback, WorkerError
 
 __all__ = ["MinibatchError", "QueuedMinibatchTask", "TaskRecord", "WorkerLog"]
@@ -203,6 +205,11 @@ class MinibatchError:
     def to_exception(self) -> BaseException:
         """The exception to raise in the caller, with cause and note."""
         exc = self.error
+        if isinstance(exc, _ByValue):
+            try:
+                exc = exc.load()
+            except Exception:  # its class cannot be rebuilt here: describe it
+                exc = WorkerError("an exception defined by value", "(its class could not be rebuilt)", self.traceback)
         exc.__cause__ = RemoteTraceback(self.traceback)
         note = f"Raised in a worker of the queued pipeline: {self.describe()}."
         if note not in getattr(exc, "__notes__", ()):
@@ -223,12 +230,38 @@ class WorkerLog:
             logger.handle(self.record)
 
 
+class _ByValue(Exception):
+    """An exception whose class pickles only by value (defined in a script's ``__main__``
+    or a notebook), carried as cloudpickle bytes.
+
+    cloudpickle gives a class pickled by value the identity it had where it was
+    first pickled: the parent pickled the step (and the exception classes its
+    code names) by value, so unpickling there gives back the parent's own
+    class, and ``except MyError:`` catches it.
+    """
+
+    def __init__(self, payload: bytes) -> None:
+        super().__init__(payload)
+        self.payload = payload
+
+    def load(self) -> BaseException:
+        error = cloudpickle.loads(self.payload)
+        assert isinstance(error, BaseException)
+        return error
+
+
 def _portable(exc: BaseException, tb: str) -> BaseException:
-    """``exc`` when it survives a pickle round trip, else a :class:`WorkerError`."""
+    """``exc`` when it survives a pickle round trip (by value if it must), else a :class:`WorkerError`."""
     try:
         if type(pickle.loads(pickle.dumps(exc))) is type(exc):
             return exc
-    except Exception:  # any failure to round-trip means: send a description
+    except Exception:  # any failure to round-trip means: try by value, else send a description
+        pass
+    try:
+        payload = cloudpickle.dumps(exc)
+        if type(cloudpickle.loads(payload)).__qualname__ == type(exc).__qualname__:
+            return _ByValue(payload)
+    except Exception:  # cannot travel at all: send a description
         pass
     type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     return WorkerError(type_name, str(exc), tb)

@@ -43,6 +43,7 @@ import contextlib
 import itertools
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -70,7 +71,7 @@ __all__ = ["DRIVER_CPUS", "PLACEMENT_TIMEOUT", "RayRuntime", "actor_options", "c
 
 #: Seconds a graceful close waits for the actors' ``teardown()``.
 STOP_GRACE = 10.0
-#: Seconds the actors of a run may take to be placed and run ``setup()`` when ``timeout`` is None.
+#: Seconds the actors of a run may take to be placed (their processes started); ``setup()`` is bounded by ``timeout``.
 PLACEMENT_TIMEOUT = 120.0
 #: Seconds :meth:`RayRuntime.close` waits for killed actors to be gone.
 KILL_GRACE = 5.0
@@ -361,15 +362,7 @@ class RayRuntime:
         actor.calls.remove(call)
         actor.head_since = time.monotonic()
         stage = actor.stage
-        try:
-            failure, logs = ray.get(call.status)
-        except ray.exceptions.RayActorError as exc:
-            self.broken = True
-            raise _actor_died(actor, f"minibatch {call.index}", exc) from None
-        except ray.exceptions.RayTaskError as exc:  # the output could not be sent (e.g. not picklable)
-            error = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
-            error.add_note(f"Raised sending the output of step {stage.spec.name!r} for minibatch {call.index}.")
-            raise _RunFailed(error) from None
+        failure, logs = self._get(ray, call.status, call)
         _emit(logs)
         if failure is not None:
             if observer is not None:
@@ -381,12 +374,57 @@ class RayRuntime:
             lane = self._stages[stage.spec.lane]
             lane[stage.spec.index + 1].waiting.append((call.index, call.task))
             return
-        result: QueuedMinibatchTask = ray.get(call.task)
+        result: QueuedMinibatchTask = self._get(ray, call.task, call)
         joiner.add(result.index, stage.spec.lane, result.data_inputs)
         if observer is not None:
             observer.add(result.stats)
         if tracer is not None:
             tracer.add(result.index, result.trace)
+
+    def _get(self, ray: Any, ref: Any, call: _Call) -> Any:
+        """``ray.get(ref)`` of ``call``, its failures told in the pipeline's terms.
+
+        The actor died: :class:`~neuraxle_stream.BrokenPipelineError`. Ray
+        raised in the actor (an output that cannot be serialised, by this
+        stage or, passed on as this call's argument, an earlier one): the
+        original exception, with a note naming the step. Any other Ray error
+        (an object lost with its node): ``BrokenPipelineError``.
+        """
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            self.broken = True
+            raise _actor_died(call.actor, f"minibatch {call.index}", exc) from None
+        except ray.exceptions.RayTaskError as exc:
+            error = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+            name = self._actor_of(exc, call.actor).stage.spec.name
+            error.add_note(f"Raised sending the output of step {name!r} for minibatch {call.index}.")
+            raise _RunFailed(error) from None
+        except ray.exceptions.RayError as exc:
+            self.broken = True
+            name = call.actor.stage.spec.name
+            error = BrokenPipelineError(
+                f"Ray lost the data of minibatch {call.index} at step {name!r}; the pipeline was stopped. "
+                f"Ray says: {_first_line(exc)}"
+            )
+            error.add_note(f"In the queued pipeline: step {name!r}, worker {call.actor.worker}, minibatch {call.index}.")
+            raise error from None
+
+    def _actor_of(self, exc: BaseException, default: _Actor) -> _Actor:
+        """The actor a Ray error comes from (by its actor id), else ``default``."""
+        actor_id = getattr(exc, "actor_id", None)
+        if isinstance(actor_id, bytes):
+            actor_id = actor_id.hex()
+        if not actor_id:  # Ray does not always set it; its message names the actors, the origin last
+            found = re.findall(r"actor_id=([0-9a-f]+)", str(exc))
+            actor_id = found[-1] if found else None
+        for lane in self._stages:
+            for stage in lane:
+                for actor in stage.actors:
+                    with contextlib.suppress(Exception):
+                        if actor.handle._actor_id.hex() == actor_id:
+                            return actor
+        return default
 
     def _wait_timeout(self) -> float:
         if self.timeout is None:
@@ -463,11 +501,16 @@ def _emit(records: list[logging.LogRecord]) -> None:
         WorkerLog(record).emit()
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _actor_died(actor: _Actor, during: str, exc: BaseException) -> BrokenPipelineError:
     name = actor.stage.spec.name
     error = BrokenPipelineError(
         f"Worker {actor.worker} of step {name!r} (a Ray actor) died while running {during}; "
-        f"the pipeline was stopped. Ray says: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        f"the pipeline was stopped. Ray says: {_first_line(exc)}"
     )
     error.add_note(f"In the queued pipeline: step {name!r}, worker {actor.worker}, {during}.")
     return error

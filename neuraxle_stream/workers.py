@@ -116,6 +116,9 @@ class StageSpec:
     step_index: int | None = None
     #: Record each call the step receives (see :mod:`~neuraxle_stream.tracing`).
     trace: bool = False
+    #: The caller's ``sklearn.get_config()`` when the call began: the workers run under it
+    #: (``transform_output``, ``enable_metadata_routing``, ...), as joblib's sklearn workers do.
+    sklearn_config: dict[str, Any] = field(default_factory=dict)
     #: A digest of ``payload`` and ``hooks``, so that the repr (a key of kept runtimes) changes with them.
     digest: str = field(init=False, default="")
 
@@ -165,6 +168,20 @@ class StepRunner:
 
     def __init__(self, spec: StageSpec, worker_index: int, thread_limit: int | None = None) -> None:
         self.spec, self.worker_index = spec, worker_index
+        with self.sklearn_config():
+            self._setup(thread_limit)
+
+    def sklearn_config(self) -> contextlib.AbstractContextManager[Any]:
+        """The caller's scikit-learn configuration, for the step's calls in this worker."""
+        if not self.spec.sklearn_config:
+            return contextlib.nullcontext()
+        from sklearn import config_context
+
+        return config_context(**self.spec.sklearn_config)
+
+    def _setup(self, thread_limit: int | None) -> None:
+        spec = self.spec
+        worker_index = self.worker_index
         args = spec.worker_arguments[worker_index] if spec.worker_arguments else []
         # The saver sets the arguments: a torch step is loaded straight onto its worker's device.
         self.step = load_step(spec.payload, args)
@@ -196,7 +213,7 @@ class StepRunner:
         if tracer is not None:
             tracer.begin(task.index)
         try:
-            with self.hooks.around_task(task):
+            with self.sklearn_config(), self.hooks.around_task(task):
                 started = clock()
                 try:
                     kwargs = task.params.get(spec.name) if task.params else None  # routed metadata
@@ -224,7 +241,8 @@ class StepRunner:
         """Exit the stage hooks and run the step's ``teardown()``; return what they raised."""
         errors: list[BaseException] = []
         try:
-            self.hooks.exit_stage()
+            with self.sklearn_config():
+                self.hooks.exit_stage()
         except BaseException as exc:
             errors.append(exc)
         try:

@@ -431,3 +431,42 @@ def test_teardown_error_inside_with_surfaces_at_close(backend: str) -> None:
         assert pipeline.transform(X) == X
         assert pipeline.transform(X) == X  # teardown has not run yet
     pipeline.close()  # safe again
+
+
+_MAIN_ERROR_SCRIPT = """
+import sys
+from neuraxle_stream import SequentialQueuedPipeline
+
+class MyError(Exception):
+    pass
+
+def fail(x):
+    if x == 3:
+        raise MyError("three", x)
+    return x
+
+if __name__ == "__main__":
+    try:
+        SequentialQueuedPipeline([("f", 2, fail)], batch_size=2, backend=sys.argv[1]).transform(list(range(6)))
+    except MyError as error:
+        print("caught", type(error).__name__, error.args, error.__notes__)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_exception_class_of_a_script_keeps_its_type(tmp_path, backend: str) -> None:
+    """A class defined in the user's ``__main__`` pickles only by value: it comes back as itself."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "main_error.py"
+    script.write_text(_MAIN_ERROR_SCRIPT)
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+    done = subprocess.run(
+        [sys.executable, str(script), backend], capture_output=True, text=True, timeout=80, env=env, check=False
+    )
+    assert "caught MyError ('three', 3)" in done.stdout, done.stderr[-2000:]
+    assert "step 'f'" in done.stdout

@@ -9,6 +9,7 @@ read lazily, within the bounded in-flight window.
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 
 import numpy as np
@@ -304,6 +305,100 @@ def test_union_sample_weight_is_cut_per_minibatch() -> None:
     for name in "ab":
         assert [len(w) for w in union[name].weights_] == [20, 20, 13]
         np.testing.assert_array_equal(np.concatenate(union[name].weights_), W)
+
+
+# A streamed X (a generator, a callable...) has no length: without y, a param with at least as
+# many rows as the first minibatch is per-sample, cut by the running row offset.
+
+
+@pytest.mark.parametrize("routing", [True, False])
+def test_streamed_source_without_y_cuts_sample_weight_per_minibatch(backend: str, routing: bool) -> None:
+    with sklearn.config_context(enable_metadata_routing=routing):
+        step = WeightLog().set_partial_fit_request(sample_weight=True) if routing else WeightLog()
+        p = SequentialQueuedPipeline(
+            [("plus", 2, AddConstant(1)), ("weighted", step)], batch_size=10, backend=backend, fit_mode="partial",
+        )
+        p.fit((row for row in X), **({"sample_weight": W} if routing else {"weighted__sample_weight": W}))
+    assert [len(w) for w in p["weighted"].weights_] == [10] * 5 + [3]
+    np.testing.assert_array_equal(np.concatenate(p["weighted"].weights_), W)
+    want = partial_reference([StandardScaler()], X + 1, 10, sample_weight=W)[0]
+    assert_same_fit([p["weighted"]], [want])
+
+
+@pytest.mark.usefixtures("_routing_on")
+def test_callable_source_without_y_cuts_sample_weight_on_every_pass() -> None:
+    first, second = (WeightLog().set_partial_fit_request(sample_weight=True) for _ in range(2))
+    p = SequentialQueuedPipeline(
+        [("first", first), ("plus", AddConstant(1)), ("second", second)],
+        batch_size=8, backend="thread", fit_mode="partial",
+    )
+    p.fit(lambda: (row for row in X), sample_weight=W)
+    for name in ("first", "second"):
+        np.testing.assert_array_equal(np.concatenate(p[name].weights_), W)
+    steps = [StandardScaler(), AddConstant(1), StandardScaler()]
+    want = partial_reference(steps, X, 8, sample_weight=W)
+    assert_same_fit([p["first"], p["plus"], p["second"]], want)
+
+
+@pytest.mark.usefixtures("_routing_on")
+def test_streamed_source_with_too_short_sample_weight_is_refused() -> None:
+    p = SequentialQueuedPipeline(
+        [("weighted", WeightLog().set_partial_fit_request(sample_weight=True))],
+        batch_size=10, backend="thread", fit_mode="partial",
+    )
+    message = (
+        "The 'sample_weight' param of step 'weighted' (partial_fit) has 30 rows, but 40 rows of X have "
+        "reached the step so far. X is streamed (its length is unknown and no y was given), so a param "
+        "with at least as many rows as the first minibatch is cut with the minibatches and needs one row "
+        "per row of X."
+    )
+    with pytest.raises(InvalidParameterError, match=re.escape(message)):
+        p.fit((row for row in X), sample_weight=W[:30])
+    assert [len(w) for w in p["weighted"].weights_] == [10, 10, 10]  # the rows it had weights for
+    with pytest.raises(InvalidParameterError, match=r"has 10 rows, but 20 rows of X"):
+        p.fit((row for row in X), sample_weight=W[:10])  # as long as the first minibatch: per-sample
+
+
+class ParamLog(StandardScaler):
+    """Records the ``sample_weight`` and ``classes`` of each ``partial_fit`` call."""
+
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None, classes: Any = None) -> ParamLog:
+        self.calls_ = [*getattr(self, "calls_", []), (len(X), sample_weight, classes)]
+        return super().partial_fit(X, y, sample_weight)
+
+
+def test_streamed_source_params_shorter_than_a_minibatch_are_passed_whole() -> None:
+    """``classes=`` is not per-sample; weights for more rows than the stream has are cut as they go."""
+    p = SequentialQueuedPipeline([("log", ParamLog())], batch_size=20, backend="thread", fit_mode="partial")
+    classes = np.array([0, 1, 2])
+    longer = np.arange(100.0)
+    p.fit((row for row in X), log__classes=classes, log__sample_weight=longer)
+    assert [n for n, _, _ in p["log"].calls_] == [20, 20, 13]
+    for i, (_, weights, got) in enumerate(p["log"].calls_):
+        assert got is classes
+        np.testing.assert_array_equal(weights, longer[20 * i : 20 * i + len(weights)])
+
+
+@pytest.mark.parametrize("routing", [True, False])
+def test_union_streamed_source_without_y_cuts_sample_weight_per_minibatch(backend: str, routing: bool) -> None:
+    with sklearn.config_context(enable_metadata_routing=routing):
+        branches = [("a", WeightLog()), ("b", 2, WeightLog())]
+        if routing:
+            branches[0][1].set_partial_fit_request(sample_weight=True)
+            branches[1][2].set_partial_fit_request(sample_weight=True)
+        union = ParallelQueuedFeatureUnion(branches, batch_size=20, backend=backend, fit_mode="partial")
+        union.fit((row for row in X), sample_weight=W)  # one pass: a generator is fine
+    want = partial_reference([StandardScaler()], X, 20, sample_weight=W)[0]
+    for name in "ab":
+        assert [len(w) for w in union[name].weights_] == [20, 20, 13]
+        np.testing.assert_array_equal(np.concatenate(union[name].weights_), W)
+        assert_same_fit([union[name]], [want])
+
+
+@pytest.fixture
+def _routing_on() -> Any:
+    with sklearn.config_context(enable_metadata_routing=True):
+        yield
 
 
 def test_fittable_step_without_partial_fit_is_refused() -> None:

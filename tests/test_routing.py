@@ -24,6 +24,7 @@ from sklearn.preprocessing import StandardScaler
 
 from neuraxle_stream import (
     BaseTransformer,
+    InvalidParameterError,
     ParallelQueuedFeatureUnion,
     ParallelWorkersWrapper,
     SequentialQueuedPipeline,
@@ -151,6 +152,69 @@ def test_transform_params_follow_padding() -> None:
         batch_size=10, default_value_data_inputs=0.0, backend="thread",
     )
     np.testing.assert_allclose(p.transform(X, sample_weight=W), X * W[:, None])
+
+
+@pytest.mark.usefixtures("routing")
+def test_transform_params_on_a_streamed_source_are_cut_by_the_row_offset(backend: str) -> None:
+    """A generator has no length: a param with at least as many rows as the first minibatch is per-sample."""
+    p = SequentialQueuedPipeline(
+        [("weigh", 2, WeightRows().set_transform_request(sample_weight=True))], batch_size=7, backend=backend
+    ).fit(X)
+    np.testing.assert_allclose(p.transform((row for row in X), sample_weight=W), X * W[:, None])
+    padded = SequentialQueuedPipeline(
+        [WeightRows().set_transform_request(sample_weight=True)],
+        batch_size=10, default_value_data_inputs=np.zeros(X.shape[1]), backend="thread",
+    ).fit(X)
+    np.testing.assert_allclose(padded.transform((row for row in X), sample_weight=W), X * W[:, None])
+
+
+@pytest.mark.usefixtures("routing")
+def test_transform_params_too_short_for_a_streamed_source_are_refused() -> None:
+    p = SequentialQueuedPipeline(
+        [("weigh", WeightRows().set_transform_request(sample_weight=True))], batch_size=10, backend="thread"
+    ).fit(X)
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"The 'sample_weight' param of step 'weigh' \(transform\) has 45 rows, but 50 rows of X have "
+        r"reached the step so far\. X is streamed",
+    ):
+        p.transform((row for row in X), sample_weight=W[:45])
+
+
+@pytest.mark.usefixtures("routing")
+def test_partial_fit_transform_of_a_callable_source_cuts_the_transform_params() -> None:
+    """The runs feeding a later step's partial_fit, and the final transform, read a streamed source."""
+
+    class IncrementalWeightRows(WeightRows):
+        def partial_fit(self, X: Any, y: Any = None) -> IncrementalWeightRows:
+            return self
+
+    p = SequentialQueuedPipeline(
+        [("weigh", 2, IncrementalWeightRows().set_transform_request(sample_weight=True)),
+         ("scale", StandardScaler().set_partial_fit_request(sample_weight=True))],
+        batch_size=8, backend="thread", fit_mode="partial",
+    )
+    out = p.fit_transform(lambda: (row for row in X), sample_weight=W)
+    weighted = X * W[:, None]
+    want = StandardScaler()
+    for start in range(0, len(X), 8):
+        want.partial_fit(weighted[start : start + 8], sample_weight=W[start : start + 8])
+    np.testing.assert_allclose(p["scale"].mean_, want.mean_)
+    np.testing.assert_allclose(out, want.transform(weighted))
+
+
+def test_routed_params_head_cuts_per_sample_params_to_the_first_rows() -> None:
+    """What ``trace=N`` needs: the params of the first N rows, for a sized or a streamed X."""
+    from neuraxle_stream._fitting import RoutedParams
+
+    classes = np.array([0, 1])
+    for n_samples in (len(X), None):
+        routed = RoutedParams({"s": {"sample_weight": W, "classes": classes}}, {"t": {"w": W}}, n_samples)
+        head = routed.head(5)
+        assert head.n_samples == 5
+        np.testing.assert_array_equal(head.fit_params("s")["sample_weight"], W[:5])
+        assert head.fit_params("s")["classes"] is classes
+        np.testing.assert_array_equal(head.transform["t"]["w"], W[:5])
 
 
 @pytest.mark.usefixtures("routing")
