@@ -20,6 +20,7 @@ Run it with::
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -46,11 +47,11 @@ class Reciprocal(NonFittableMixin, BaseTransformer):
 
 
 class Unpicklable(Exception):
-    """An exception holding something pickle cannot send (a lambda)."""
+    """An exception holding something no pickler can send (a lock)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.handle = lambda: None  # pickle cannot send a lambda
+        self.handle = threading.Lock()  # neither pickle nor cloudpickle can send a lock
 
 
 def raise_unpicklable(x: Any) -> Any:

@@ -21,6 +21,7 @@ the input's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import numbers
 import sys
@@ -37,7 +38,7 @@ from sklearn.utils._set_output import (
     _safe_set_output,
     check_library_installed,
 )
-from sklearn.utils.validation import _check_feature_names_in
+from sklearn.utils.validation import _check_feature_names_in, _get_feature_names, _num_features
 
 try:
     from sklearn.utils._repr_html.estimator import _VisualBlock
@@ -46,12 +47,16 @@ except ImportError:  # scikit-learn < 1.7
 
 from . import _containers
 from .exceptions import InvalidParameterError
+from .steps import BaseTransformer, is_fittable
 
 __all__ = [
     "check_transformer_weights",
+    "fit_stateless",
+    "input_attribute",
     "join_branches",
     "pipeline_feature_names",
     "pipeline_names_available",
+    "record_input",
     "set_output",
     "union_feature_names",
     "union_names_available",
@@ -160,6 +165,85 @@ def wrap_methods(cls: type) -> None:
             setattr(cls, name, wrap_method(method))
 
 
+# -- input features, stateless steps ---------------------------------------------------------
+
+
+def record_input(composite: Any, X: Any) -> None:
+    """Keep what ``fit`` saw of ``X``: its number of features and, for a DataFrame, their names.
+
+    What ``n_features_in_`` and ``feature_names_in_`` give when no step that
+    takes ``X`` knows them (a ``"passthrough"``, a plain function). Only an
+    array-like ``X`` is looked at (a stream is not read for it).
+    """
+    seen: dict[str, Any] = {}
+    if _containers.is_sequence(X):
+        with contextlib.suppress(TypeError):  # a list of scalars or strings, a 1-D array: no features
+            seen["n_features_in_"] = _num_features(X)
+        try:
+            names = _get_feature_names(X)
+        except TypeError:  # column names of mixed types
+            names = None
+        if names is not None:
+            seen["feature_names_in_"] = names
+    composite._input_seen = seen
+
+
+def input_attribute(composite: Any, name: str, steps: list[Any]) -> Any:
+    """``n_features_in_`` / ``feature_names_in_`` of a composite whose ``steps`` take its input as it is.
+
+    The first of these steps that has the attribute gives it (as scikit-learn's
+    ``Pipeline`` and ``FeatureUnion`` delegate to their first step); else what
+    the composite's last ``fit`` saw of its input; else ``AttributeError``.
+    """
+    for step in steps:
+        if hasattr(step, name):
+            return getattr(step, name)
+    seen = composite.__dict__.get("_input_seen") or {}
+    if name in seen:
+        return seen[name]
+    raise AttributeError(
+        f"{type(composite).__name__!r} object has no attribute {name!r}: not fitted, or its first "
+        "step records no such attribute and fit was given no array-like input"
+        + (" with feature names" if name == "feature_names_in_" else "")
+        + "."
+    )
+
+
+def is_stateless_estimator(step: Any) -> bool:
+    """A scikit-learn estimator tagged ``requires_fit=False`` (``FunctionTransformer``...).
+
+    The composites fit no such step before running it (no fitting barrier),
+    but its ``fit`` records its input features (``n_features_in_``,
+    ``feature_names_in_``), which its feature names and pandas output need.
+    Steps of this library (``BaseTransformer``, plain functions) are left out.
+    """
+    return (
+        callable(getattr(step, "fit", None))
+        and not isinstance(step, BaseTransformer)
+        and not is_fittable(step)
+    )
+
+
+def fit_stateless(descs: list[Any], X: Any, y: Any, *, union: bool) -> None:
+    """Fit, on ``X``, the stateless scikit-learn steps that take ``X`` as it is, in the parent.
+
+    In a pipeline, the first step past ``"passthrough"`` ones; in a union,
+    every branch. Done before the run that ships them, so the workers get the
+    fitted copies. Cheap for ``FunctionTransformer``: it records the features.
+    """
+    for d in descs:
+        if d.kind != "step":
+            continue
+        if is_stateless_estimator(d.step):
+            try:
+                d.step.fit(X) if y is None else d.step.fit(X, y)
+            except Exception as exc:
+                exc.add_note(f"Raised fitting the stateless step {d.name!r} (in the parent, on its input).")
+                raise
+        if not union:
+            return
+
+
 # -- feature names ---------------------------------------------------------------------------
 
 
@@ -216,24 +300,22 @@ def union_feature_names(union: Any, input_features: Any) -> np.ndarray:
     A ``"passthrough"`` branch names the input features, as the fitted
     ``FunctionTransformer(feature_names_out="one-to-one")`` scikit-learn puts
     in its place would: from ``input_features``, else from the input seen by
-    the first fitted branch.
+    the first fitted branch, else by the union's ``fit``.
     """
     descs = [d for d in union._stage_descs() if d.kind != "drop"]
     pairs = []
     for d in descs:
         if d.kind == "passthrough":
-            names = _check_feature_names_in(_fitted_input(descs), input_features)
+            names = _check_feature_names_in(_fitted_input(union), input_features)
         else:
             names = d.step.get_feature_names_out(input_features)
         pairs.append((d.name, names))
     return _prefixed(union, pairs)
 
 
-def _fitted_input(descs: list[Any]) -> Any:
-    for d in descs:
-        if d.kind == "step" and hasattr(d.step, "n_features_in_"):
-            return d.step
-    return _NoFittedInput()
+def _fitted_input(union: Any) -> Any:
+    # the union's n_features_in_ / feature_names_in_: its branches', else its fit's input's
+    return union if hasattr(union, "n_features_in_") else _NoFittedInput()
 
 
 def _prefixed(union: Any, pairs: list[tuple[str, Any]]) -> np.ndarray:
@@ -266,10 +348,13 @@ def check_transformer_weights(union: Any) -> None:
 
 
 def _weighted(out: Any, weight: Any) -> Any:
+    """``out * weight``; a list or tuple item by item, so the container (and the join) stays the same."""
     if weight is None:
         return out
-    if isinstance(out, list | tuple):
-        out = np.asarray(out)
+    if isinstance(out, list | tuple):  # items of any kind (a nested union gives tuples): each weighted
+        return type(out)([_weighted(item, weight) for item in out])
+    if isinstance(out, str | bytes):  # ``"ab" * 2`` would repeat it
+        raise TypeError(f"transformer_weights cannot weight a {type(out).__name__} output: {out!r}.")
     return out * weight
 
 

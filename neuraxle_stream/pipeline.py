@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, overload
 
 import numpy as np
+import sklearn
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import Bunch
 from sklearn.utils.metadata_routing import MetadataRouter
@@ -166,6 +167,7 @@ class _QueuedBase(BaseTransformer, auto_wrap_output_keys=None):  # type: ignore[
         specs = []
         hooks = tuple(settings.get("hooks") or ())
         saved_hooks = dump_hooks(hooks)
+        sklearn_config = sklearn.get_config()  # the caller's (thread-local): the workers run under it
         positions = {d.name: i for i, d in enumerate(self._stage_descs())}
         for lane_index, lane in enumerate(lanes):
             lane_specs = []
@@ -190,6 +192,7 @@ class _QueuedBase(BaseTransformer, auto_wrap_output_keys=None):  # type: ignore[
                         hooks=stage_hooks,
                         step_index=positions.get(d.name),
                         trace=settings.get("_trace") is not None,
+                        sklearn_config=sklearn_config,
                     )
                 )
             specs.append(lane_specs)
@@ -454,6 +457,9 @@ class _QueuedBase(BaseTransformer, auto_wrap_output_keys=None):  # type: ignore[
             y = _containers.slice_rows(y, 0, min(n_items, _containers.num_rows(y)))
         assembler = tracing.Assembler([d.name for d in self._stage_descs()], _containers.num_rows(X))
         settings = {**settings, "_trace": assembler}
+        routed: RoutedParams | None = settings.get("_routed")
+        if routed is not None:  # the params of the traced rows only
+            settings["_routed"] = routed.head(_containers.num_rows(X))
         if "memory" in settings:
             settings["memory"] = None  # a trace shows the steps at work, never cached outputs
         try:
@@ -708,10 +714,30 @@ class _QueuedBase(BaseTransformer, auto_wrap_output_keys=None):  # type: ignore[
         # the notebook diagram: the stages in series, each with its workers
         return _sklearn_output.visual_block(self, "serial")
 
+    def _input_steps(self) -> list[Any]:
+        """The steps that take the composite's input as it is: the first one past ``"passthrough"``."""
+        try:
+            return [d.step for d in self._stage_descs() if d.kind == "step"][:1]
+        except InvalidParameterError:
+            return []
+
     @property
     def n_features_in_(self) -> int:
-        """Number of features seen by the first step during ``fit``."""
-        return self._stage_descs()[0].step.n_features_in_
+        """Number of features seen during ``fit``.
+
+        The first step's (a union: the first branch's that has it), as
+        scikit-learn's ``Pipeline`` and ``FeatureUnion`` give it; else that of
+        the input of the last ``fit`` (a first step ``"passthrough"`` or a
+        function). ``AttributeError`` when neither is known.
+        """
+        n: int = _sklearn_output.input_attribute(self, "n_features_in_", self._input_steps())
+        return n
+
+    @property
+    def feature_names_in_(self) -> np.ndarray:
+        """Names of the features seen during ``fit`` (a DataFrame's columns), as ``n_features_in_``."""
+        names: np.ndarray = _sklearn_output.input_attribute(self, "feature_names_in_", self._input_steps())
+        return names
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -877,12 +903,21 @@ class SequentialQueuedPipeline(_StepsComposite):
     """
 
     def _fit(self, X: Any, y: Any, settings: dict[str, Any], monitor: CallMonitor, transform: bool) -> Any:
+        _sklearn_output.record_input(self, X)  # n_features_in_ when the first step does not say
         if settings.get("fit_mode") == "partial":
+            if _containers.is_sequence(X):  # a stateless first step records its input from the first minibatch
+                n = min(settings.get("batch_size") or 32, _containers.num_rows(X))
+                y_first = _containers.slice_rows(y, 0, n) if _containers.is_sequence(y) else None
+                _sklearn_output.fit_stateless(self._stage_descs(), _containers.slice_rows(X, 0, n), y_first, union=False)
             return fit_partial(self, X, y, settings, monitor, transform)
         descs = self._stage_descs()
         fittable = [i for i, d in enumerate(descs) if is_fittable(d.step)]
         if fittable and not _containers.is_sequence(X):
             X = list(X)  # fitting needs the whole data: read the source once
+        if _containers.is_sequence(X):
+            # a stateless first step (FunctionTransformer...) is fitted on X, the only input of a
+            # stateless step at hand in the parent, so that it knows its features in the workers
+            _sklearn_output.fit_stateless(descs, X, y, union=False)
         routed: RoutedParams = settings.get("_routed") or RoutedParams()
         if routed.n_samples is None and _containers.is_sequence(X):
             routed.n_samples = len(X)
@@ -960,6 +995,12 @@ class ParallelWorkersWrapper(_QueuedBase):
         As on :class:`SequentialQueuedPipeline`. Inside a pipeline, they run
         in this stage's workers only, after the pipeline's own hooks (and
         their ``report`` is not called: the pipeline's hooks report).
+    backend, mp_context, timeout, ray_address : optional
+        As on :class:`SequentialQueuedPipeline`, when used on its own.
+    ray_options : dict or None, default=None
+        Ray actor options of its workers (``{"num_cpus": 0.5}``), when used on
+        its own with ``backend="ray"``. Inside a pipeline, the pipeline's
+        ``backend`` and ``ray_options`` (by step name) apply instead.
 
     Examples
     --------
@@ -1011,6 +1052,16 @@ class ParallelWorkersWrapper(_QueuedBase):
 
     def _replace_step(self, name: str, new: Any) -> None:
         self.wrapped = new
+
+    def _settings(self) -> dict[str, Any]:
+        settings = super()._settings()
+        options = settings.get("ray_options")
+        if isinstance(options, dict) and options:
+            # Its own actor options, unless given by step name as on the pipelines.
+            name = self._stage_descs()[0].name
+            if set(options) != {name}:
+                settings["ray_options"] = {name: options}
+        return settings
 
     # A meta-estimator's parameters, as scikit-learn spells them: ``wrapped`` and
     # ``wrapped__param`` (GridSearchCV grids, clone), not the step's generated name.

@@ -15,6 +15,7 @@ from sklearn.utils.metaestimators import available_if
 
 from . import _containers, _sklearn_output
 from ._validation import UNION_SPECIAL_STEPS, StageDesc, parse_steps
+from .exceptions import InvalidParameterError
 from .pipeline import _StepsComposite
 from .stats import CallMonitor
 from .steps import is_fittable
@@ -117,6 +118,13 @@ class ParallelQueuedFeatureUnion(_StepsComposite):
     def _steps_name_features(self) -> bool:
         return _sklearn_output.union_names_available(self)
 
+    def _input_steps(self) -> list[Any]:
+        # every branch takes the union's input as it is
+        try:
+            return [d.step for d in self._stage_descs() if d.kind == "step"]
+        except InvalidParameterError:
+            return []
+
     @available_if(_steps_name_features)
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Output feature names, as ``sklearn.pipeline.FeatureUnion`` gives them.
@@ -179,14 +187,24 @@ class ParallelQueuedFeatureUnion(_StepsComposite):
         if not descs:
             raise ValueError("ParallelQueuedFeatureUnion needs at least one branch.")
         if settings.get("fit_mode") == "partial":  # one pass: every branch partial_fit on each minibatch
+            _sklearn_output.record_input(self, X)
+            if _containers.is_sequence(X):  # stateless branches record their input from the first minibatch
+                n = min(settings.get("batch_size") or 32, _containers.num_rows(X))
+                y_first = _containers.slice_rows(y, 0, n) if _containers.is_sequence(y) else None
+                _sklearn_output.fit_stateless(descs, _containers.slice_rows(X, 0, n), y_first, union=True)
             return fit_partial(self, X, y, settings, monitor, transform, union=True)
         fittable = [(i, d) for i, d in enumerate(descs) if is_fittable(d.step)]
         if not _containers.is_sequence(X):
             X = list(X)
+        _sklearn_output.record_input(self, X)
+        # stateless scikit-learn branches (FunctionTransformer...) record their input features
+        _sklearn_output.fit_stateless(descs, X, y, union=True)
         routed: RoutedParams = settings.get("_routed") or RoutedParams()
+        n_rows = _containers.num_rows(X)
         if routed.n_samples is None:
-            routed.n_samples = len(X)
-        fit_params = {d.name: routed.fit_params(d.name) for _, d in fittable}
+            routed.n_samples = n_rows
+        # per-sample metadata cut to the rows of X (fewer than given with fit_transform(trace=N))
+        fit_params = {d.name: routed.fit_params(d.name, 0, n_rows) for _, d in fittable}
         if len(fittable) == 1:
             d = fittable[0][1]
             self._fit_step(d, X, y, monitor, fit_params[d.name])

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import sklearn
 from doubles import (
     AddConstant,
     BatchLength,
@@ -38,10 +39,10 @@ from doubles import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.decomposition import PCA
 from sklearn.exceptions import NotFittedError
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, PolynomialFeatures, StandardScaler
 
 from neuraxle_stream import (
@@ -784,3 +785,44 @@ def test_n_features_in_and_feature_names_of_the_first_step() -> None:
     pipeline = SequentialQueuedPipeline([StandardScaler(), AddConstant()], backend="thread").fit(frame)
     assert pipeline.n_features_in_ == 4
     np.testing.assert_array_equal(pipeline.named_steps["standardscaler"].feature_names_in_, list("abcd"))
+
+
+# -- the caller's scikit-learn configuration reaches the workers ------------------------
+
+
+class _AddOffset(TransformerMixin, BaseEstimator):
+    """Adds its routed per-row ``offset`` in ``transform`` (routing requested by the class)."""
+
+    __metadata_request__transform = {"offset": True}
+
+    def fit(self, X, y=None):
+        self.fitted_ = True
+        return self
+
+    def transform(self, X, offset=None):
+        return np.asarray(X) + np.asarray(offset)[:, None]
+
+
+@pytest.mark.timeout(60)
+def test_sklearn_config_of_the_caller_reaches_the_workers(backend: str) -> None:
+    from sklearn.compose import ColumnTransformer
+
+    X = pd.DataFrame(np.random.RandomState(0).rand(10, 2), columns=["a", "b"])
+
+    def steps():  # the ColumnTransformer selects by name: it needs DataFrames from the scaler
+        return [("s", StandardScaler()), ("ct", ColumnTransformer([("p", "passthrough", ["a"])]))]
+
+    with sklearn.config_context(transform_output="pandas"):
+        expected = Pipeline(steps()).fit_transform(X)
+        out = SequentialQueuedPipeline(steps(), batch_size=3, backend=backend).fit_transform(X)
+    pd.testing.assert_frame_equal(out, expected)
+
+
+@pytest.mark.timeout(60)
+def test_routing_reaches_a_nested_sklearn_pipeline_in_the_workers(backend: str) -> None:
+    X = np.random.RandomState(1).rand(10, 2)
+    offset = np.arange(10.0)
+    with sklearn.config_context(enable_metadata_routing=True):
+        p = SequentialQueuedPipeline([("inner", Pipeline([("t", _AddOffset())]))], batch_size=3, backend=backend)
+        out = p.fit(X).transform(X, offset=offset)
+    np.testing.assert_allclose(out, X + offset[:, None])

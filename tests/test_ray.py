@@ -449,3 +449,31 @@ def test_stop_from_another_thread(ray_session, monkeypatch) -> None:
         p.transform(list(range(10)))
     stopper.join()
     _assert_dead(made[0].started_actors)
+
+
+class Unpicklable:
+    """An output Ray cannot serialise."""
+
+    def __reduce__(self):
+        raise TypeError("cannot serialise this output")
+
+
+def make_unpicklable(x):
+    return Unpicklable()
+
+
+@pytest.mark.parametrize("where", ["last", "middle"])
+def test_unpicklable_output_names_its_step(ray_session, where: str) -> None:
+    steps = [("bad", make_unpicklable)] + ([("after", add_one)] if where == "middle" else [])
+    p = SequentialQueuedPipeline(steps, batch_size=2, backend="ray")
+    with pytest.raises(TypeError, match="cannot serialise this output") as info:
+        p.transform([1, 2, 3])
+    assert type(info.value) is TypeError
+    assert any("output of step 'bad'" in n for n in info.value.__notes__)
+
+
+def test_wrapper_on_its_own_takes_its_actor_options(ray_session) -> None:
+    from neuraxle_stream import ParallelWorkersWrapper
+
+    w = ParallelWorkersWrapper(AddConstant(1), n_workers=2, backend="ray", ray_options={"num_cpus": 0.1})
+    assert w.transform([1, 2, 3]) == [2, 3, 4]

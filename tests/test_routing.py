@@ -321,3 +321,13 @@ def test_union_transform_params_reach_the_requesting_branch(backend: str) -> Non
     )
     out = union.fit(X).transform(X, sample_weight=W)
     np.testing.assert_allclose(out, np.hstack([X * W[:, None], X]))
+
+
+@pytest.mark.usefixtures("routing")
+@pytest.mark.parametrize("cls", [SequentialQueuedPipeline, ParallelQueuedFeatureUnion])
+def test_traced_fit_of_a_streamed_source_gets_the_params_of_the_traced_rows(cls: Any) -> None:
+    weights = np.arange(1.0, len(X) + 1.0)
+    p = cls([("s", StandardScaler().set_fit_request(sample_weight=True))], batch_size=4, backend="thread")
+    p.fit_transform(iter(list(X)), trace=5, sample_weight=weights)
+    expected = StandardScaler().fit(X[:5], sample_weight=weights[:5])
+    np.testing.assert_allclose(p.named_steps["s"].mean_, expected.mean_)
