@@ -253,16 +253,22 @@ def pipeline_names_available(pipeline: Any) -> bool:
     Raises ``AttributeError`` with scikit-learn's message otherwise, so that
     ``available_if`` shows it.
     """
+    return _names_available(
+        pipeline,
+        lambda d: f"Estimator {d.name} does not provide get_feature_names_out. "
+        "Did you mean to call pipeline[:-1].get_feature_names_out()?",
+    )
+
+
+def _names_available(composite: Any, message: Callable[[Any], str]) -> bool:
+    """Whether every stage that runs a step names its output features; else ``AttributeError(message(desc))``."""
     try:
-        descs = pipeline._stage_descs()
+        descs = composite._stage_descs()
     except InvalidParameterError:
         return False
     for d in descs:
         if d.kind == "step" and not hasattr(d.step, "get_feature_names_out"):
-            raise AttributeError(
-                f"Estimator {d.name} does not provide get_feature_names_out. "
-                "Did you mean to call pipeline[:-1].get_feature_names_out()?"
-            )
+            raise AttributeError(message(d))
     return True
 
 
@@ -277,17 +283,10 @@ def pipeline_feature_names(pipeline: Any, input_features: Any) -> Any:
 
 def union_names_available(union: Any) -> bool:
     """Whether every branch (but ``"drop"``, ``"passthrough"``) names its output features."""
-    try:
-        descs = union._stage_descs()
-    except InvalidParameterError:
-        return False
-    for d in descs:
-        if d.kind == "step" and not hasattr(d.step, "get_feature_names_out"):
-            raise AttributeError(
-                f"Transformer {d.name} (type {type(d.step).__name__}) does not provide "
-                "get_feature_names_out."
-            )
-    return True
+    return _names_available(
+        union,
+        lambda d: f"Transformer {d.name} (type {type(d.step).__name__}) does not provide get_feature_names_out.",
+    )
 
 
 class _NoFittedInput:
