@@ -68,8 +68,8 @@ def check_ray_options(ray_options: Any, step_names: list[str]) -> None:
     Raises
     ------
     InvalidParameterError
-        For an unknown step name, options that are not a dict, or an option
-        the pipeline sets itself.
+        For an unknown step name, options that are not a dict, a negative or
+        non-numeric ``num_cpus``/``num_gpus``, or an option the pipeline sets itself.
     """
     unknown = sorted(set(ray_options or {}) - set(step_names))
     if unknown:
@@ -83,6 +83,13 @@ def check_ray_options(ray_options: Any, step_names: list[str]) -> None:
                 f"The 'ray_options' parameter must map step names to dicts of Ray actor options. "
                 f"Got {opts!r} for step {name!r} instead."
             )
+        for key in ("num_cpus", "num_gpus"):
+            value = opts.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise InvalidParameterError(
+                    f"The 'ray_options' of step {name!r} must give {key!r} as a number >= 0. "
+                    f"Got {value!r} instead."
+                )
         reserved = sorted(set(opts) & _RESERVED_OPTIONS)
         if reserved:
             raise InvalidParameterError(

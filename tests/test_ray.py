@@ -354,6 +354,8 @@ def test_explicit_options_are_kept_and_the_rest_shared() -> None:
         ({"b": {"num_cpus": 1}}, r"not in the pipeline: \['b'\]; its steps are \['a', 'c'\]"),
         ({"a": 3}, "must map step names to dicts of Ray actor options. Got 3 for step 'a'"),
         ({"a": {"max_restarts": 3}}, r"set \['max_restarts'\], which the pipeline sets itself"),
+        ({"a": {"num_cpus": -1}}, r"must give 'num_cpus' as a number >= 0. Got -1 instead"),
+        ({"c": {"num_gpus": "1"}}, r"must give 'num_gpus' as a number >= 0. Got '1' instead"),
     ],
 )
 def test_bad_ray_options(ray_options, match) -> None:
