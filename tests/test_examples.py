@@ -44,8 +44,14 @@ def test_examples_exist() -> None:
 def test_example_runs(script: Path) -> None:
     source = script.read_text()
     assert 'if __name__ == "__main__":' in source, "examples must guard their entry point"
+    result = _run_python([str(script)], f"{script.name} exited with an error")
+    assert result.stdout.strip(), f"{script.name} printed nothing"
+
+
+def _run_python(args: list[str], failure: str) -> subprocess.CompletedProcess[str]:
+    """Run a child interpreter from the root of the checkout; fail with its output unless it exits 0."""
     result = subprocess.run(
-        [sys.executable, str(script)],
+        [sys.executable, *args],
         cwd=ROOT,
         env=_env(),
         capture_output=True,
@@ -53,10 +59,10 @@ def test_example_runs(script: Path) -> None:
         timeout=TIMEOUT,
     )
     assert result.returncode == 0, (
-        f"{script.name} exited with {result.returncode}\n"
+        f"{failure} (exit code {result.returncode})\n"
         f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
     )
-    assert result.stdout.strip(), f"{script.name} printed nothing"
+    return result
 
 
 def _python_blocks(page: Path) -> list[str]:
@@ -69,18 +75,7 @@ def test_doc_code_blocks_run(page: Path) -> None:
     # Run with -c: there is no main module file for the process workers to
     # import again, as in a notebook, so the blocks need no __main__ guard.
     code = "\n".join(_python_blocks(page))
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert result.returncode == 0, (
-        f"the code blocks of {page.name} failed\n"
-        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
-    )
+    _run_python(["-c", code], f"the code blocks of {page.name} failed")
 
 
 def test_architecture_page_shows_the_runtime_diagram() -> None:
