@@ -5,6 +5,7 @@ between stages, a joiner restoring input order; the output equals what the
 same steps give in a sequential ``sklearn.pipeline.Pipeline``.
 """
 
+from ._version import __version__ as __version__
 from .caching import Cache
 from .exceptions import (
     BrokenPipelineError,
@@ -24,8 +25,6 @@ from .steps import BaseTransformer, Identity, NonFittableMixin
 from .torch_steps import DecodeImages, TorchModuleStep  # torch is imported on use only
 from .tracing import TraceCall, TraceResult, TraceStage, last_trace, trace_func
 from .union import ParallelQueuedFeatureUnion
-
-__version__ = "0.1.0"
 
 __all__ = [
     # steps

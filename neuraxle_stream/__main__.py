@@ -35,7 +35,7 @@ import numpy as np
 from sklearn.pipeline import make_pipeline
 from threadpoolctl import threadpool_limits
 
-from . import __version__
+from ._version import __version__
 from .pipeline import SequentialQueuedPipeline
 from .steps import BaseTransformer, NonFittableMixin
 

@@ -47,7 +47,7 @@ __all__ = ["fit_cached", "last_info", "run_cached"]
 
 
 def _versions() -> dict[str, str]:
-    from . import __version__
+    from ._version import __version__
 
     out = {"python": platform.python_version(), "neuraxle_stream": __version__}
     for name in ("numpy", "sklearn", "joblib", "pandas", "torch"):

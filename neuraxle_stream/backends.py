@@ -28,8 +28,9 @@ from .queues import (
     ThreadChannel,
     ThreadResultChannel,
 )
+from .stages import StageSpec
 from .transport import Transport, default_transport
-from .workers import StageSpec, WorkerIO, process_main, worker_loop
+from .workers import WorkerIO, process_main, worker_loop
 
 __all__ = ["Backend", "ProcessBackend", "ThreadBackend", "WorkerHandle", "resolve_context", "uses_cuda"]
 

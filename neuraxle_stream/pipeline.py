@@ -7,7 +7,7 @@ its parameters: workers, queues and processes exist only while a call runs,
 or inside ``with pipeline:``.
 
 Each call (``fit``, ``transform``, ``fit_transform``, ``stream``) has a
-:class:`~neuraxle_stream.stats.CallMonitor` that merges the workers' records;
+:class:`~neuraxle_stream.monitor.CallMonitor` that merges the workers' records;
 at the end of the call they become ``pipeline.stats_``.
 """
 
@@ -46,11 +46,12 @@ from .backends import Backend, ProcessBackend, ThreadBackend, uses_cuda
 from .caching import Cache, CacheInfo, folder_size, memory_location, open_store
 from .exceptions import InvalidParameterError
 from .hooks import dump_hooks
+from .monitor import CallMonitor
 from .runtime import Runtime
 from .savers import save_step
-from .stats import CallMonitor, PipelineStats
+from .stages import StageSpec
+from .stats import PipelineStats
 from .steps import BaseTransformer, is_fittable, iter_items
-from .workers import StageSpec
 
 __all__ = ["ParallelWorkersWrapper", "SequentialQueuedPipeline", "StripAbsentValues"]
 

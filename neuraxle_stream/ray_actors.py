@@ -13,7 +13,8 @@ from typing import Any
 
 from .exceptions import InvalidParameterError
 from .messages import MinibatchError, QueuedMinibatchTask
-from .workers import StageSpec, StepRunner, _portable_record
+from .stages import StageSpec
+from .workers import StepRunner, _portable_record
 
 __all__ = ["DRIVER_CPUS", "StageActor", "actor_options", "check_ray_options", "connect", "import_ray"]
 

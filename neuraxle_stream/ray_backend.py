@@ -62,7 +62,8 @@ from .ray_actors import (
     import_ray,
 )
 from .runtime import _RunFailed  # a step or the source failed; the workers are healthy
-from .workers import StageSpec, _parent_log_levels
+from .stages import StageSpec
+from .workers import _parent_log_levels
 
 if TYPE_CHECKING:  # pragma: no cover
     from .stats import StatsCollector

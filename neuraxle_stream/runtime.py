@@ -76,17 +76,8 @@ from .messages import (
     WorkerLog,
 )
 from .queues import Channel, ResultChannel
-from .workers import (
-    CLOSING,
-    IDLE,
-    IDLE_RUN,
-    SETUP,
-    STARTING,
-    STOPPED,
-    TEARDOWN,
-    StageSpec,
-    WorkerIO,
-)
+from .stages import CLOSING, IDLE, IDLE_RUN, SETUP, STARTING, STOPPED, TEARDOWN, StageSpec
+from .workers import WorkerIO
 
 if TYPE_CHECKING:  # pragma: no cover
     from .stats import StatsCollector

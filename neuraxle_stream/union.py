@@ -16,8 +16,8 @@ from sklearn.utils.metaestimators import available_if
 from . import _containers, _sklearn_output
 from ._validation import UNION_SPECIAL_STEPS, StageDesc, parse_steps
 from .exceptions import InvalidParameterError
+from .monitor import CallMonitor
 from .pipeline import _StepsComposite
-from .stats import CallMonitor
 from .steps import is_fittable
 
 __all__ = ["ParallelQueuedFeatureUnion"]

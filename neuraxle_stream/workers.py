@@ -20,7 +20,6 @@ the task in the same way.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -45,87 +44,14 @@ from .messages import (
 )
 from .queues import Channel, ResultChannel
 from .savers import load_step
+from .stages import CLOSING, IDLE, SETUP, STOPPED, TEARDOWN, StageSpec
 from .steps import call_hook
 from .transport import unlink_segments
 
-__all__ = [
-    "CLOSING", "IDLE", "IDLE_RUN", "SETUP", "STARTING", "STOPPED", "TEARDOWN",
-    "StageSpec", "StepRunner", "WorkerIO", "process_main", "worker_loop",
-]
+__all__ = ["StepRunner", "WorkerIO", "process_main", "worker_loop"]
 
-#: ``current`` value of a worker between minibatches.
-IDLE = -1
-#: ``current`` value of a worker running its step's ``setup()``.
-SETUP = -2
-#: ``current`` value of a worker that stopped when told to (not one that died).
-STOPPED = -3
-#: ``current`` value of a worker started but not yet running (set by the parent).
-STARTING = -4
-#: ``current`` value of a worker running its step's ``teardown()``.
-TEARDOWN = -5
-
-#: ``active_run`` value between runs: workers drop every task they get.
-IDLE_RUN = -1
-#: ``active_run`` value of an aborted runtime: workers exit as soon as they can.
-CLOSING = -2
 #: Seconds between two checks for CLOSING while a worker thread waits on a full queue.
 _PUT_CHECK = 0.1
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """The plain, picklable description of one stage of a lane.
-
-    Parameters
-    ----------
-    name : str
-        The step name.
-    lane : int
-        Index of the lane (a union branch; 0 in a sequential pipeline).
-    index : int
-        Position of the stage in its lane.
-    n_workers : int
-        Number of workers.
-    max_queue_size : int
-        Bound of the stage's input queue.
-    payload : bytes
-        The saved step; each worker loads its own copy.
-    worker_arguments : list of list of (str, Any)
-        Per-worker ``(param, value)`` pairs.
-    may_change_length : bool
-        Whether the step may return another number of rows than it got.
-    hooks : bytes
-        The pipeline's hooks, saved by :func:`~neuraxle_stream.hooks.dump_hooks`.
-    step_index : int or None
-        Position of the step in the pipeline (``index`` when ``None``), as
-        hooks see it in :class:`~neuraxle_stream.hooks.StageInfo`.
-    trace : bool, default=False
-        Whether the workers record every call their step receives and send
-        the records back with each minibatch (a traced call).
-    """
-
-    name: str
-    lane: int
-    index: int
-    n_workers: int
-    max_queue_size: int
-    payload: bytes = field(repr=False)
-    worker_arguments: list[list[tuple[str, Any]]] = field(default_factory=list)
-    may_change_length: bool = False
-    hooks: bytes = field(default=b"", repr=False)
-    step_index: int | None = None
-    #: Record each call the step receives (see :mod:`~neuraxle_stream.tracing`).
-    trace: bool = False
-    #: The caller's ``sklearn.get_config()`` when the call began: the workers run under it
-    #: (``transform_output``, ``enable_metadata_routing``, ...), as joblib's sklearn workers do.
-    sklearn_config: dict[str, Any] = field(default_factory=dict)
-    #: A digest of ``payload`` and ``hooks``, so that the repr (a key of kept runtimes) changes with them.
-    digest: str = field(init=False, default="")
-
-    def __post_init__(self) -> None:
-        digest = hashlib.blake2b(self.payload, digest_size=8)
-        digest.update(self.hooks)
-        object.__setattr__(self, "digest", digest.hexdigest())
 
 
 def _parent_log_levels() -> dict[str, int]:

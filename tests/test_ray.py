@@ -40,7 +40,7 @@ from neuraxle_stream import (
     SequentialQueuedPipeline,
 )
 from neuraxle_stream.ray_backend import DRIVER_CPUS, RayRuntime, actor_options, connect
-from neuraxle_stream.workers import StageSpec
+from neuraxle_stream.stages import StageSpec
 
 ray = pytest.importorskip("ray")
 

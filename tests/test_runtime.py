@@ -31,7 +31,8 @@ from neuraxle_stream import BrokenPipelineError, runtime
 from neuraxle_stream.backends import Backend, ProcessBackend, ThreadBackend, WorkerHandle
 from neuraxle_stream.runtime import Runtime
 from neuraxle_stream.savers import save_step
-from neuraxle_stream.workers import StageSpec, WorkerIO
+from neuraxle_stream.stages import StageSpec
+from neuraxle_stream.workers import WorkerIO
 
 BAD = -1
 

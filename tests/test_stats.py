@@ -27,13 +27,8 @@ from neuraxle_stream import (
     SequentialQueuedPipeline,
     StageStats,
 )
-from neuraxle_stream.stats import (
-    _EXACT_SAMPLES,
-    PROGRESS_EVERY,
-    StatsCollector,
-    _Durations,
-    verbose_line,
-)
+from neuraxle_stream.monitor import PROGRESS_EVERY, verbose_line
+from neuraxle_stream.stats import _EXACT_SAMPLES, StatsCollector, _Durations
 
 
 class Sleep(NonFittableMixin, BaseTransformer):
@@ -218,7 +213,7 @@ def test_progress_on_a_non_tty_is_plain_lines(backend: str, capsys: pytest.Captu
 
 @pytest.mark.timeout(60)
 def test_progress_lines_are_periodic(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr("neuraxle_stream.stats.PROGRESS_EVERY", 0.05)
+    monkeypatch.setattr("neuraxle_stream.monitor.PROGRESS_EVERY", 0.05)
     pipeline = SequentialQueuedPipeline([("slow", Sleep(0.03))], batch_size=1, backend="thread", progress=True)
     pipeline.transform(list(range(10)))
     lines = capsys.readouterr().err.splitlines()

@@ -8,9 +8,8 @@ any worker starts: the thread backend is used, and nothing may be left behind.
 
 from __future__ import annotations
 
-import sys
-
 import re
+import sys
 from typing import Any
 
 import numpy as np
