@@ -47,6 +47,12 @@ __all__ = [
     "describe_item",
     "read_events",
     "square",
+    # records and signals to wait on
+    "AppendsRayCPUs",
+    "MinibatchRecorder",
+    "TouchesThenWaits",
+    "read_minibatches",
+    "wait_for_file",
 ]
 
 
@@ -285,3 +291,89 @@ class RecordingHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+
+
+# --- records and signals a test can wait on (instead of sleeping) -----------------------------
+
+
+def wait_for_file(path: str | Path, timeout: float = 30.0) -> bool:
+    """Wait until ``path`` exists (``timeout`` at most); True when it does.
+
+    Works across threads, processes and Ray actors alike, which a
+    ``threading.Event`` does not: the files are the test's signal.
+    """
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+class TouchesThenWaits(NonFittableMixin, BaseTransformer):
+    """On each minibatch: create ``started`` (a signal file), then wait for ``release``.
+
+    The test waits for ``started`` to know that a worker is inside the step
+    (its workers are up, the step is loaded), instead of guessing with a sleep.
+    The step waits for ``release`` at most ``seconds`` (no wait when ``release``
+    is empty), then returns its inputs.
+    """
+
+    def __init__(self, started: str = "", release: str = "", seconds: float = 30.0) -> None:
+        self.started = started
+        self.release = release
+        self.seconds = seconds
+
+    def transform(self, data_inputs: Any) -> Any:
+        """Signal, wait, return the inputs unchanged."""
+        if self.started:
+            Path(self.started).touch()
+        if self.release:
+            wait_for_file(self.release, self.seconds)
+        return data_inputs
+
+
+class MinibatchRecorder(NonFittableMixin, BaseTransformer):
+    """Write one JSON file per minibatch in ``log_dir``: who ran it and what it held.
+
+    Each record holds ``pid``, ``thread``, ``first`` (the first item), ``n_items``
+    and the ``items`` themselves: what the step itself saw, an independent
+    reference for hook records and stats. Returns the inputs unchanged.
+    """
+
+    def __init__(self, log_dir: str = "") -> None:
+        self.log_dir = log_dir
+
+    def transform(self, data_inputs: Any) -> Any:
+        """Record the minibatch; return it unchanged."""
+        items = [np.asarray(x).tolist() for x in data_inputs]
+        record = {
+            "pid": os.getpid(),
+            "thread": threading.current_thread().name,
+            "first": items[0] if items else None,
+            "n_items": len(items),
+            "items": items,
+        }
+        (Path(self.log_dir) / f"batch-{uuid.uuid4().hex}.json").write_text(json.dumps(record))
+        return data_inputs
+
+
+def read_minibatches(log_dir: str | Path) -> list[dict[str, Any]]:
+    """The records written by :class:`MinibatchRecorder` in ``log_dir``."""
+    return [json.loads(p.read_text()) for p in Path(log_dir).glob("batch-*.json")]
+
+
+class AppendsRayCPUs(NonFittableMixin, BaseTransformer):
+    """Append the CPUs Ray assigned to this actor to each item (a tuple).
+
+    ``(1,) -> (1, 0.3)`` in an actor placed with ``num_cpus=0.3``: what the
+    actor really holds, read inside it, not what the library meant to ask.
+    """
+
+    def transform(self, data_inputs: Any) -> list[tuple[Any, ...]]:
+        """``tuple(item) + (assigned CPUs,)`` for each item."""
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+        return [(*tuple(item), cpus) for item in data_inputs]
+
