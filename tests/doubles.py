@@ -51,7 +51,10 @@ __all__ = [
     "AppendsRayCPUs",
     "MinibatchRecorder",
     "TouchesThenWaits",
+    "FitRendezvous",
+    "WorkerRendezvous",
     "read_minibatches",
+    "rendezvous",
     "wait_for_file",
 ]
 
@@ -377,3 +380,59 @@ class AppendsRayCPUs(NonFittableMixin, BaseTransformer):
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
         return [(*tuple(item), cpus) for item in data_inputs]
 
+
+
+def rendezvous(directory: str | Path, key: str, parties: int, seconds: float = 30.0) -> bool:
+    """Arrive (a file ``key`` in ``directory``) and wait until ``parties`` have arrived.
+
+    True when they all did within ``seconds``: then the callers were under way
+    at the same time, whatever the clock says. False when the wait ran out.
+    """
+    directory = Path(directory)
+    (directory / f"arrived-{key}").touch()
+    deadline = time.monotonic() + seconds
+    while len(list(directory.glob("arrived-*"))) < parties:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+class FitRendezvous(FitRecorder):
+    """A :class:`FitRecorder` whose ``fit`` waits until ``parties`` fits have started.
+
+    ``met_`` tells whether they all did within ``seconds``: fits run one after
+    the other never meet (the first waits its ``seconds`` out, alone).
+    """
+
+    def __init__(self, log_dir: str = "", parties: int = 2, seconds: float = 10.0) -> None:
+        super().__init__()
+        self.log_dir = log_dir
+        self.parties = parties
+        self.seconds = seconds
+
+    def fit(self, X: Any, y: Any = None) -> FitRendezvous:
+        """Meet the other fits, then record as :class:`FitRecorder` does."""
+        self.met_ = rendezvous(self.log_dir, uuid.uuid4().hex, self.parties, self.seconds)
+        return super().fit(X, y)
+
+
+class WorkerRendezvous(WorkerIdentity):
+    """A :class:`WorkerIdentity` whose copies each wait, on their first minibatch, for ``parties`` copies.
+
+    With ``parties`` workers taking minibatches from one queue, each one gets
+    a minibatch while the others wait: every copy is seen, without timing luck.
+    Fewer workers than ``parties`` wait ``seconds`` out, and fewer copies show.
+    """
+
+    def __init__(self, log_dir: str = "", parties: int = 1, seconds: float = 10.0) -> None:
+        super().__init__()
+        self.log_dir = log_dir
+        self.parties = parties
+        self.seconds = seconds
+
+    def transform(self, data_inputs: Any) -> list[tuple[int, int, str, Any, int]]:
+        """Meet the other copies once, then report as :class:`WorkerIdentity` does."""
+        if not getattr(self, "calls_", 0):
+            rendezvous(self.log_dir, f"{os.getpid()}-{id(self)}", self.parties, self.seconds)
+        return super().transform(data_inputs)
