@@ -8,6 +8,7 @@ any worker starts: the thread backend is used, and nothing may be left behind.
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 from typing import Any
@@ -39,6 +40,20 @@ def _msg(param: str, cls: type, allowed: str, got: str) -> str:
 
 # --- pipeline parameters ---------------------------------------------------------------------
 
+
+def among(*options: str) -> str:
+    """A regex for scikit-learn's "a str among {...}": exactly these options, in any order.
+
+    scikit-learn prints the options of a set in its iteration order, which
+    changes with the hash seed; every order is accepted, nothing else.
+    """
+    orders = ["', '".join(order) for order in itertools.permutations(options)]
+    return r"a str among \{'(?:" + "|".join(re.escape(o) for o in orders) + r")'\}"
+
+
+BOOL = r"an instance of 'bool' or an instance of 'numpy\.bool_?'"
+VERBOSE = r"an int in the range \[0, inf\), " + BOOL
+
 # (keyword arguments, parameter, what is allowed (a regex), repr of the bad value)
 BAD_PARAMS: list[tuple[dict[str, Any], str, str, str]] = [
     ({"batch_size": 0}, "batch_size", r"an int in the range \[1, inf\)", "0"),
@@ -63,11 +78,11 @@ BAD_PARAMS: list[tuple[dict[str, Any], str, str, str]] = [
         "[1]",
     ),
     ({"data_joiner": 3}, "data_joiner", "a callable or None", "3"),
-    ({"use_processes": "yes"}, "use_processes", "an instance of 'bool'.*", "'yes'"),
-    ({"use_savers": 1.0}, "use_savers", "an instance of 'bool'.*", "1.0"),
-    ({"keep_incomplete_batch": None}, "keep_incomplete_batch", "an instance of 'bool'.*", "None"),
-    ({"backend": "gpu"}, "backend", "a str among {.*'thread'.*} or None", "'gpu'"),
-    ({"backend": "Thread"}, "backend", "a str among {.*'process'.*} or None", "'Thread'"),
+    ({"use_processes": "yes"}, "use_processes", BOOL, "'yes'"),
+    ({"use_savers": 1.0}, "use_savers", BOOL, "1.0"),
+    ({"keep_incomplete_batch": None}, "keep_incomplete_batch", BOOL, "None"),
+    ({"backend": "gpu"}, "backend", among("thread", "process", "ray") + " or None", "'gpu'"),
+    ({"backend": "Thread"}, "backend", among("thread", "process", "ray") + " or None", "'Thread'"),
     (
         {"mp_context": "threads"},
         "mp_context",
@@ -80,19 +95,19 @@ BAD_PARAMS: list[tuple[dict[str, Any], str, str, str]] = [
         r"a str among \{'fork', 'forkserver', 'spawn'\}, a multiprocessing context or None",
         "3",
     ),
-    ({"output_order": "random"}, "output_order", "a str among {.*'completion'.*}", "'random'"),
+    ({"output_order": "random"}, "output_order", among("input", "completion"), "'random'"),
     ({"timeout": 0}, "timeout", r"a float in the range \(0.0, inf\) or None", "0"),
     ({"timeout": -1.0}, "timeout", r"a float in the range \(0.0, inf\) or None", "-1.0"),
     ({"timeout": "10"}, "timeout", r"a float in the range \(0.0, inf\) or None", "'10'"),
     ({"data_joiner": "concat"}, "data_joiner", "a callable or None", "'concat'"),
-    ({"verbose": 1.5}, "verbose", ".*", "1.5"),
-    ({"progress": None}, "progress", ".*bool.*", "None"),
-    ({"output_order": None}, "output_order", "a str among {.*'input'.*}", "None"),
+    ({"verbose": 1.5}, "verbose", VERBOSE, "1.5"),
+    ({"progress": None}, "progress", BOOL, "None"),
+    ({"output_order": None}, "output_order", among("input", "completion"), "None"),
     ({"hooks": {}}, "hooks", "an instance of 'list', an instance of 'tuple' or None", "{}"),
-    ({"verbose": "loud"}, "verbose", ".*", "'loud'"),
+    ({"verbose": "loud"}, "verbose", VERBOSE, "'loud'"),
     ({"hooks": [object]}, "hooks", "a list of PipelineHook instances or None", r"[<class 'object'>]"),
     ({"hooks": "stats"}, "hooks", "an instance of 'list', an instance of 'tuple' or None", "'stats'"),
-    ({"progress": "yes"}, "progress", ".*bool.*", "'yes'"),
+    ({"progress": "yes"}, "progress", BOOL, "'yes'"),
     ({"memory": 3}, "memory", "an instance of 'str', an instance of 'os.PathLike', an instance of 'joblib.memory.Memory' or None", "3"),
 ]
 
@@ -157,19 +172,23 @@ BAD_STEPS: list[tuple[Any, str]] = [
     (STEP, r"The 'steps' parameter of {cls} must be an instance of 'list' or an instance of 'tuple'"),
     (
         [("a", 2, [[], []], 3, STEP, "extra")],
-        r"The step at position 0 of {cls} must be a step or a tuple \(name, .*\) of 2 to 5 items; got a 6-tuple",
+        r"The step at position 0 of {cls} must be a step or a tuple \(name, \[n_workers, \[worker_arguments,\] "
+        r"\[max_queue_size,\]\] step\) of 2 to 5 items; got a 6-tuple\. "
+        r"Got \('a', 2, \[\[\], \[\]\], 3, AddConstant\(\), 'extra'\) instead\.",
     ),
-    ([("a",)], r"The step at position 0 of {cls} must be .* of 2 to 5 items; got a 1-tuple"),
-    ([()], r"The step at position 0 of {cls} must be .*; got a 0-tuple"),
+    ([("a",)], r"The step at position 0 of {cls} must be a step or a tuple \(name, \[n_workers, \[worker_arguments,\] "
+     r"\[max_queue_size,\]\] step\) of 2 to 5 items; got a 1-tuple\. Got \('a',\) instead\."),
+    ([()], r"The step at position 0 of {cls} must be a step or a tuple \(name, \[n_workers, \[worker_arguments,\] "
+     r"\[max_queue_size,\]\] step\) of 2 to 5 items; got a 0-tuple\. Got \(\) instead\."),
     ([(1, STEP)], r"The name of the step at position 0 of {cls} must be a str. Got 1 instead."),
     ([(None, STEP)], r"The name of the step at position 0 of {cls} must be a str. Got None instead."),
     ([("a", 0, STEP)], r"The n_workers of step 'a' of {cls} must be an int in the range \[1, inf\). Got 0 instead."),
     ([("a", -1, 4, STEP)], r"The n_workers of step 'a' of {cls} must be an int in the range \[1, inf\). Got -1 instead."),
-    ([("a", "2", STEP)], r"The n_workers of step 'a' of {cls} must be an int .* Got '2' instead."),
-    ([("a", 2.0, STEP)], r"The n_workers of step 'a' of {cls} must be an int .* Got 2.0 instead."),
-    ([("a", True, STEP)], r"The n_workers of step 'a' of {cls} must be an int .* Got True instead."),
+    ([("a", "2", STEP)], r"The n_workers of step 'a' of {cls} must be an int in the range \[1, inf\)\. Got '2' instead\."),
+    ([("a", 2.0, STEP)], r"The n_workers of step 'a' of {cls} must be an int in the range \[1, inf\)\. Got 2.0 instead\."),
+    ([("a", True, STEP)], r"The n_workers of step 'a' of {cls} must be an int in the range \[1, inf\)\. Got True instead\."),
     ([("a", 1, 0, STEP)], r"The max_queue_size of step 'a' of {cls} must be an int in the range \[1, inf\). Got 0 instead."),
-    ([("a", 1, None, STEP)], r"The max_queue_size of step 'a' of {cls} must be an int .* Got None instead."),
+    ([("a", 1, None, STEP)], r"The max_queue_size of step 'a' of {cls} must be an int in the range \[1, inf\)\. Got None instead\."),
     (
         # a list where the queue size goes: worker_arguments without the queue size
         [("a", 2, [[("tag", 0)], [("tag", 1)]], STEP)],
@@ -266,11 +285,11 @@ def test_wrapper_parameters_are_validated() -> None:
         ({"n_workers": 0}, "n_workers", r"an int in the range \[1, inf\)", "0"),
         ({"n_workers": True}, "n_workers", r"an int in the range \[1, inf\)", "True"),
         ({"batch_size": 0}, "batch_size", r"an int in the range \[1, inf\) or None", "0"),
-        ({"max_queued_minibatches": -2}, "max_queued_minibatches", r"an int .* or None", "-2"),
-        ({"use_processes": "no"}, "use_processes", "an instance of 'bool'.*", "'no'"),
-        ({"backend": "cuda"}, "backend", "a str among {.*} or None", "'cuda'"),
-        ({"mp_context": "posix"}, "mp_context", "a str among {'fork', 'forkserver', 'spawn'}.*", "'posix'"),
-        ({"use_savers": "no"}, "use_savers", "an instance of 'bool'.*", "'no'"),
+        ({"max_queued_minibatches": -2}, "max_queued_minibatches", r"an int in the range \[1, inf\) or None", "-2"),
+        ({"use_processes": "no"}, "use_processes", BOOL, "'no'"),
+        ({"backend": "cuda"}, "backend", among("thread", "process", "ray") + " or None", "'cuda'"),
+        ({"mp_context": "posix"}, "mp_context", r"a str among \{'fork', 'forkserver', 'spawn'\}, a multiprocessing context or None", "'posix'"),
+        ({"use_savers": "no"}, "use_savers", BOOL, "'no'"),
         ({"timeout": 0}, "timeout", r"a float in the range \(0.0, inf\) or None", "0"),
         ({"timeout": "1s"}, "timeout", r"a float in the range \(0.0, inf\) or None", "'1s'"),
         ({"hooks": [object]}, "hooks", "a list of PipelineHook instances or None", r"[<class 'object'>]"),
