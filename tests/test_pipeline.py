@@ -415,9 +415,13 @@ def test_fittable_step_is_fitted_on_the_whole_output_of_the_stages_before() -> N
 
 def test_fit_transform_equals_fit_then_transform() -> None:
     pipeline = SequentialQueuedPipeline([StandardScaler(), ("pca", 2, PCA(2))], batch_size=6, backend="thread")
+    # the reference: scikit-learn's own pipeline, both ways
+    expected = make_pipeline(StandardScaler(), PCA(2)).fit_transform(X)
+    expected_after_fit = make_pipeline(StandardScaler(), PCA(2)).fit(X).transform(X)
     out = pipeline.fit_transform(X)
-    assert_same(out, pipeline.transform(X))
-    assert_same(out, clone(pipeline).fit(X).transform(X))
+    assert_same(out, expected)
+    assert_same(pipeline.transform(X), expected_after_fit)
+    assert_same(clone(pipeline).fit(X).transform(X), expected_after_fit)
 
 
 def test_stateless_pipeline_transforms_without_fit() -> None:
