@@ -14,7 +14,6 @@ import os
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from doubles import AddConstant, DoubleFailure, MeanCenterer, RaiseOn
+from doubles import (
+    AddConstant,
+    DoubleFailure,
+    MeanCenterer,
+    MinibatchRecorder,
+    RaiseOn,
+    TouchesThenWaits,
+    read_minibatches,
+)
 
 from neuraxle_stream import (
     BaseTransformer,
@@ -137,16 +144,20 @@ ITEMS = list(range(50))  # 10 minibatches of 5
 
 @pytest.mark.timeout(60)
 def test_hook_calls_per_stage_and_worker_equal_the_minibatches(backend: str, tmp_path: Path) -> None:
+    hooks_dir, steps_dir = tmp_path / "hooks", tmp_path / "steps"
+    hooks_dir.mkdir()
+    steps_dir.mkdir()
+    # "seen" records, from inside the step, which worker ran each minibatch: the reference
     pipeline = SequentialQueuedPipeline(
-        [("add", 2, AddConstant(1)), ("slow", 2, SlowStep(0.005)), ("last", AddConstant(0))],
+        [("add", 2, AddConstant(1)), ("seen", 2, MinibatchRecorder(str(steps_dir))), ("last", AddConstant(0))],
         batch_size=5,
         backend=backend,
-        hooks=[FileRecordingHook(str(tmp_path))],
+        hooks=[FileRecordingHook(str(hooks_dir))],
     )
     assert pipeline.transform(ITEMS) == [i + 1 for i in ITEMS]
-    records = read_records(tmp_path)
+    records = read_records(hooks_dir)
     stats = pipeline.stats_
-    for position, (name, n_workers) in enumerate([("add", 2), ("slow", 2), ("last", 1)]):
+    for position, (name, n_workers) in enumerate([("add", 2), ("seen", 2), ("last", 1)]):
         mine = [r for r in records if r["stage"] == name]
         assert {(r["position"], r["n_workers"]) for r in mine} == {(position, n_workers)}
         # the stage hook: once per worker, entered and exited
@@ -155,10 +166,14 @@ def test_hook_calls_per_stage_and_worker_equal_the_minibatches(backend: str, tmp
         # the task hook: once per minibatch, each minibatch once
         for event in ("task_enter", "task_exit"):
             assert sorted(r["index"] for r in mine if r["event"] == event) == list(range(10))
-        # per worker: as many task hooks as minibatches that worker ran (as stats_ saw them)
-        per_worker = Counter(r["worker"] for r in mine if r["event"] == "task_enter")
-        assert per_worker == Counter(s.worker for s in stats.timeline if s.stage == name)
+        # per worker: entered and left the same minibatches
+        for w in range(n_workers):
+            entered = sorted(r["index"] for r in mine if r["event"] == "task_enter" and r["worker"] == w)
+            assert entered == sorted(r["index"] for r in mine if r["event"] == "task_exit" and r["worker"] == w)
         assert stats[name].num_tasks == 10
+        # each worker index is one worker (a process or a thread of its own)
+        assert len({(r["worker"], r["pid"], r["thread"]) for r in mine}) == n_workers
+        assert len({(r["pid"], r["thread"]) for r in mine}) == n_workers
         # each worker's copy: stage enter first, stage exit after its last minibatch
         for w in range(n_workers):
             seqs = {r["event"]: [] for r in mine}
@@ -167,6 +182,12 @@ def test_hook_calls_per_stage_and_worker_equal_the_minibatches(backend: str, tmp
                     seqs[r["event"]].append(r["seq"])
             assert seqs["stage_enter"] == [1]
             assert max(seqs["task_exit"], default=1) < seqs["stage_exit"][0]
+    # the task hook of each minibatch ran where the step itself ran it (minibatch k starts at 5k + 1)
+    ran = {batch["first"]: (batch["pid"], batch["thread"]) for batch in read_minibatches(steps_dir)}
+    assert sorted(ran) == [5 * k + 1 for k in range(10)]
+    for r in records:
+        if r["stage"] == "seen" and r["event"].startswith("task"):
+            assert (r["pid"], r["thread"]) == ran[5 * r["index"] + 1]
     where = {(r["pid"], r["thread"]) for r in records}
     if backend == "process":
         assert os.getpid() not in {pid for pid, _ in where}  # they ran in the workers
@@ -325,15 +346,41 @@ def test_task_stats_hook_logs_one_line_per_stage_at_the_end(backend: str, caplog
 
 
 @pytest.mark.timeout(60)
-def test_task_stats_hook_reports_every_interval_while_running(caplog: pytest.LogCaptureFixture) -> None:
+def test_task_stats_hook_reports_every_interval_while_running(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    # The step holds its first minibatch until two interval lines were logged: no
+    # guess at how many lines fit in a run of some length on a loaded machine.
+    release = tmp_path / "release"
+
+    class ReleaseAfterTwoRunningLines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.running = 0
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "slow (running):" in record.getMessage():
+                self.running += 1
+                if self.running == 2:
+                    release.touch()
+
+    handler = ReleaseAfterTwoRunningLines()
+    logger = logging.getLogger("neuraxle_stream")
     pipeline = SequentialQueuedPipeline(
-        [("slow", SlowStep(0.03))], batch_size=1, backend="thread", hooks=[TaskStatsHook(interval=0.05)]
+        [("slow", TouchesThenWaits(release=str(release), seconds=30))],
+        batch_size=1, backend="thread", hooks=[TaskStatsHook(interval=0.05)],
     )
-    with caplog.at_level(logging.INFO, logger="neuraxle_stream"):
-        pipeline.transform(list(range(12)))  # about 0.36 s
+    logger.addHandler(handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="neuraxle_stream"):
+            pipeline.transform(list(range(12)))
+    finally:
+        logger.removeHandler(handler)
+    assert release.exists()  # released by the second interval line, not by the 30 s bound
     lines = [r.getMessage() for r in caplog.records if r.name == "neuraxle_stream"]
     running = [line for line in lines if "slow (running):" in line]
     assert len(running) >= 2
+    assert lines.index(running[1]) < len(lines) - 1  # while running: before the final line
     assert lines[-1].startswith("[SequentialQueuedPipeline] slow: 12 tasks, 12 items")
 
 
