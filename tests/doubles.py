@@ -50,6 +50,7 @@ __all__ = [
     # records and signals to wait on
     "AppendsRayCPUs",
     "MinibatchRecorder",
+    "SignalsInSetupThenWaits",
     "TouchesThenWaits",
     "FitRendezvous",
     "WorkerRendezvous",
@@ -436,3 +437,25 @@ class WorkerRendezvous(WorkerIdentity):
         if not getattr(self, "calls_", 0):
             rendezvous(self.log_dir, f"{os.getpid()}-{id(self)}", self.parties, self.seconds)
         return super().transform(data_inputs)
+
+
+class SignalsInSetupThenWaits(NonFittableMixin, BaseTransformer):
+    """``setup()`` creates ``started``, then waits for ``release`` (``seconds`` at most).
+
+    The test knows the worker is stuck in ``setup()`` when ``started`` exists,
+    and frees it by creating ``release``. ``transform`` is the identity.
+    """
+
+    def __init__(self, started: str = "", release: str = "", seconds: float = 30.0) -> None:
+        self.started = started
+        self.release = release
+        self.seconds = seconds
+
+    def setup(self) -> None:
+        """Signal, then wait to be released."""
+        Path(self.started).touch()
+        wait_for_file(self.release, self.seconds)
+
+    def transform(self, data_inputs: Any) -> Any:
+        """Return the inputs unchanged."""
+        return data_inputs

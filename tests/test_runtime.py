@@ -14,7 +14,13 @@ import time
 from typing import Any
 
 import pytest
-from doubles import LifecycleRecorder, RandomDelay, read_events
+from doubles import (
+    LifecycleRecorder,
+    RandomDelay,
+    SignalsInSetupThenWaits,
+    read_events,
+    wait_for_file,
+)
 from faults import (
     BlocksAt,
     BlocksInSetup,
@@ -102,18 +108,25 @@ def test_outputs_in_input_order_or_as_completed(backend: str) -> None:
 @pytest.mark.timeout(60)
 def test_source_is_read_lazily_within_the_in_flight_bound() -> None:
     rt = Runtime(chain(PassThrough(), PassThrough(), queue=2), ThreadBackend())
-    read = itertools.count()
+    reads: list[int] = []
+    reached = {n: threading.Event() for n in range(1, 100)}
 
     def source():
         for i in itertools.count():
-            next(read)
+            reads.append(i)
+            reached[len(reads)].set()
             yield [i], None
 
     run = rt.run(source())
     try:
-        next(run)
-        time.sleep(0.2)  # let the feeder run ahead as far as it may
-        assert next(read) <= rt.max_in_flight + 2
+        # With k outputs taken, the feeder may read max_in_flight minibatches in flight,
+        # the k taken, and the one it holds waiting for a credit. It gets there (waited
+        # on, not slept for), and no further.
+        for taken in (1, 2):
+            next(run)
+            bound = rt.max_in_flight + taken + 1
+            assert reached[bound].wait(30), f"the feeder stopped at {len(reads)} reads, before {bound}"
+            assert not reached[bound + 1].wait(0.2), f"the feeder read {len(reads)} minibatches, more than {bound}"
     finally:
         run.close()
         rt.close()
@@ -210,15 +223,18 @@ def test_failure_to_start_marks_the_runtime_broken_and_stops_the_started_workers
 
 
 @pytest.mark.timeout(60)
-def test_abort_with_a_stuck_thread_returns_promptly() -> None:
-    rt = Runtime(chain(PassThrough(), BlocksInSetup(seconds=60.0)), ThreadBackend())
-    with blocking_armed():
+def test_abort_with_a_stuck_thread_returns_promptly(tmp_path) -> None:
+    started, release = tmp_path / "started", tmp_path / "release"
+    rt = Runtime(chain(PassThrough(), SignalsInSetupThenWaits(str(started), str(release), 60.0)), ThreadBackend())
+    try:
         rt.start()
-        time.sleep(0.1)
+        assert wait_for_file(started, 30)  # the worker is stuck in setup(), not sleeping through a guess
         start = time.monotonic()
         rt.close(graceful=False)
         assert time.monotonic() - start < runtime.ABORT_GRACE + 1.0
         assert any(t.name == "neuraxle_stream:s1:0" for t in threading.enumerate())
+    finally:
+        release.touch()
     # released: the thread sees the abort and exits (autouse fixture)
 
 
