@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -66,11 +65,10 @@ def _composites(backend: str) -> list[Any]:
 def test_x_and_y_of_different_lengths_name_both_lengths(backend: str, method: str, index: int) -> None:
     pipeline = _composites(backend)[index]
     X, y = np.ones((7, 2)), np.ones(5)
-    start = time.perf_counter()
     with pytest.raises(ValueError, match=r"X has 7 rows, y has 5") as info:
         getattr(pipeline, method)(X, y)
-    assert time.perf_counter() - start < 1.0  # refused at once: no worker was started
     assert type(pipeline).__name__ in str(info.value)
+    # refused at once: no worker is running (and NeverRun's setup() would have failed the call)
     assert not _started_workers()
     # the step was not fitted either
     assert not hasattr(pipeline.named_steps[next(iter(pipeline.named_steps))], "mean_")

@@ -345,11 +345,14 @@ TIMEOUT = {"thread": 0.5, "process": 1.5}
 @pytest.mark.parametrize("position", POSITIONS)
 def test_timeout_names_the_blocked_step_and_minibatch(backend: str, position: str) -> None:
     # On threads the step frees itself after a while: a thread cannot be killed.
-    # The timeout also bounds setup(), which includes loading the step: not too short.
+    # The timeout also bounds setup(), which includes loading the step: a first call
+    # inside ``with`` starts the workers and loads the steps, so that on a loaded
+    # machine the timeout below times the blocked minibatch only.
     fault = BlocksAt(AT, seconds=2.0 if backend == "thread" else 60.0)
     timeout = TIMEOUT[backend]
     pipeline = three_stages(fault, position, queue=1, backend=backend, timeout=timeout)
-    with blocking_armed():
+    with pipeline, blocking_armed():
+        assert pipeline.transform([0, 1]) == [0, 1]  # AT is not among them
         exc, elapsed = time_to_error(lambda: pipeline.transform(X))
     assert elapsed < BOUND
     assert type(exc) is TimeoutError

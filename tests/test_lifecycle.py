@@ -416,15 +416,30 @@ def test_stop_from_another_thread_ends_the_call_and_keeps_the_pipeline_usable(ba
 
     p = SequentialQueuedPipeline([_slow_identity], batch_size=4, backend=backend)
     assert p.stop() is False  # nothing running
-    timer = threading.Timer(0.5, p.stop)
-    timer.start()
-    started = time.monotonic()
+    # stop() is called once the call surely runs (an output came out, or the source is
+    # being read), not after a guessed delay that a slow start-up could outlast.
+    stopped: list[bool] = []
+    stoppers: list[threading.Thread] = []
+
+    def stop_in_another_thread() -> None:
+        stoppers.append(threading.Thread(target=lambda: stopped.append(p.stop())))
+        stoppers[-1].start()
+
     with pytest.raises(PipelineStoppedError, match="stop"):
-        for _ in p.stream(itertools.count()):  # endless: only stop() ends it
-            pass
-    assert time.monotonic() - started < 30
+        for i, _ in enumerate(p.stream(itertools.count())):  # endless: only stop() ends it
+            if i == 0:
+                stop_in_another_thread()
+
+    def source():
+        for i in range(1_000_000):
+            if i == 20:  # read by the call's feeder: the call is running
+                stop_in_another_thread()
+            yield i
+
     with p:
-        threading.Timer(0.3, p.stop).start()
         with pytest.raises(PipelineStoppedError):
-            p.transform(range(1_000_000))
+            p.transform(source())
         assert p.transform([1, 2, 3]) == [1, 2, 3]  # same workers, no stale results
+    for stopper in stoppers:
+        stopper.join()
+    assert stopped == [True, True]  # each stop() found its call running
