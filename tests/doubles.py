@@ -50,8 +50,11 @@ __all__ = [
     # records and signals to wait on
     "AppendsRayCPUs",
     "MinibatchRecorder",
+    "ProcessOrigin",
     "SignalsInSetupThenWaits",
+    "TouchesAt",
     "TouchesThenWaits",
+    "WaitsAt",
     "FitRendezvous",
     "WorkerRendezvous",
     "read_minibatches",
@@ -459,3 +462,51 @@ class SignalsInSetupThenWaits(NonFittableMixin, BaseTransformer):
     def transform(self, data_inputs: Any) -> Any:
         """Return the inputs unchanged."""
         return data_inputs
+
+
+class WaitsAt(NonFittableMixin, BaseTransformer):
+    """Hold the minibatch holding ``at`` until ``release`` exists (``seconds`` at most).
+
+    The other minibatches pass at once: the held one completes after them,
+    deterministically, when another worker or stage creates ``release``.
+    """
+
+    def __init__(self, at: Any = 0, release: str = "", seconds: float = 30.0) -> None:
+        self.at = at
+        self.release = release
+        self.seconds = seconds
+
+    def transform(self, data_inputs: Any) -> Any:
+        """Wait on the minibatch holding ``at``; return the inputs."""
+        if self.at in list(data_inputs):
+            wait_for_file(self.release, self.seconds)
+        return data_inputs
+
+
+class TouchesAt(NonFittableMixin, BaseTransformer):
+    """Create the file ``path`` when a minibatch holds ``at``; identity otherwise."""
+
+    def __init__(self, at: Any = 0, path: str = "") -> None:
+        self.at = at
+        self.path = path
+
+    def transform(self, data_inputs: Any) -> Any:
+        """Touch ``path`` on the minibatch holding ``at``; return the inputs."""
+        if self.at in list(data_inputs):
+            Path(self.path).touch()
+        return data_inputs
+
+
+class ProcessOrigin(NonFittableMixin, BaseTransformer):
+    """Replace each item by ``(pid, parent pid, command line)`` of the worker (Linux).
+
+    Tells how a worker process was started: a ``spawn`` child runs
+    ``multiprocessing.spawn``'s ``spawn_main`` and is the parent's own child;
+    a ``forkserver`` child is forked by the fork server (its command line
+    names ``forkserver``), not by the parent.
+    """
+
+    def transform(self, data_inputs: Any) -> list[tuple[int, int, str]]:
+        """One ``(pid, ppid, cmdline)`` per item."""
+        cmdline = Path("/proc/self/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return [(os.getpid(), os.getppid(), cmdline)] * len(data_inputs)

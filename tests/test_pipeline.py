@@ -11,7 +11,9 @@ subset on processes.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
+import sys
 from collections import defaultdict
 from typing import Any
 
@@ -28,8 +30,11 @@ from doubles import (
     LifecycleRecorder,
     MeanCenterer,
     MultiplyBy,
+    ProcessOrigin,
     RaiseOn,
     RandomDelay,
+    TouchesAt,
+    WaitsAt,
     WorkerIdentity,
     add_one,
     describe_item,
@@ -47,6 +52,7 @@ from sklearn.preprocessing import FunctionTransformer, PolynomialFeatures, Stand
 
 from neuraxle_stream import (
     Identity,
+    ParallelQueuedFeatureUnion,
     ParallelWorkersWrapper,
     SequentialQueuedPipeline,
     StripAbsentValues,
@@ -830,3 +836,123 @@ def test_routing_reaches_a_nested_sklearn_pipeline_in_the_workers(backend: str) 
         p = SequentialQueuedPipeline([("inner", Pipeline([("t", _AddOffset())]))], batch_size=3, backend=backend)
         out = p.fit(X).transform(X, offset=offset)
     np.testing.assert_allclose(out, X + offset[:, None])
+
+
+# --- promises of the parameters (DESIGN sections 2 and 6) -------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_stream_in_completion_order_gives_every_item_once(backend: str, tmp_path: Any) -> None:
+    # Minibatch 0 is held until the caller has an output: with input order that output could
+    # never come first (the held minibatch would have to come out before it).
+    release = tmp_path / "release"
+    pipeline = SequentialQueuedPipeline(
+        [("hold", 2, WaitsAt(0, str(release), seconds=30)), ("add", AddConstant(1))],
+        batch_size=4, backend=backend, output_order="completion",
+    )
+    out = []
+    try:
+        for item in pipeline.stream(iter(range(40))):
+            out.append(item)
+            release.touch()  # the first output came while minibatch 0 was held: let it go
+    finally:
+        release.touch()
+    assert out[0] not in (1, 2, 3, 4)  # not minibatch 0: outputs come as they complete
+    assert sorted(out) == [i + 1 for i in range(40)]  # every item, exactly once
+    assert len(set(out)) == 40
+
+
+@pytest.mark.timeout(90)
+def test_transform_stays_aligned_under_completion_order(backend: str, tmp_path: Any) -> None:
+    # Minibatch 0 is held until the stage after it has seen item 8 (minibatch 2): it
+    # completes after minibatches that came later in the input.
+    release = tmp_path / "release"
+    pipeline = SequentialQueuedPipeline(
+        [("hold", 2, WaitsAt(0, str(release), seconds=30)), ("signal", TouchesAt(8, str(release))),
+         ("add", AddConstant(1))],
+        batch_size=4, backend=backend, output_order="completion",
+    )
+    try:
+        out = pipeline.transform(list(range(40)))
+        assert release.exists()  # created by the step "signal", on minibatch 2
+    finally:
+        release.touch()
+    assert out == [i + 1 for i in range(40)]  # the plain loop's order, whatever the completion order
+    # minibatch 0 was released by minibatch 2 (it completed after it), not by its 30 s bound
+    held = max(span.duration for span in pipeline.stats_.timeline if span.stage == "hold")
+    assert held < 25
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cls", [SequentialQueuedPipeline, ParallelQueuedFeatureUnion])
+def test_default_batch_size_is_32(cls: type, backend: str) -> None:
+    composite = cls([("len", BatchLength())], backend=backend)
+    out = composite.transform(list(range(100)))
+    lengths = [x[0] if isinstance(x, tuple) else x for x in out]
+    assert lengths == [32] * 96 + [4] * 4  # minibatches of 32, then the short one kept
+
+
+def _started_as(pipeline: SequentialQueuedPipeline) -> set[tuple[int, int, str]]:
+    return set(pipeline.transform([1, 2, 3, 4]))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forkserver is the default on Linux")
+@pytest.mark.timeout(60)
+def test_mp_context_defaults_to_forkserver_on_linux() -> None:
+    origins = _started_as(SequentialQueuedPipeline([("who", 2, ProcessOrigin())], batch_size=1, backend="process"))
+    for pid, ppid, cmdline in origins:
+        assert pid != os.getpid()
+        assert ppid != os.getpid()  # forked by the fork server, not by this process (fork, spawn)
+        assert "forkserver" in cmdline and "spawn_main" not in cmdline
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(60)
+def test_mp_context_accepts_a_context_object() -> None:
+    spawn = multiprocessing.get_context("spawn")
+    origins = _started_as(
+        SequentialQueuedPipeline([("who", 2, ProcessOrigin())], batch_size=1, backend="process", mp_context=spawn)
+    )
+    for pid, ppid, cmdline in origins:
+        assert pid != os.getpid() and ppid == os.getpid()  # this process's own children
+        assert "spawn_main" in cmdline  # started by spawn, as the context says
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("backend", "use_processes"), [("thread", True), ("process", False)])
+def test_backend_wins_over_use_processes(backend: str, use_processes: bool) -> None:
+    pipeline = SequentialQueuedPipeline(
+        [("who", 2, WorkerIdentity())], batch_size=1, backend=backend, use_processes=use_processes
+    )
+    pids = {who[0] for who in pipeline.transform(list(range(6)))}
+    if backend == "thread":
+        assert pids == {os.getpid()}
+    else:
+        assert os.getpid() not in pids
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="default_value_expected_outputs is ignored (documented as 'Kept for Neuraxle compatibility'): "
+    "a non-None value does not pad the last short minibatch, against DESIGN sections 2 and 6",
+)
+@pytest.mark.timeout(60)
+def test_default_value_expected_outputs_pads_the_last_minibatch() -> None:
+    # DESIGN: "a non-None default_value_* pads it"; the step sees a full minibatch and the
+    # outputs of the padded positions are removed again.
+    pipeline = SequentialQueuedPipeline(
+        [("len", BatchLength())], batch_size=4, backend="thread", default_value_expected_outputs=-1
+    )
+    y = list(range(10))
+    assert pipeline.fit_transform(list(range(10)), y) == [4] * 10
+    assert pipeline.transform(list(range(10))) == [4] * 10
+
+
+@pytest.mark.timeout(60)
+def test_both_default_values_pad_and_keep_one_output_per_input() -> None:
+    pipeline = SequentialQueuedPipeline(
+        [("len", BatchLength())], batch_size=4, backend="thread",
+        default_value_data_inputs=0, default_value_expected_outputs=-1,
+    )
+    assert pipeline.fit_transform(list(range(10)), list(range(10))) == [4] * 10
+    assert pipeline.transform(list(range(10))) == [4] * 10
