@@ -66,7 +66,7 @@ def test_stage_and_queue_counts_are_exact(backend: str) -> None:
         queue = stats.queues[name]
         assert isinstance(queue, QueueStats) and queue.num_items == 11  # one per minibatch put
         # the documented definitions, from the stage's own totals
-        assert 0 < stage.wall_time <= stats.wall_time
+        assert 0 < stage.wall_time <= stats.wall_time + 1e-3  # two clocks: time.time and perf_counter
         assert queue.qps == pytest.approx(11 / stage.wall_time)
         assert queue.ave_get_wait == pytest.approx(stage.get_wait / 11)
         occupancy = 1.0 - stage.get_wait / (n_workers * stage.wall_time)
