@@ -12,6 +12,13 @@ Stateless steps (``NonFittableMixin``): :class:`AddConstant`,
 Fittable: :class:`MeanCenterer` (a complete scikit-learn transformer written on
 :class:`~neuraxle_stream.BaseTransformer`) and :class:`FitRecorder`. Per-item functions: :func:`square`,
 :func:`add_one`, :func:`describe_item`.
+
+Records and signals a test waits on instead of sleeping (files, so they work
+across threads, processes and Ray actors): :func:`wait_for_file`,
+:func:`rendezvous`, :class:`TouchesThenWaits`, :class:`WaitsAt`,
+:class:`TouchesAt`, :class:`SignalsInSetupThenWaits`, :class:`FitRendezvous`,
+:class:`WorkerRendezvous`; what a step saw or where it ran:
+:class:`MinibatchRecorder`, :class:`ProcessOrigin`, :class:`AppendsRayCPUs`.
 """
 
 from __future__ import annotations
