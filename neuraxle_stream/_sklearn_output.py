@@ -26,7 +26,8 @@ import functools
 import numbers
 import sys
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 from scipy import sparse
@@ -50,10 +51,11 @@ from .exceptions import InvalidParameterError
 from .steps import BaseTransformer, is_fittable
 
 __all__ = [
+    "BranchJoin",
     "check_transformer_weights",
     "fit_stateless",
     "input_attribute",
-    "join_branches",
+    "no_branch_output",
     "pipeline_feature_names",
     "pipeline_names_available",
     "record_input",
@@ -64,6 +66,12 @@ __all__ = [
     "wrap_method",
     "wrap_methods",
 ]
+
+class _NamesOut(Protocol):
+    """What FeatureUnion's prefixing of feature names reads (a union, or its join)."""
+
+    verbose_feature_names_out: bool
+
 
 #: The containers ``set_output`` offers on the queued composites.
 OUTPUTS = ("default", "pandas")
@@ -317,7 +325,7 @@ def _fitted_input(union: Any) -> Any:
     return union if hasattr(union, "n_features_in_") else _NoFittedInput()
 
 
-def _prefixed(union: Any, pairs: list[tuple[str, Any]]) -> np.ndarray:
+def _prefixed(union: _NamesOut, pairs: list[tuple[str, Any]]) -> np.ndarray:
     """``branch__feature`` names, or plain ones checked unique: FeatureUnion's own rule."""
     # FeatureUnion's method reads only ``self.verbose_feature_names_out``, which the union has.
     names: np.ndarray = FeatureUnion._add_prefix_for_feature_names_out(union, pairs)
@@ -327,12 +335,11 @@ def _prefixed(union: Any, pairs: list[tuple[str, Any]]) -> np.ndarray:
 # -- the union's join -----------------------------------------------------------------------
 
 
-def check_transformer_weights(union: Any) -> None:
-    """Raise :class:`InvalidParameterError` for a weight of no branch, or not a number."""
+def check_transformer_weights(union: Any, names: list[str]) -> None:
+    """Raise :class:`InvalidParameterError` for a weight of no branch (of ``names``), or not a number."""
     weights = union.transformer_weights
     if not weights:
         return
-    names = [d.name for d in union._stage_descs()]
     for name, weight in weights.items():
         if name not in names:
             raise InvalidParameterError(
@@ -357,31 +364,36 @@ def _weighted(out: Any, weight: Any) -> Any:
     return out * weight
 
 
-def join_branches(union: Any, outputs: list[Any], descs: list[Any]) -> Any:
-    """One minibatch's branch outputs, weighted, side by side.
+@dataclass(frozen=True)
+class BranchJoin:
+    """A union's join of one minibatch's branch outputs: weighted, side by side.
 
-    With ``set_output(transform="pandas")`` (or the global config), DataFrames
-    are joined with FeatureUnion's names (``verbose_feature_names_out``);
+    Built by the union for each call's plan (``names``: its branches that run,
+    in order), so that the call layer joins without the union at hand. With
+    ``pandas`` (``set_output(transform="pandas")`` or the global config),
+    DataFrames are joined with FeatureUnion's names (``verbose_feature_names_out``);
     otherwise as :func:`~neuraxle_stream._containers.join_columns` joins them.
     """
-    weights = union.transformer_weights or {}
-    outputs = [_weighted(out, weights.get(d.name)) for out, d in zip(outputs, descs)]
-    names = [d.name for d in descs]
-    pd = sys.modules.get("pandas")
-    if (
-        pd is not None
-        and output_config(union) != "default"
-        and all(isinstance(out, pd.DataFrame) for out in outputs)
-    ):
-        columns = _prefixed(union, [(name, [str(c) for c in out.columns]) for name, out in zip(names, outputs)])
-        index = outputs[0].index
-        frame = pd.concat([out.set_axis(index, axis=0).set_axis(range(out.shape[1]), axis=1)
-                           for out in outputs], axis=1)
-        frame.columns = columns
-        return frame
-    if len(outputs) == 1:
-        return outputs[0]
-    return _containers.join_columns(outputs, names)
+
+    names: tuple[str, ...]
+    weights: dict[str, float]
+    pandas: bool
+    verbose_feature_names_out: bool = True
+
+    def __call__(self, outputs: list[Any]) -> Any:
+        outputs = [_weighted(out, self.weights.get(name)) for out, name in zip(outputs, self.names)]
+        names = list(self.names)
+        pd = sys.modules.get("pandas")
+        if pd is not None and self.pandas and all(isinstance(out, pd.DataFrame) for out in outputs):
+            columns = _prefixed(self, [(name, [str(c) for c in out.columns]) for name, out in zip(names, outputs)])
+            index = outputs[0].index
+            frame = pd.concat([out.set_axis(index, axis=0).set_axis(range(out.shape[1]), axis=1)
+                               for out in outputs], axis=1)
+            frame.columns = columns
+            return frame
+        if len(outputs) == 1:
+            return outputs[0]
+        return _containers.join_columns(outputs, names)
 
 
 def no_branch_output(X: Any) -> np.ndarray:
