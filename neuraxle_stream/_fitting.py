@@ -32,7 +32,7 @@ from typing import Any
 
 from sklearn.base import clone
 
-from . import _containers, _sklearn_output
+from . import _containers
 from ._routing import RoutedParams, routable
 from ._validation import StageDesc
 from .call import fit_step, transform_range
@@ -41,12 +41,48 @@ from .exceptions import InvalidParameterError
 from .lifecycle import Lifecycle
 from .monitor import CallMonitor
 from .plan import Plan
-from .steps import is_fittable
+from .steps import BaseTransformer, is_fittable
 
-__all__ = ["Source", "fit_one_stage", "fit_partial", "fit_sequential", "fit_union", "resolve", "trim_targets"]
+__all__ = ["Source", "fit_one_stage", "fit_stateless", "is_stateless_estimator", "fit_partial", "fit_sequential", "fit_union", "resolve", "trim_targets"]
 
 
 # -- full fit ------------------------------------------------------------------------------
+
+
+def is_stateless_estimator(step: Any) -> bool:
+    """A scikit-learn estimator tagged ``requires_fit=False`` (``FunctionTransformer``...).
+
+    The composites fit no such step before running it (no fitting barrier),
+    but its ``fit`` records its input features (``n_features_in_``,
+    ``feature_names_in_``), which its feature names and pandas output need.
+    Steps of this library (``BaseTransformer``, plain functions) are left out.
+    """
+    return (
+        callable(getattr(step, "fit", None))
+        and not isinstance(step, BaseTransformer)
+        and not is_fittable(step)
+    )
+
+
+def fit_stateless(descs: Sequence[StageDesc], X: Any, y: Any, *, union: bool) -> None:
+    """Fit, on ``X``, the stateless scikit-learn steps that take ``X`` as it is, in the parent.
+
+    In a pipeline, the first step past ``"passthrough"`` ones; in a union,
+    every branch. Done before the run that ships them, so the workers get the
+    fitted copies. Cheap for ``FunctionTransformer``: it records the features.
+    """
+    for d in descs:
+        if d.kind != "step":
+            continue
+        if is_stateless_estimator(d.step):
+            try:
+                d.step.fit(X) if y is None else d.step.fit(X, y)
+            except Exception as exc:
+                exc.add_note(f"Raised fitting the stateless step {d.name!r} (in the parent, on its input).")
+                raise
+        if not union:
+            return
+
 
 
 def _known_rows(plan: Plan, X: Any) -> Plan:
@@ -62,7 +98,7 @@ def _first_minibatch_stateless(plan: Plan, X: Any, y: Any, union: bool) -> None:
     if _containers.is_sequence(X):
         n = plan.minibatching.first_rows(X)
         y_first = _containers.slice_rows(y, 0, n) if _containers.is_sequence(y) else None
-        _sklearn_output.fit_stateless(list(plan.stages), _containers.slice_rows(X, 0, n), y_first, union=union)
+        fit_stateless(plan.stages, _containers.slice_rows(X, 0, n), y_first, union=union)
 
 
 def fit_sequential(plan: Plan, lifecycle: Lifecycle, X: Any, y: Any, monitor: CallMonitor, transform: bool) -> Any:
@@ -77,7 +113,7 @@ def fit_sequential(plan: Plan, lifecycle: Lifecycle, X: Any, y: Any, monitor: Ca
     if _containers.is_sequence(X):
         # a stateless first step (FunctionTransformer...) is fitted on X, the only input of a
         # stateless step at hand in the parent, so that it knows its features in the workers
-        _sklearn_output.fit_stateless(list(descs), X, y, union=False)
+        fit_stateless(descs, X, y, union=False)
     plan = _known_rows(plan, X)
     data, start = X, 0
     for k in fittable:
@@ -100,7 +136,7 @@ def fit_union(plan: Plan, lifecycle: Lifecycle, X: Any, y: Any, monitor: CallMon
     descs = plan.stages
     fittable = [d for d in descs if is_fittable(d.step)]
     # stateless scikit-learn branches (FunctionTransformer...) record their input features
-    _sklearn_output.fit_stateless(list(descs), X, y, union=True)
+    fit_stateless(descs, X, y, union=True)
     plan = _known_rows(plan, X)
     n_rows = _containers.num_rows(X)
     # per-sample metadata cut to the rows of X (fewer than given with fit_transform(trace=N))

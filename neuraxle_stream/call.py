@@ -30,7 +30,8 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
-from . import _containers, _sklearn_output, tracing
+from . import _containers, tracing
+from ._branches import no_branch_output
 from ._cached_run import fit_cached, run_cached
 from ._validation import StageDesc
 from .exceptions import InvalidParameterError
@@ -104,7 +105,7 @@ def run(
 def transform_range(plan: Plan, lifecycle: Lifecycle, X: Any, start: int, stop: int, monitor: CallMonitor) -> Any:
     """The joined outputs of stages ``start:stop`` for ``X``, in input order."""
     if not plan.lanes(start, stop):  # a union whose every branch is "drop"
-        return _sklearn_output.no_branch_output(X)
+        return no_branch_output(X)
     if _containers.is_sequence(X) and _containers.num_rows(X) == 0:
         return _containers.empty_rows(X)
     if plan.passthrough_only(start, stop) and _containers.is_sequence(X) and (

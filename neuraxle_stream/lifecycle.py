@@ -62,7 +62,7 @@ class Lifecycle:
         #: the stats of the last call, the composite's ``stats_``
         self.stats: PipelineStats | None = None
         self._cache: tuple[CallMonitor, CacheInfo] | None = None
-        self._finalizer: weakref.finalize[..., None] | None = None
+        self._finalizer: weakref.finalize[[dict[RuntimeKey, Runtime | RayRuntime]], object] | None = None
 
     def watch(self, owner: object) -> None:
         """Close the kept runtimes when ``owner`` is collected (one finalizer, registered once)."""

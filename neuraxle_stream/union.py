@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.utils.metaestimators import available_if
 
 from . import _containers, _sklearn_output
+from ._branches import BranchJoin
 from ._composite import _StepsComposite
 from ._fitting import fit_union
 from ._validation import UNION_SPECIAL_STEPS, StageDesc, parse_steps
@@ -120,7 +121,7 @@ class ParallelQueuedFeatureUnion(_StepsComposite):
 
     def _join(self, descs: list[StageDesc]) -> Callable[[list[Any]], Any]:
         # the branches that run, weighted and joined side by side (FeatureUnion's names with pandas)
-        return _sklearn_output.BranchJoin(
+        return BranchJoin(
             names=tuple(d.name for d in descs if d.kind != "drop"),
             weights=dict(self.transformer_weights or {}),
             pandas=_sklearn_output.output_config(self) != "default",
