@@ -44,6 +44,13 @@ if TYPE_CHECKING:
 
 __all__ = ["BackendChoice", "Plan", "first_output", "runtime_key"]
 
+#: Composite parameters a plan takes through its ``stages`` (parsed steps) and ``join``.
+_DESCRIBED_BY_STAGES = frozenset({
+    "steps", "wrapped", "n_workers", "n_workers_per_step", "max_queued_minibatches",
+    "default_value_expected_outputs", "transformer_weights", "verbose_feature_names_out",
+})
+
+
 def first_output(outputs: list[Any]) -> Any:
     """The join of a single lane: its output."""
     return outputs[0]
@@ -128,13 +135,17 @@ class Plan:
         verbose: bool = False,
         fit_mode: str = "full",
         use_savers: bool = False,
-        **ignored: Any,
+        **described: Any,
     ) -> Plan:
         """The plan of a composite's (checked) parameters; ``batch_size`` is read here, once.
 
-        Parameters the plan does not use (``steps``, ``n_workers_per_step``...)
-        may be passed along and are ignored: the stages already hold them.
+        The parameters that the parsed ``stages`` or the ``join`` already hold
+        (``steps``, ``n_workers_per_step``...) may be passed along; any other
+        name is refused.
         """
+        unknown = sorted(set(described) - _DESCRIBED_BY_STAGES)
+        if unknown:
+            raise TypeError(f"Plan.of() got parameters it does not know: {unknown}.")
         store = open_store(memory)
         return cls(
             caller=caller,
