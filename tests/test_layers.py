@@ -2,7 +2,7 @@
 
 Every relative import counts: at module level, inside functions and under
 ``TYPE_CHECKING``. A module may import its own layer or a layer below it,
-never one above; import circles are caught by tests/test_imports.py.
+never one above, and no module takes part in an import circle.
 """
 
 from __future__ import annotations
@@ -58,3 +58,21 @@ def test_no_module_imports_a_layer_above_it(path: Path) -> None:
 def test_every_layer_module_exists() -> None:
     names = {p.stem for p in PACKAGE.glob("*.py")}
     assert set().union(*(m for _, m in LAYERS)) <= names
+
+
+def test_no_import_circle() -> None:
+    graph = {p.stem: _imports(p) for p in PACKAGE.glob("*.py")}
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycle = [*path[path.index(module):], module]
+            pytest.fail(f"import circle: {' -> '.join(cycle)}")
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
