@@ -18,14 +18,15 @@ import socket
 import sys
 import time
 import uuid
-import weakref
 from collections.abc import Generator, Iterator
 from datetime import datetime
 from typing import Any
 
 import joblib
 
-from . import caching
+from . import _containers, caching
+from ._validation import StageDesc
+from ._version import __version__
 from .caching import (
     MISSING,
     CacheInfo,
@@ -35,20 +36,21 @@ from .caching import (
     chain_key,
     content_hash,
     is_missing,
-    memory_location,
     step_key,
 )
+from .lifecycle import Lifecycle
+from .minibatches import Minibatch
+from .monitor import CallMonitor
+from .plan import Plan
 from .steps import RUN_INFO_RECORDS
 
-__all__ = ["fit_cached", "last_info", "run_cached"]
+__all__ = ["fit_cached", "run_cached"]
 
 
 # -- run info and logs ----------------------------------------------------------------------
 
 
 def _versions() -> dict[str, str]:
-    from ._version import __version__
-
     out = {"python": platform.python_version(), "neuraxle_stream": __version__}
     for name in ("numpy", "sklearn", "joblib", "pandas", "torch"):
         mod = sys.modules.get(name)
@@ -109,36 +111,18 @@ def capture(records: list[dict[str, Any]] | None = None) -> Iterator[_LogCapture
 
 # -- a cached run --------------------------------------------------------------------------
 
-#: The cache stats of each pipeline's last call, kept out of its ``__dict__``
-#: (a call must leave the estimator's ``__dict__`` as it was).
-_LAST_INFO: weakref.WeakKeyDictionary[Any, tuple[Any, CacheInfo]] = weakref.WeakKeyDictionary()
-
-
-def call_info(pipeline: Any, monitor: Any, location: str | None) -> CacheInfo:
-    """The :class:`CacheInfo` of the call ``monitor`` belongs to (new for a new call)."""
-    held = _LAST_INFO.get(pipeline)
-    if held is None or held[0] is not monitor:
-        held = (monitor, CacheInfo(location))
-        _LAST_INFO[pipeline] = held
-    return held[1]
-
-
-def last_info(pipeline: Any) -> CacheInfo | None:
-    """The :class:`CacheInfo` of the pipeline's last call, if it used a cache."""
-    held = _LAST_INFO.get(pipeline)
-    return None if held is None else held[1]
-
-
 def fit_cached(
-    pipeline: Any, store: CacheStore, desc: Any, X: Any, y: Any, monitor: Any, params: dict[str, Any] | None = None
+    plan: Plan, lifecycle: Lifecycle, desc: StageDesc, X: Any, y: Any, monitor: CallMonitor,
+    params: dict[str, Any] | None = None,
 ) -> None:
     """Fit ``desc.step`` on ``(X, y)`` (with its routed ``params``), or load its fitted state from the cache."""
     step = desc.step
     params = params or {}
+    store = plan.fit_store
     if not store.enabled:
         step.fit(X, y, **params)
         return
-    info = call_info(pipeline, monitor, memory_location(getattr(pipeline, "memory", None)))
+    info = lifecycle.call_info(monitor, plan.memory)
     stats = info.steps.setdefault(desc.name, StepCacheStats(desc.name))
     unfitted = step_key(step, fitted_state=False)
     data_key = content_hash((X, y, params)) if params else content_hash((X, y))
@@ -161,8 +145,6 @@ def fit_cached(
 
 
 def _num_rows(data: Any) -> int:
-    from . import _containers
-
     try:
         return int(_containers.num_rows(data))
     except Exception:
@@ -170,35 +152,30 @@ def _num_rows(data: Any) -> int:
 
 
 def run_cached(
-    pipeline: Any, store: CacheStore, X: Any, start: int, stop: int,
-    settings: dict[str, Any], monitor: Any,
+    plan: Plan, lifecycle: Lifecycle, X: Any, start: int, stop: int, monitor: CallMonitor,
 ) -> Iterator[tuple[int, Any]]:
     """Run stages ``start:stop`` on ``X`` through the cache; yield ``(index, output)``."""
-    from . import _containers
-
-    descs = pipeline._stage_descs()
-    lanes = pipeline._lanes(descs, start, stop)
+    store = plan.store
+    lanes = plan.lanes(start, stop)
     keys = [[step_key(d.runnable) for d in lane] for lane in lanes]
-    info = call_info(pipeline, monitor, memory_location(settings.get("memory")))
+    info = lifecycle.call_info(monitor, plan.memory)
     for lane, lane_keys in zip(lanes, keys):
         for d, k in zip(lane, lane_keys):
             info.steps.setdefault(d.name, StepCacheStats(d.name)).key = k
-    join_descs = lanes[0] if len(lanes) == 1 else [lane[0] for lane in lanes]
-    padded: dict[int, int] = {}
     window_size = None if _containers.is_sequence(X) else caching.STREAM_WINDOW
-    owned = not pipeline.__dict__.get("_keep_alive")
+    owned = not lifecycle.keep_alive
     if owned:  # keep each stage's workers up across the windows of this call
-        pipeline._keep_alive = True
+        lifecycle.keep_alive = True
     ok = False
     try:
-        batches = enumerate(pipeline._minibatches(X, settings, padded))
+        batches = plan.minibatching.batches(X)
         read = 0
         while True:
-            window: list[tuple[int, Any]] = []
+            window: list[Minibatch] = []
             source_error: BaseException | None = None
             try:
-                for item in batches:
-                    window.append((item[0], item[1][0]))
+                for batch in batches:
+                    window.append(batch)
                     read += 1
                     if window_size is not None and len(window) >= window_size:
                         break
@@ -210,32 +187,29 @@ def run_cached(
                     raise source_error
                 ok = True
                 return
-            outputs = _run_window(pipeline, store, lanes, keys, window, settings, monitor, info)
+            outputs = _run_window(plan, lifecycle, store, lanes, keys, window, monitor, info)
             if source_error is not None:
                 raise source_error
-            for (index, _), per_lane in zip(window, outputs):
-                out = pipeline._join_lanes(per_lane, join_descs)
-                if index in padded:
-                    out = _containers.slice_rows(out, 0, padded.pop(index))
-                yield index, out
+            for batch, per_lane in zip(window, outputs):
+                yield batch.index, batch.unpad(plan.join(per_lane))
             if window_size is None:
                 ok = True
                 return
     finally:
         if owned:
             if ok:
-                pipeline.close()
+                lifecycle.close()
             else:  # the error being raised already says what went wrong
                 with contextlib.suppress(Exception):
-                    pipeline.close()
+                    lifecycle.close()
 
 
 def _run_window(
-    pipeline: Any, store: CacheStore, lanes: list[list[Any]], keys: list[list[str]],
-    window: list[tuple[int, Any]], settings: dict[str, Any], monitor: Any, info: CacheInfo,
+    plan: Plan, lifecycle: Lifecycle, store: CacheStore, lanes: list[list[StageDesc]], keys: list[list[str]],
+    window: list[Minibatch], monitor: CallMonitor, info: CacheInfo,
 ) -> list[list[Any]]:
     """Outputs of every lane for the minibatches of ``window``, computing only what is missing."""
-    input_keys = [content_hash(batch) for _, batch in window]
+    input_keys = [content_hash(batch.data) for batch in window]
     per_lane: list[list[Any]] = []
     for lane, lane_keys in zip(lanes, keys):
         chain: list[list[str]] = []
@@ -245,7 +219,7 @@ def _run_window(
             chain.append(previous)
         values: list[Any] = []
         deepest: list[int] = []
-        for m, (_, batch) in enumerate(window):
+        for m, batch in enumerate(window):
             level, value = len(lane) - 1, MISSING
             while level >= 0:
                 area = f"steps/{lane_keys[level]}/out"
@@ -255,7 +229,7 @@ def _run_window(
                         break
                 level -= 1
             deepest.append(level)
-            values.append(batch if level < 0 else value)
+            values.append(batch.data if level < 0 else value)
         for j, desc in enumerate(lane):
             stats = info.steps[desc.name]
             todo = [m for m in range(len(window)) if deepest[m] < j]
@@ -267,7 +241,7 @@ def _run_window(
             records: list[dict[str, Any]] = []
             started = time.time()
             area = f"steps/{lane_keys[j]}/out"
-            run = _run_stage(pipeline, desc, [values[m] for m in todo], settings, monitor)
+            run = _run_stage(plan, lifecycle, desc, [values[m] for m in todo], monitor)
             with capture(records) as log, contextlib.closing(run):
                 for m, out in zip(todo, run):
                     values[m] = out
@@ -284,23 +258,11 @@ def _run_window(
 
 
 def _run_stage(
-    pipeline: Any, desc: Any, batches: list[Any], settings: dict[str, Any], monitor: Any
+    plan: Plan, lifecycle: Lifecycle, desc: StageDesc, batches: list[Any], monitor: CallMonitor
 ) -> Generator[Any, None, None]:
     """Run one stage's workers on ``batches``; yield the outputs in order."""
-    from .pipeline import _RUNNING
-
-    lanes = [[desc]]
-    specs = pipeline._specs(lanes, settings)
-    runtime = pipeline._runtime(specs, settings)
-    failed = True
-    monitor.begin_run(specs)
-    running = _RUNNING.setdefault(pipeline, [])
-    running.append(runtime)
-    try:
-        for _, outputs in runtime.run(((b, None) for b in batches), ordered=True, observer=monitor.collector):
+    specs = plan.specs([[desc]])
+    with lifecycle.running_on(plan, specs, monitor) as runtime:
+        minibatches = (Minibatch(i, b) for i, b in enumerate(batches))
+        for _, outputs in runtime.run(minibatches, ordered=True, observer=monitor.collector):
             yield outputs[0]
-        failed = False
-    finally:
-        running.remove(runtime)
-        monitor.end_run(specs, ok=not failed)
-        pipeline._release(runtime, failed)

@@ -1,16 +1,9 @@
-"""Fitting a queued pipeline: metadata routing and the two fit modes.
+"""Fitting a queued composite: what is fitted when, in the parent, in either fit mode.
 
-Routing follows scikit-learn's metadata routing API (SLEP006). With
-``sklearn.set_config(enable_metadata_routing=True)``, ``fit(X, y, **params)``
-gives each step the metadata it requested (``set_fit_request``,
-``set_partial_fit_request``, ``set_transform_request``), through the router
-that ``get_metadata_routing`` describes; without it, the pipeline takes
-``step__param`` (as ``sklearn.pipeline.Pipeline``), the union gives every
-param to every branch (as ``FeatureUnion``), a wrapper to its step.
-
-Per-sample metadata (a param with one row per row of ``X``) is cut with the
-data: the rows a step is fitted on in ``fit_mode="full"``, the minibatch in
-``fit_mode="partial"`` and on its way to the workers' ``transform``.
+``fit_mode="full"`` (:func:`fit_sequential`, :func:`fit_union`): each fittable
+step is fitted on the whole output of the stages before it (run by their
+workers), then its fitted copy goes to its own workers; union branches are
+fitted on the same input, in parallel threads of the parent.
 
 ``fit_mode="partial"``::
 
@@ -22,266 +15,164 @@ outputs of the stages before it, fitted already: the result of calling
 ``partial_fit`` step by step on the same minibatches. A one-shot iterator
 allows a single pass; more need a sequence, a re-iterable or a callable
 returning a fresh iterable.
+
+Every function takes the call's :class:`~neuraxle_stream.plan.Plan` and the
+composite's :class:`~neuraxle_stream.lifecycle.Lifecycle`, never the
+composite; metadata routing is in :mod:`neuraxle_stream._routing`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
-from collections.abc import Generator, Iterator, Mapping
-from collections.abc import Set as AbstractSet
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import scipy.sparse as sp
 from sklearn.base import clone
-from sklearn.utils.metadata_routing import (
-    MetadataRouter,
-    MethodMapping,
-    _raise_for_params,
-    _routing_enabled,
-    process_routing,
-)
-from sklearn.utils.validation import _is_arraylike_not_scalar, _num_samples
 
 from . import _containers
+from ._routing import RoutedParams, routable
+from ._validation import StageDesc
+from .call import fit_step, transform_range
+from .call import run as run_stages
 from .exceptions import InvalidParameterError
-from .steps import is_fittable
+from .lifecycle import Lifecycle
+from .monitor import CallMonitor
+from .plan import Plan
+from .steps import BaseTransformer, is_fittable
 
-__all__ = ["RoutedParams", "Source", "fit_partial", "metadata_router", "route_params"]
-
-
-# -- routing -------------------------------------------------------------------------
-
-
-def _routable(desc: Any) -> bool:
-    """Whether a stage is a step of the user's (not ``"passthrough"``, ``None`` or ``"drop"``)."""
-    return getattr(desc, "kind", "step") == "step" and desc.step is not None and not isinstance(desc.step, str)
+__all__ = ["Source", "fit_one_stage", "fit_stateless", "is_stateless_estimator", "fit_partial", "fit_sequential", "fit_union", "resolve", "trim_targets"]
 
 
-def _style(pipeline: Any) -> str:
-    from .pipeline import ParallelWorkersWrapper
-    from .union import ParallelQueuedFeatureUnion
-
-    if isinstance(pipeline, ParallelQueuedFeatureUnion):
-        return "union"
-    if isinstance(pipeline, ParallelWorkersWrapper):
-        return "wrapper"
-    return "pipeline"
+# -- full fit ------------------------------------------------------------------------------
 
 
-def _fit_method(pipeline: Any) -> str:
-    return "partial_fit" if getattr(pipeline, "fit_mode", "full") == "partial" else "fit"
+def is_stateless_estimator(step: Any) -> bool:
+    """A scikit-learn estimator tagged ``requires_fit=False`` (``FunctionTransformer``...).
 
-
-def metadata_router(pipeline: Any) -> MetadataRouter:
-    """The :class:`~sklearn.utils.metadata_routing.MetadataRouter` of a queued composite.
-
-    Each step is fitted with ``fit`` (``partial_fit`` in ``fit_mode="partial"``)
-    in the parent, then runs ``transform`` in its workers: as scikit-learn's
-    ``Pipeline`` maps a step without ``fit_transform``. Union branches are not
-    transformed by the union's ``fit``, as in ``FeatureUnion``.
+    The composites fit no such step before running it (no fitting barrier),
+    but its ``fit`` records its input features (``n_features_in_``,
+    ``feature_names_in_``), which its feature names and pandas output need.
+    Steps of this library (``BaseTransformer``, plain functions) are left out.
     """
-    router = MetadataRouter(owner=pipeline)
-    fit = _fit_method(pipeline)
-    union = _style(pipeline) == "union"
-    for d in pipeline._stage_descs():
-        if not _routable(d):
-            continue
-        mapping = MethodMapping().add(caller="fit", callee=fit)
-        if not union:
-            mapping.add(caller="fit", callee="transform")
-        (
-            mapping.add(caller="fit_transform", callee=fit)
-            .add(caller="fit_transform", callee="transform")
-            .add(caller="transform", callee="transform")
-        )
-        router.add(method_mapping=mapping, **{d.name: d.step})
-    return router
-
-
-def _n_rows(value: Any) -> int | None:
-    """The rows of ``value`` when it may be per-sample metadata, else ``None``.
-
-    As scikit-learn's ``_check_method_params`` sees a param: an array-like
-    (``_is_arraylike_not_scalar``, or sparse) with ``_num_samples`` rows.
-    Strings, mappings, sets, scalars and 0-d arrays are passed whole.
-    """
-    if isinstance(value, str | bytes | Mapping | AbstractSet):
-        return None
-    if not (_is_arraylike_not_scalar(value) or sp.issparse(value)):
-        return None
-    try:
-        return int(_num_samples(value))
-    except TypeError:
-        return None
-
-
-def _is_per_sample(value: Any, n: int | None) -> bool:
-    """Whether ``value`` has one row per sample (scikit-learn's ``_check_method_params`` rule)."""
-    return n is not None and _n_rows(value) == n
-
-
-def _cut(value: Any, start: int, stop: int) -> Any:
-    if not _containers.is_sequence(value):
-        value = np.asarray(value)
-    return _containers.slice_rows(value, start, stop)
-
-
-@dataclass
-class RoutedParams:
-    """The metadata of one call, by step: for its ``fit`` (or ``partial_fit``) and its ``transform``.
-
-    ``n_samples`` is the length of per-sample metadata (the rows of ``X``, or
-    of ``y`` for a source without a length): a param with that many rows is
-    cut with the data, as in scikit-learn. ``None``: ``X`` is streamed, its
-    length unknown until its end; then a param is cut by the running row
-    offset when it has at least as many rows as the first minibatch (see
-    :meth:`_streamed_cut`).
-    """
-
-    fit: dict[str, dict[str, Any]] = field(default_factory=dict)
-    transform: dict[str, dict[str, Any]] = field(default_factory=dict)
-    n_samples: int | None = None
-
-    def fit_params(
-        self, name: str, start: int = 0, stop: int | None = None, method: str = "fit"
-    ) -> dict[str, Any]:
-        """The fit params of step ``name``, per-sample ones cut to rows ``[start, stop)``."""
-        params = self.fit.get(name) or {}
-        return self._rows(params, start, stop, name, method)
-
-    def _rows(
-        self, params: dict[str, Any], start: int, stop: int | None, name: str = "", method: str = "fit"
-    ) -> dict[str, Any]:
-        n = self.n_samples
-        end = n if stop is None else stop
-        if not params or end is None or (start == 0 and end == n):
-            return dict(params)
-        keys = self._per_sample(params, start, end, name, method)
-        return {k: _cut(v, start, end) if k in keys else v for k, v in params.items()}
-
-    def _per_sample(self, params: dict[str, Any], start: int, stop: int, name: str, method: str) -> set[str]:
-        """The keys of the per-sample params of ``params``, for the minibatch of rows ``[start, stop)``."""
-        if self.n_samples is not None:
-            return {k for k, v in params.items() if _is_per_sample(v, self.n_samples)}
-        return {k for k, v in params.items() if self._streamed_cut(k, v, start, stop, name, method)}
-
-    @staticmethod
-    def _streamed_cut(key: str, value: Any, start: int, stop: int, name: str, method: str) -> bool:
-        """Whether ``value`` is cut to rows ``[start, stop)`` of a streamed ``X`` (length unknown).
-
-        A param is per-sample when it has at least as many rows as the first
-        minibatch (``start == 0``): it is then cut by the running offset, and
-        must have a row for every row the stream goes on to yield. A shorter
-        param (``classes=``...) is passed whole to every minibatch, as
-        scikit-learn passes a param without one row per sample. The rule
-        needs no state: minibatches are contiguous from row 0, so a param
-        cut once is cut until it runs short, which raises.
-        """
-        rows = _n_rows(value)
-        if rows is None:
-            return False
-        if rows >= stop:
-            return True
-        if start == 0 or rows < start:  # shorter than the first minibatch: never cut
-            return False
-        raise InvalidParameterError(
-            f"The {key!r} param of step {name!r} ({method}) has {rows} rows, but {stop} rows of X "
-            "have reached the step so far. X is streamed (its length is unknown and no y was given), "
-            "so a param with at least as many rows as the first minibatch is cut with the minibatches "
-            "and needs one row per row of X."
-        )
-
-    def head(self, n_rows: int) -> RoutedParams:
-        """The params of the first ``n_rows`` rows of ``X`` only (for ``trace=N``), per-sample ones cut."""
-        return RoutedParams(
-            {name: self._rows(p, 0, n_rows, name, "fit") for name, p in self.fit.items()},
-            {name: self._rows(p, 0, n_rows, name, "transform") for name, p in self.transform.items()},
-            n_rows,
-        )
-
-    def for_stages(self, names: list[str]) -> MinibatchParams | None:
-        """What the minibatches of a run through stages ``names`` carry, or ``None`` if nothing."""
-        wanted = {n: p for n, p in self.transform.items() if p and n in names}
-        return MinibatchParams(wanted, self) if wanted else None
-
-
-@dataclass
-class MinibatchParams:
-    """The ``transform`` metadata of the stages of one run, cut per minibatch."""
-
-    per_step: dict[str, dict[str, Any]]
-    routed: RoutedParams
-
-    def at(self, start: int, n: int, n_pad: int = 0) -> dict[str, dict[str, Any]]:
-        """The params of the minibatch of rows ``[start, start + n)``, padded by ``n_pad`` rows."""
-        out = {}
-        for name, params in self.per_step.items():
-            cut = self.routed._rows(params, start, start + n, name, "transform")
-            if n_pad:
-                keys = self.routed._per_sample(params, start, start + n, name, "transform")
-                cut = {k: _pad(v, n_pad) if k in keys else v for k, v in cut.items()}
-            out[name] = cut
-        return out
-
-
-def _pad(value: Any, n_pad: int) -> Any:
-    """``value`` with its last row repeated ``n_pad`` times (for a padded minibatch)."""
-    n = _containers.num_rows(value)
-    last = _containers.slice_rows(value, n - 1, n)
-    return _containers.pad_rows(value, n_pad, last[0] if isinstance(last, list) else np.asarray(last)[0])
-
-
-def _manual(pipeline: Any, method: str, params: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
-    """Routing off: the fit params of each step, as scikit-learn's composites take them."""
-    style = _style(pipeline)
-    if style != "pipeline":  # FeatureUnion, and a meta-estimator's single step: everything
-        return {name: dict(params) for name in names}
-    per_step: dict[str, dict[str, Any]] = {name: {} for name in names}
-    cls = type(pipeline).__name__
-    for key, value in params.items():
-        step, sep, param = key.partition("__")
-        if not sep:
-            example = names[-1] if names else "stepname"
-            raise ValueError(
-                f"{cls}.{method} does not accept the {key} parameter. "
-                "You can pass parameters to specific steps of your pipeline using the "
-                f"stepname__parameter format, e.g. `{cls}.{method}(X, y, {example}__{key}={key})`."
-            )
-        if step not in per_step:
-            raise ValueError(
-                f"{cls}.{method} got the parameter {key!r} for step {step!r}, which is not "
-                f"a step of the pipeline. Steps: {names!r}."
-            )
-        per_step[step][param] = value
-    return per_step
-
-
-def route_params(pipeline: Any, method: str, params: dict[str, Any], X: Any, y: Any) -> RoutedParams:
-    """Validate and route the params of ``pipeline.<method>`` (``fit``, ``fit_transform``, ``transform``)."""
-    names = [d.name for d in pipeline._stage_descs() if _routable(d)]
-    if _containers.is_sequence(X):
-        n: int | None = _containers.num_rows(X)
-    elif y is not None and _containers.is_sequence(y):
-        n = _containers.num_rows(y)
-    else:
-        n = None
-    if not params:
-        return RoutedParams(n_samples=n)
-    if method == "transform":
-        _raise_for_params(params, pipeline, "transform")
-    fit = _fit_method(pipeline)
-    if not _routing_enabled():
-        return RoutedParams(_manual(pipeline, method, params, names), {}, n)
-    routed = process_routing(pipeline, method, **params)
-    return RoutedParams(
-        {name: dict(routed[name].get(fit, {})) for name in names},
-        {name: dict(routed[name].get("transform", {})) for name in names},
-        n,
+    return (
+        callable(getattr(step, "fit", None))
+        and not isinstance(step, BaseTransformer)
+        and not is_fittable(step)
     )
+
+
+def fit_stateless(descs: Sequence[StageDesc], X: Any, y: Any, *, union: bool) -> None:
+    """Fit, on ``X``, the stateless scikit-learn steps that take ``X`` as it is, in the parent.
+
+    In a pipeline, the first step past ``"passthrough"`` ones; in a union,
+    every branch. Done before the run that ships them, so the workers get the
+    fitted copies. Cheap for ``FunctionTransformer``: it records the features.
+    """
+    for d in descs:
+        if d.kind != "step":
+            continue
+        if is_stateless_estimator(d.step):
+            try:
+                d.step.fit(X) if y is None else d.step.fit(X, y)
+            except Exception as exc:
+                exc.add_note(f"Raised fitting the stateless step {d.name!r} (in the parent, on its input).")
+                raise
+        if not union:
+            return
+
+
+
+def _known_rows(plan: Plan, X: Any) -> Plan:
+    """The plan, its routed params knowing ``X``'s rows once ``X`` is read whole."""
+    routed = plan.routed
+    if routed.n_samples is None and _containers.is_sequence(X):
+        return plan.with_routed(dataclasses.replace(routed, n_samples=len(X)))
+    return plan
+
+
+def _first_minibatch_stateless(plan: Plan, X: Any, y: Any, union: bool) -> None:
+    """Partial fit: stateless steps that take ``X`` record their input from its first minibatch."""
+    if _containers.is_sequence(X):
+        n = plan.minibatching.first_rows(X)
+        y_first = _containers.slice_rows(y, 0, n) if _containers.is_sequence(y) else None
+        fit_stateless(plan.stages, _containers.slice_rows(X, 0, n), y_first, union=union)
+
+
+def fit_sequential(plan: Plan, lifecycle: Lifecycle, X: Any, y: Any, monitor: CallMonitor, transform: bool) -> Any:
+    """Fit the steps of a pipeline in turn; the outputs for ``X`` when ``transform`` (else ``None``)."""
+    if plan.fit_mode == "partial":
+        _first_minibatch_stateless(plan, X, y, union=False)
+        return fit_partial(plan, lifecycle, X, y, monitor, transform)
+    descs = plan.stages
+    fittable = [i for i, d in enumerate(descs) if is_fittable(d.step)]
+    if fittable and not _containers.is_sequence(X):
+        X = list(X)  # fitting needs the whole data: read the source once
+    if _containers.is_sequence(X):
+        # a stateless first step (FunctionTransformer...) is fitted on X, the only input of a
+        # stateless step at hand in the parent, so that it knows its features in the workers
+        fit_stateless(descs, X, y, union=False)
+    plan = _known_rows(plan, X)
+    data, start = X, 0
+    for k in fittable:
+        if k > start:
+            data = transform_range(plan, lifecycle, data, start, k, monitor)
+            y = trim_targets(y, data)
+        params = plan.routed.fit_params(descs[k].name, 0, _containers.num_rows(data))
+        fit_step(plan, lifecycle, descs[k], data, y, monitor, params)
+        start = k
+    if not transform:
+        return None
+    return transform_range(plan, lifecycle, data, start, len(descs), monitor)
+
+
+def fit_union(plan: Plan, lifecycle: Lifecycle, X: Any, y: Any, monitor: CallMonitor, transform: bool) -> Any:
+    """Fit the branches of a union on the same ``X`` (a sequence); the joined outputs when ``transform``."""
+    if plan.fit_mode == "partial":  # one pass: every branch partial_fit on each minibatch
+        _first_minibatch_stateless(plan, X, y, union=True)
+        return fit_partial(plan, lifecycle, X, y, monitor, transform)
+    descs = plan.stages
+    fittable = [d for d in descs if is_fittable(d.step)]
+    # stateless scikit-learn branches (FunctionTransformer...) record their input features
+    fit_stateless(descs, X, y, union=True)
+    plan = _known_rows(plan, X)
+    n_rows = _containers.num_rows(X)
+    # per-sample metadata cut to the rows of X (fewer than given with fit_transform(trace=N))
+    fit_params = {d.name: plan.routed.fit_params(d.name, 0, n_rows) for d in fittable}
+    if len(fittable) == 1:
+        d = fittable[0]
+        fit_step(plan, lifecycle, d, X, y, monitor, fit_params[d.name])
+    elif fittable:
+        with ThreadPoolExecutor(max_workers=len(fittable)) as pool:
+            futures = [
+                pool.submit(fit_step, plan, lifecycle, d, X, y, monitor, fit_params[d.name]) for d in fittable
+            ]
+            for future in futures:
+                future.result()
+    return transform_range(plan, lifecycle, X, 0, 1, monitor) if transform else None
+
+
+def fit_one_stage(plan: Plan, lifecycle: Lifecycle, X: Any, y: Any, monitor: CallMonitor, transform: bool) -> Any:
+    """Fit the single step of a ``ParallelWorkersWrapper``; its outputs when ``transform``."""
+    desc = plan.stages[0]
+    if is_fittable(desc.step):
+        if not _containers.is_sequence(X):
+            X = list(X)
+        fit_step(plan, lifecycle, desc, X, y, monitor, plan.routed.fit_params(desc.name, 0, _containers.num_rows(X)))
+    return transform_range(plan, lifecycle, X, 0, 1, monitor) if transform else None
+
+
+def trim_targets(y: Any, data: Any) -> Any:
+    """Drop the targets of the rows that ``keep_incomplete_batch=False`` dropped."""
+    if y is None or not _containers.is_sequence(y):
+        return y
+    try:
+        n = _containers.num_rows(data)
+    except TypeError:
+        return y
+    return _containers.slice_rows(y, 0, n) if n < _containers.num_rows(y) else y
 
 
 # -- sources ---------------------------------------------------------------------------
@@ -333,14 +224,14 @@ def resolve(X: Any) -> Any:
 # -- partial fit -------------------------------------------------------------------------
 
 
-def check_partial(pipeline: Any, descs: list[Any]) -> list[int]:
+def check_partial(caller: str, descs: Sequence[StageDesc]) -> list[int]:
     """The fittable steps; raise :class:`InvalidParameterError` for one without ``partial_fit``."""
-    fittable = [k for k, d in enumerate(descs) if _routable(d) and is_fittable(d.step)]
+    fittable = [k for k, d in enumerate(descs) if routable(d) and is_fittable(d.step)]
     for k in fittable:
         step = descs[k].step
         if not callable(getattr(step, "partial_fit", None)):
             raise InvalidParameterError(
-                f"{type(pipeline).__name__} with fit_mode='partial' fits every fittable step "
+                f"{caller} with fit_mode='partial' fits every fittable step "
                 f"with partial_fit, but step {descs[k].name!r} ({type(step).__name__}) has no "
                 "partial_fit. Use a step that has one (IncrementalPCA for PCA, "
                 "MiniBatchKMeans for KMeans...) or fit_mode='full'."
@@ -348,13 +239,10 @@ def check_partial(pipeline: Any, descs: list[Any]) -> list[int]:
     return fittable
 
 
-def _parent_minibatches(pipeline: Any, X: Any, settings: dict[str, Any]) -> Generator[tuple[int, Any], None, None]:
+def _parent_minibatches(plan: Plan, X: Any) -> Generator[tuple[int, Any], None, None]:
     """The minibatches of ``X`` as the workers would get them, padding removed."""
-    padded: dict[int, int] = {}
-    for index, (batch, *_) in enumerate(pipeline._minibatches(X, settings, padded)):
-        if index in padded:
-            batch = _containers.slice_rows(batch, 0, padded.pop(index))
-        yield index, batch
+    for batch in plan.minibatching.batches(X):
+        yield batch.index, batch.unpadded()
 
 
 def _reset(step: Any) -> None:
@@ -375,8 +263,7 @@ def _reset(step: Any) -> None:
 
 
 def _partial_fit_stream(
-    pipeline: Any, descs: list[Any], stream: Generator[tuple[int, Any], None, None], y: Any,
-    routed: RoutedParams, monitor: Any,
+    descs: list[StageDesc], stream: Generator[tuple[int, Any], None, None], y: Any, routed: RoutedParams, monitor: CallMonitor,
 ) -> None:
     """``partial_fit`` each step of ``descs`` on each minibatch of ``stream``, in order."""
     started = {d.name: 0.0 for d in descs}
@@ -394,7 +281,7 @@ def _partial_fit_stream(
                 continue
             y_batch = _containers.slice_rows(y, offset, offset + n) if _containers.is_sequence(y) else y
 
-            def fit_one(d: Any, batch: Any = batch, y_batch: Any = y_batch, start: int = offset,
+            def fit_one(d: StageDesc, batch: Any = batch, y_batch: Any = y_batch, start: int = offset,
                         index: int = index, n: int = n) -> None:
                 t0 = time.perf_counter()
                 try:
@@ -416,37 +303,33 @@ def _partial_fit_stream(
         monitor.fitted(d.name, started[d.name])
 
 
-def fit_partial(
-    pipeline: Any, X: Any, y: Any, settings: dict[str, Any], monitor: Any, transform: bool, union: bool = False
-) -> Any:
-    """Fit ``pipeline`` with ``partial_fit``, minibatch by minibatch; its outputs if ``transform``.
+def fit_partial(plan: Plan, lifecycle: Lifecycle, X: Any, y: Any, monitor: CallMonitor, transform: bool) -> Any:
+    """Fit with ``partial_fit``, minibatch by minibatch; the outputs for ``X`` if ``transform``.
 
     Sequential: one pass over the source per fittable step k, stages before
     k running in their workers. Union: one pass, each fittable branch fitted
     on the same minibatches (in threads of the parent).
     """
-    descs = pipeline._stage_descs()
-    fittable = check_partial(pipeline, descs)
-    routed: RoutedParams = settings.get("_routed") or RoutedParams()
+    descs = plan.stages
+    union = plan.style == "union"
+    fittable = check_partial(plan.caller, descs)
+    routed = plan.routed
     fit_passes = (1 if fittable else 0) if union else len(fittable)
-    source = Source(X, fit_passes + (1 if transform else 0), type(pipeline).__name__)
+    source = Source(X, fit_passes + (1 if transform else 0), plan.caller)
     if y is not None and not _containers.is_sequence(y) and fit_passes:
         raise InvalidParameterError(
-            f"{type(pipeline).__name__} with fit_mode='partial' cuts y with the minibatches: y "
+            f"{plan.caller} with fit_mode='partial' cuts y with the minibatches: y "
             f"must be a sequence (an array, a list...) or None. Got {type(y).__name__} instead."
         )
     if union and fittable:
-        stream = _parent_minibatches(pipeline, source.open(), settings)
-        _partial_fit_stream(pipeline, [descs[k] for k in fittable], stream, y, routed, monitor)
+        stream = _parent_minibatches(plan, source.open())
+        _partial_fit_stream([descs[k] for k in fittable], stream, y, routed, monitor)
     else:
         for k in fittable:
             data = source.open()
-            stream = (
-                pipeline._run(data, 0, k, settings, monitor) if k else _parent_minibatches(pipeline, data, settings)
-            )
-            _partial_fit_stream(pipeline, [descs[k]], stream, y, routed, monitor)
+            stream = run_stages(plan, lifecycle, data, 0, k, monitor) if k else _parent_minibatches(plan, data)
+            _partial_fit_stream([descs[k]], stream, y, routed, monitor)
     if not transform:
-        return pipeline
+        return None
     stop = 1 if union else len(descs)
-    return pipeline._transform_range(source.open(), 0, stop, settings, monitor)
-
+    return transform_range(plan, lifecycle, source.open(), 0, stop, monitor)

@@ -26,12 +26,11 @@ import functools
 import numbers
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from scipy import sparse
 from sklearn.exceptions import NotFittedError
-from sklearn.pipeline import FeatureUnion
 from sklearn.utils._set_output import (
     ADAPTERS_MANAGER,
     _get_output_config,
@@ -46,14 +45,13 @@ except ImportError:  # scikit-learn < 1.7
     from sklearn.utils._estimator_html_repr import _VisualBlock
 
 from . import _containers
+from ._branches import prefixed
+from ._validation import StageDesc
 from .exceptions import InvalidParameterError
-from .steps import BaseTransformer, is_fittable
 
 __all__ = [
     "check_transformer_weights",
-    "fit_stateless",
     "input_attribute",
-    "join_branches",
     "pipeline_feature_names",
     "pipeline_names_available",
     "record_input",
@@ -65,6 +63,24 @@ __all__ = [
     "wrap_methods",
 ]
 
+class Composite(Protocol):
+    """What these helpers read of a queued composite: its parsed steps (and its ``__dict__``)."""
+
+    def _stage_descs(self) -> list[StageDesc]: ...
+
+
+class Union(Composite, Protocol):
+    """A queued union, as these helpers read it."""
+
+    @property
+    def transformer_weights(self) -> dict[str, float] | None: ...
+
+    @property
+    def verbose_feature_names_out(self) -> bool: ...
+
+
+_C = TypeVar("_C", bound=Composite)
+
 #: The containers ``set_output`` offers on the queued composites.
 OUTPUTS = ("default", "pandas")
 
@@ -72,7 +88,7 @@ OUTPUTS = ("default", "pandas")
 # -- set_output ------------------------------------------------------------------------------
 
 
-def set_output(composite: Any, transform: str | None) -> Any:
+def set_output(composite: _C, transform: str | None) -> _C:
     """``set_output`` of a composite: its own output, and every step's, as sklearn's composites do."""
     if transform is not None and transform not in OUTPUTS:
         extra = " Polars output is not supported by the queued composites in this version." \
@@ -91,16 +107,16 @@ def set_output(composite: Any, transform: str | None) -> Any:
             _safe_set_output(d.step, transform=transform)
     config = dict(getattr(composite, "_sklearn_output_config", {}))
     config["transform"] = transform
-    composite._sklearn_output_config = config
+    composite.__dict__["_sklearn_output_config"] = config
     return composite
 
 
-def output_config(estimator: Any) -> str:
+def output_config(estimator: object) -> str:
     """``"default"`` or ``"pandas"``: the estimator's own, else scikit-learn's global ``transform_output``."""
     return str(_get_output_config("transform", estimator)["dense"])
 
 
-def wrap_output(estimator: Any, out: Any, X: Any) -> Any:
+def wrap_output(estimator: Composite, out: Any, X: Any) -> Any:
     """The composite's output ``out`` for input ``X`` in the container ``set_output`` asked for.
 
     As scikit-learn's own wrapping, only a composite that names its features
@@ -126,7 +142,7 @@ def wrap_output(estimator: Any, out: Any, X: Any) -> Any:
     columns = None
     if named:
         try:
-            columns = estimator.get_feature_names_out()
+            columns = getattr(estimator, "get_feature_names_out")()  # noqa: B009 (named: checked above)
         except (AttributeError, NotFittedError, ValueError):
             # names that need fitted state the steps lack: keep the joined columns
             if not isinstance(out, pd.DataFrame):
@@ -147,7 +163,7 @@ def wrap_method(method: Callable[..., Any]) -> Callable[..., Any]:
     """``transform`` / ``fit_transform`` giving the container ``set_output`` asked for."""
 
     @functools.wraps(method)
-    def wrapped(self: Any, X: Any, *args: Any, **kwargs: Any) -> Any:
+    def wrapped(self: Composite, X: Any, *args: Any, **kwargs: Any) -> Any:
         out = method(self, X, *args, **kwargs)
         if kwargs.get("trace") is not None:  # a TraceResult, not data
             return out
@@ -168,7 +184,7 @@ def wrap_methods(cls: type) -> None:
 # -- input features, stateless steps ---------------------------------------------------------
 
 
-def record_input(composite: Any, X: Any) -> None:
+def record_input(composite: Composite, X: Any) -> None:
     """Keep what ``fit`` saw of ``X``: its number of features and, for a DataFrame, their names.
 
     What ``n_features_in_`` and ``feature_names_in_`` give when no step that
@@ -185,10 +201,10 @@ def record_input(composite: Any, X: Any) -> None:
             names = None
         if names is not None:
             seen["feature_names_in_"] = names
-    composite._input_seen = seen
+    composite.__dict__["_input_seen"] = seen
 
 
-def input_attribute(composite: Any, name: str, steps: list[Any]) -> Any:
+def input_attribute(composite: Composite, name: str, steps: list[Any]) -> Any:
     """``n_features_in_`` / ``feature_names_in_`` of a composite whose ``steps`` take its input as it is.
 
     The first of these steps that has the attribute gives it (as scikit-learn's
@@ -209,45 +225,10 @@ def input_attribute(composite: Any, name: str, steps: list[Any]) -> Any:
     )
 
 
-def is_stateless_estimator(step: Any) -> bool:
-    """A scikit-learn estimator tagged ``requires_fit=False`` (``FunctionTransformer``...).
-
-    The composites fit no such step before running it (no fitting barrier),
-    but its ``fit`` records its input features (``n_features_in_``,
-    ``feature_names_in_``), which its feature names and pandas output need.
-    Steps of this library (``BaseTransformer``, plain functions) are left out.
-    """
-    return (
-        callable(getattr(step, "fit", None))
-        and not isinstance(step, BaseTransformer)
-        and not is_fittable(step)
-    )
-
-
-def fit_stateless(descs: list[Any], X: Any, y: Any, *, union: bool) -> None:
-    """Fit, on ``X``, the stateless scikit-learn steps that take ``X`` as it is, in the parent.
-
-    In a pipeline, the first step past ``"passthrough"`` ones; in a union,
-    every branch. Done before the run that ships them, so the workers get the
-    fitted copies. Cheap for ``FunctionTransformer``: it records the features.
-    """
-    for d in descs:
-        if d.kind != "step":
-            continue
-        if is_stateless_estimator(d.step):
-            try:
-                d.step.fit(X) if y is None else d.step.fit(X, y)
-            except Exception as exc:
-                exc.add_note(f"Raised fitting the stateless step {d.name!r} (in the parent, on its input).")
-                raise
-        if not union:
-            return
-
-
 # -- feature names ---------------------------------------------------------------------------
 
 
-def pipeline_names_available(pipeline: Any) -> bool:
+def pipeline_names_available(pipeline: Composite) -> bool:
     """Whether every step (but ``"passthrough"``) names its output features.
 
     Raises ``AttributeError`` with scikit-learn's message otherwise, so that
@@ -260,7 +241,7 @@ def pipeline_names_available(pipeline: Any) -> bool:
     )
 
 
-def _names_available(composite: Any, message: Callable[[Any], str]) -> bool:
+def _names_available(composite: Composite, message: Callable[[Any], str]) -> bool:
     """Whether every stage that runs a step names its output features; else ``AttributeError(message(desc))``."""
     try:
         descs = composite._stage_descs()
@@ -272,7 +253,7 @@ def _names_available(composite: Any, message: Callable[[Any], str]) -> bool:
     return True
 
 
-def pipeline_feature_names(pipeline: Any, input_features: Any) -> Any:
+def pipeline_feature_names(pipeline: Composite, input_features: Any) -> Any:
     """As ``sklearn.pipeline.Pipeline.get_feature_names_out``: through each step in turn."""
     names = input_features
     for d in pipeline._stage_descs():
@@ -281,7 +262,7 @@ def pipeline_feature_names(pipeline: Any, input_features: Any) -> Any:
     return names
 
 
-def union_names_available(union: Any) -> bool:
+def union_names_available(union: Union) -> bool:
     """Whether every branch (but ``"drop"``, ``"passthrough"``) names its output features."""
     return _names_available(
         union,
@@ -293,7 +274,7 @@ class _NoFittedInput:
     """Stands for a fitted step when no branch of a union knows its input features."""
 
 
-def union_feature_names(union: Any, input_features: Any) -> np.ndarray:
+def union_feature_names(union: Union, input_features: Any) -> np.ndarray:
     """As ``sklearn.pipeline.FeatureUnion.get_feature_names_out``.
 
     A ``"passthrough"`` branch names the input features, as the fitted
@@ -309,30 +290,22 @@ def union_feature_names(union: Any, input_features: Any) -> np.ndarray:
         else:
             names = d.step.get_feature_names_out(input_features)
         pairs.append((d.name, names))
-    return _prefixed(union, pairs)
+    return prefixed(union, pairs)
 
 
-def _fitted_input(union: Any) -> Any:
+def _fitted_input(union: Union) -> Any:
     # the union's n_features_in_ / feature_names_in_: its branches', else its fit's input's
     return union if hasattr(union, "n_features_in_") else _NoFittedInput()
-
-
-def _prefixed(union: Any, pairs: list[tuple[str, Any]]) -> np.ndarray:
-    """``branch__feature`` names, or plain ones checked unique: FeatureUnion's own rule."""
-    # FeatureUnion's method reads only ``self.verbose_feature_names_out``, which the union has.
-    names: np.ndarray = FeatureUnion._add_prefix_for_feature_names_out(union, pairs)
-    return names
 
 
 # -- the union's join -----------------------------------------------------------------------
 
 
-def check_transformer_weights(union: Any) -> None:
-    """Raise :class:`InvalidParameterError` for a weight of no branch, or not a number."""
+def check_transformer_weights(union: Union, names: list[str]) -> None:
+    """Raise :class:`InvalidParameterError` for a weight of no branch (of ``names``), or not a number."""
     weights = union.transformer_weights
     if not weights:
         return
-    names = [d.name for d in union._stage_descs()]
     for name, weight in weights.items():
         if name not in names:
             raise InvalidParameterError(
@@ -346,53 +319,10 @@ def check_transformer_weights(union: Any) -> None:
             )
 
 
-def _weighted(out: Any, weight: Any) -> Any:
-    """``out * weight``; a list or tuple item by item, so the container (and the join) stays the same."""
-    if weight is None:
-        return out
-    if isinstance(out, list | tuple):  # items of any kind (a nested union gives tuples): each weighted
-        return type(out)([_weighted(item, weight) for item in out])
-    if isinstance(out, str | bytes):  # ``"ab" * 2`` would repeat it
-        raise TypeError(f"transformer_weights cannot weight a {type(out).__name__} output: {out!r}.")
-    return out * weight
-
-
-def join_branches(union: Any, outputs: list[Any], descs: list[Any]) -> Any:
-    """One minibatch's branch outputs, weighted, side by side.
-
-    With ``set_output(transform="pandas")`` (or the global config), DataFrames
-    are joined with FeatureUnion's names (``verbose_feature_names_out``);
-    otherwise as :func:`~neuraxle_stream._containers.join_columns` joins them.
-    """
-    weights = union.transformer_weights or {}
-    outputs = [_weighted(out, weights.get(d.name)) for out, d in zip(outputs, descs)]
-    names = [d.name for d in descs]
-    pd = sys.modules.get("pandas")
-    if (
-        pd is not None
-        and output_config(union) != "default"
-        and all(isinstance(out, pd.DataFrame) for out in outputs)
-    ):
-        columns = _prefixed(union, [(name, [str(c) for c in out.columns]) for name, out in zip(names, outputs)])
-        index = outputs[0].index
-        frame = pd.concat([out.set_axis(index, axis=0).set_axis(range(out.shape[1]), axis=1)
-                           for out in outputs], axis=1)
-        frame.columns = columns
-        return frame
-    if len(outputs) == 1:
-        return outputs[0]
-    return _containers.join_columns(outputs, names)
-
-
-def no_branch_output(X: Any) -> np.ndarray:
-    """What a union whose branches are all ``"drop"`` gives, as FeatureUnion: no columns."""
-    return np.zeros((_containers.num_rows(X), 0))
-
-
 # -- notebook diagram --------------------------------------------------------------------------
 
 
-def _label(d: Any) -> str:
+def _label(d: StageDesc) -> str:
     if d.kind != "step":
         return f"{d.name}: {d.kind}"
     what = getattr(d.step, "__name__", None) or type(d.step).__name__
@@ -401,7 +331,7 @@ def _label(d: Any) -> str:
     return f"{d.name}: {what} × {d.n_workers} worker{plural}"
 
 
-def _details(d: Any) -> str:
+def _details(d: StageDesc) -> str:
     if d.kind != "step":
         return d.kind
     queue = d.max_queue_size if d.max_queue_size is not None else 2 * d.n_workers
@@ -409,7 +339,7 @@ def _details(d: Any) -> str:
     return f"{d.n_workers} worker{plural}, input queue of {queue} minibatches\n{d.step!r}"
 
 
-def visual_block(composite: Any, kind: str) -> _VisualBlock:
+def visual_block(composite: Composite, kind: str) -> _VisualBlock:
     """The composite's diagram: its stages in series (``kind="serial"``) or side by side."""
     descs = composite._stage_descs()
     estimators: list[Any] = [d.step if d.kind == "step" else d.kind for d in descs]

@@ -23,6 +23,7 @@ from sklearn.utils._param_validation import InvalidParameterError as _SkInvalidP
 
 from . import _containers
 from .exceptions import InvalidParameterError
+from .hooks import PipelineHook
 from .steps import Identity, as_step, step_display_name
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "PIPELINE_SPECIAL_STEPS",
     "UNION_SPECIAL_STEPS",
     "StageDesc",
+    "WorkersStage",
     "check_hooks",
     "check_lengths",
     "parse_steps",
@@ -93,8 +95,6 @@ def validate_params(constraints: dict[str, Any], params: dict[str, Any], caller:
 
 def check_hooks(hooks: Any, caller: str) -> None:
     """Raise :class:`InvalidParameterError` unless ``hooks`` is None or a list of PipelineHook."""
-    from .hooks import PipelineHook
-
     if hooks is None:
         return
     if not isinstance(hooks, list | tuple) or not all(isinstance(h, PipelineHook) for h in hooks):
@@ -142,6 +142,19 @@ class StageDesc:
     def runnable(self) -> Any:
         """The object the workers run (callables become per-item steps)."""
         return as_step(self.step)
+
+
+class WorkersStage:
+    """A step that sets the workers of the step it wraps (``ParallelWorkersWrapper``).
+
+    :func:`parse_steps` unwraps it: the stage runs ``wrapped`` with its
+    ``n_workers`` and queue bound, unless the step's tuple form says otherwise.
+    Declared here, below the estimators, so that parsing needs no import of them.
+    """
+
+    wrapped: Any
+    n_workers: int
+    max_queued_minibatches: int | None
 
 
 def _bad(caller: str, what: str, allowed: str, got: Any) -> InvalidParameterError:
@@ -206,8 +219,6 @@ def parse_steps(
     stage of that ``kind`` whose ``step`` is an :class:`~neuraxle_stream.Identity`
     and whose ``owner`` is the value given.
     """
-    from .pipeline import ParallelWorkersWrapper
-
     if not isinstance(steps, list | tuple):
         raise _bad(caller, "'steps' parameter", "a list of steps", steps)
     stages: list[StageDesc] = []
@@ -249,7 +260,7 @@ def parse_steps(
             )
         _check_step(caller, step, where if name is None else repr(name))
         owner = step
-        if isinstance(step, ParallelWorkersWrapper):
+        if isinstance(step, WorkersStage):
             if len(entry) < 3 if isinstance(entry, tuple) else True:
                 n_workers = step.n_workers
                 if step.max_queued_minibatches is not None:

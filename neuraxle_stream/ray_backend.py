@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from .exceptions import BrokenPipelineError, PipelineStoppedError
 from .joiner import WorkersJoiner
 from .messages import QueuedMinibatchTask, WorkerLog
+from .minibatches import Minibatch
 from .ray_actors import (
     DRIVER_CPUS,
     StageActor,
@@ -274,7 +275,7 @@ class RayRuntime:
 
     def run(
         self,
-        batches: Iterable[tuple[Any, ...]],
+        batches: Iterable[Minibatch],
         ordered: bool = True,
         observer: StatsCollector | None = None,
         tracer: Any = None,
@@ -304,8 +305,8 @@ class RayRuntime:
                     if batch is None:
                         exhausted = True
                         break
-                    params = batch[2] if len(batch) > 2 else None
-                    ref = ray.put(QueuedMinibatchTask(fed, batch[0], batch[1], run_id, params=params))
+                    task = QueuedMinibatchTask(fed, batch.data, batch.targets, run_id, params=batch.params)
+                    ref = ray.put(task)
                     for lane in self._stages:
                         lane[0].waiting.append((fed, ref))
                     fed += 1
@@ -487,7 +488,7 @@ def _wait_dead(ray: Any, handles: list[Any], grace: float) -> None:
             time.sleep(0.05)  # the kill is on its way: ask again in a moment
 
 
-def _next_batch(source: Iterator[tuple[Any, ...]], count: int) -> tuple[Any, ...] | None:
+def _next_batch(source: Iterator[Minibatch], count: int) -> Minibatch | None:
     try:
         return next(source)
     except StopIteration:

@@ -75,6 +75,7 @@ from .messages import (
     StageStopped,
     WorkerLog,
 )
+from .minibatches import Minibatch
 from .queues import Channel, ResultChannel
 from .stages import CLOSING, IDLE, IDLE_RUN, SETUP, STARTING, STOPPED, TEARDOWN, StageSpec
 from .workers import WorkerIO
@@ -306,7 +307,7 @@ class Runtime:
 
     def run(
         self,
-        batches: Iterable[tuple[Any, Any]],
+        batches: Iterable[Minibatch],
         ordered: bool = True,
         observer: StatsCollector | None = None,
         tracer: Any = None,
@@ -479,7 +480,7 @@ class Runtime:
 
     def _feed(
         self,
-        batches: Iterator[tuple[Any, Any]],
+        batches: Iterator[Minibatch],
         run_id: int,
         stop: threading.Event,
         credits: threading.Semaphore,
@@ -500,9 +501,7 @@ class Runtime:
                 credits.acquire()
                 if stop.is_set():
                     return
-                # (data, expected_outputs[, transform params by step name])
-                params = batch[2] if len(batch) > 2 else None
-                task = QueuedMinibatchTask(count, batch[0], batch[1], run_id, params=params)
+                task = QueuedMinibatchTask(count, batch.data, batch.targets, run_id, params=batch.params)
                 for lane, channel in zip(self.lanes, self._first_channels):
                     waited = time.perf_counter()
                     try:

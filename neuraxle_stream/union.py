@@ -7,18 +7,21 @@ horizontal stack for 2-D arrays, like scikit-learn's ``FeatureUnion``).
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from sklearn.utils.metaestimators import available_if
 
 from . import _containers, _sklearn_output
+from ._branches import BranchJoin
+from ._composite import _StepsComposite
+from ._fitting import fit_union
 from ._validation import UNION_SPECIAL_STEPS, StageDesc, parse_steps
 from .exceptions import InvalidParameterError
+from .lifecycle import Lifecycle
 from .monitor import CallMonitor
-from .pipeline import _StepsComposite
-from .steps import is_fittable
+from .plan import Plan
 
 __all__ = ["ParallelQueuedFeatureUnion"]
 
@@ -63,9 +66,10 @@ class ParallelQueuedFeatureUnion(_StepsComposite):
 
     _parameter_constraints = {
         **_StepsComposite._parameter_constraints,
-        "transformer_weights": [dict, None],  # names and numbers: checked in _check_params
+        "transformer_weights": [dict, None],  # names and numbers: checked in _check_stages
         "verbose_feature_names_out": ["boolean"],
     }
+    _style = "union"
 
     def __init__(
         self,
@@ -110,10 +114,19 @@ class ParallelQueuedFeatureUnion(_StepsComposite):
             special=UNION_SPECIAL_STEPS,
         )
 
-    def _check_params(self) -> dict[str, Any]:
-        settings = super()._check_params()
-        _sklearn_output.check_transformer_weights(self)
-        return settings
+    def _check_stages(self, descs: list[StageDesc]) -> None:
+        _sklearn_output.check_transformer_weights(self, [d.name for d in descs])
+        if not descs:
+            raise ValueError("ParallelQueuedFeatureUnion needs at least one branch.")
+
+    def _join(self, descs: list[StageDesc]) -> Callable[[list[Any]], Any]:
+        # the branches that run, weighted and joined side by side (FeatureUnion's names with pandas)
+        return BranchJoin(
+            names=tuple(d.name for d in descs if d.kind != "drop"),
+            weights=dict(self.transformer_weights or {}),
+            pandas=_sklearn_output.output_config(self) != "default",
+            verbose_feature_names_out=self.verbose_feature_names_out,
+        )
 
     def _steps_name_features(self) -> bool:
         return _sklearn_output.union_names_available(self)
@@ -140,77 +153,8 @@ class ParallelQueuedFeatureUnion(_StepsComposite):
         # the notebook diagram: the branches side by side, each with its workers
         return _sklearn_output.visual_block(self, "parallel")
 
-    def _lanes(self, descs: list[StageDesc], start: int, stop: int) -> list[list[StageDesc]]:
-        return [[d] for d in descs if d.kind != "drop"]
-
-    def _join_lanes(self, outputs: list[Any], descs: list[StageDesc]) -> Any:
-        return _sklearn_output.join_branches(self, outputs, descs)
-
-    def _passthrough_only(self, start: int, stop: int) -> bool:
-        return False  # a "passthrough" branch is joined (and weighted) with the others
-
-    def _transform_range(
-        self, X: Any, start: int, stop: int, settings: dict[str, Any], monitor: CallMonitor
-    ) -> Any:
-        if not self._lanes(self._stage_descs(), start, stop):  # every branch is "drop"
-            return _sklearn_output.no_branch_output(X)
-        return super()._transform_range(X, start, stop, settings, monitor)
-
-    def transform(self, X: Any, *, trace: int | None = None, **params: Any) -> Any:  # type: ignore[override]
-        """Run every branch on ``X`` and return the joined outputs.
-
-        With ``trace=N``, run only the first ``N`` items and return a
-        :class:`~neuraxle_stream.TraceResult` with one stage per branch.
-        ``params`` (only with ``enable_metadata_routing=True``) go to the
-        ``transform`` of the branches that request them, cut per minibatch.
-        """
-        settings = self._check_params()
-        if not self._stage_descs():
-            raise ValueError("ParallelQueuedFeatureUnion needs at least one branch.")
-        X = _containers.as_rows(X)
-        if params:
-            from ._fitting import route_params
-
-            settings["_routed"] = route_params(self, "transform", params, X, None)
-        if trace is not None:
-            return self._traced(
-                "transform", trace, settings, X, None,
-                lambda X, y, s, m, transform: self._transform_range(X, 0, 1, s, m),
-            )
-        with self._monitor(settings, X) as monitor:
-            return self._transform_range(X, 0, 1, settings, monitor)
-
-    def _fit(self, X: Any, y: Any, settings: dict[str, Any], monitor: CallMonitor, transform: bool) -> Any:
-        from ._fitting import RoutedParams, fit_partial  # (pipeline.py imports it first)
-
-        descs = self._stage_descs()
-        if not descs:
-            raise ValueError("ParallelQueuedFeatureUnion needs at least one branch.")
-        if settings.get("fit_mode") == "partial":  # one pass: every branch partial_fit on each minibatch
-            _sklearn_output.record_input(self, X)
-            if _containers.is_sequence(X):  # stateless branches record their input from the first minibatch
-                n = min(settings.get("batch_size") or 32, _containers.num_rows(X))
-                y_first = _containers.slice_rows(y, 0, n) if _containers.is_sequence(y) else None
-                _sklearn_output.fit_stateless(descs, _containers.slice_rows(X, 0, n), y_first, union=True)
-            return fit_partial(self, X, y, settings, monitor, transform, union=True)
-        fittable = [(i, d) for i, d in enumerate(descs) if is_fittable(d.step)]
-        if not _containers.is_sequence(X):
-            X = list(X)
+    def _fit(self, plan: Plan, lifecycle: Lifecycle, X: Any, y: Any, monitor: CallMonitor, transform: bool) -> Any:
+        if plan.fit_mode != "partial" and not _containers.is_sequence(X):
+            X = list(X)  # every branch is fitted on the whole input: read the source once
         _sklearn_output.record_input(self, X)
-        # stateless scikit-learn branches (FunctionTransformer...) record their input features
-        _sklearn_output.fit_stateless(descs, X, y, union=True)
-        routed: RoutedParams = settings.get("_routed") or RoutedParams()
-        n_rows = _containers.num_rows(X)
-        if routed.n_samples is None:
-            routed.n_samples = n_rows
-        # per-sample metadata cut to the rows of X (fewer than given with fit_transform(trace=N))
-        fit_params = {d.name: routed.fit_params(d.name, 0, n_rows) for _, d in fittable}
-        if len(fittable) == 1:
-            d = fittable[0][1]
-            self._fit_step(d, X, y, monitor, fit_params[d.name])
-        elif fittable:
-            with ThreadPoolExecutor(max_workers=len(fittable)) as pool:
-                futures = [pool.submit(self._fit_step, d, X, y, monitor, fit_params[d.name]) for _, d in fittable]
-                for future in futures:
-                    future.result()
-        return self._transform_range(X, 0, 1, settings, monitor) if transform else self
+        return fit_union(plan, lifecycle, X, y, monitor, transform)

@@ -205,7 +205,7 @@ def test_partial_fit_transform_of_a_callable_source_cuts_the_transform_params() 
 
 def test_routed_params_head_cuts_per_sample_params_to_the_first_rows() -> None:
     """What ``trace=N`` needs: the params of the first N rows, for a sized or a streamed X."""
-    from neuraxle_stream._fitting import RoutedParams
+    from neuraxle_stream._routing import RoutedParams
 
     classes = np.array([0, 1])
     for n_samples in (len(X), None):

@@ -35,6 +35,7 @@ from faults import (
 
 from neuraxle_stream import BrokenPipelineError, runtime
 from neuraxle_stream.backends import Backend, ProcessBackend, ThreadBackend, WorkerHandle
+from neuraxle_stream.minibatches import Minibatch
 from neuraxle_stream.runtime import Runtime
 from neuraxle_stream.savers import save_step
 from neuraxle_stream.stages import StageSpec
@@ -71,9 +72,9 @@ def make_backend(name: str) -> Backend:
     return ThreadBackend() if name == "thread" else ProcessBackend()
 
 
-def batches(items: list[Any]) -> list[tuple[list[Any], None]]:
+def batches(items: list[Any]) -> list[Minibatch]:
     """One item per minibatch."""
-    return [([item], None) for item in items]
+    return [Minibatch(i, [item], rows=1) for i, item in enumerate(items)]
 
 
 def outputs(runtime_: Runtime, items: list[Any], ordered: bool = True) -> list[Any]:
@@ -115,7 +116,7 @@ def test_source_is_read_lazily_within_the_in_flight_bound() -> None:
         for i in itertools.count():
             reads.append(i)
             reached[len(reads)].set()
-            yield [i], None
+            yield Minibatch(i, [i], rows=1)
 
     run = rt.run(source())
     try:

@@ -149,10 +149,9 @@ def test_cuda_device_in_a_step_or_worker_arguments_is_seen() -> None:
 
 def _backend_of(pipe: SequentialQueuedPipeline) -> ProcessBackend:
     """The backend a run of ``pipe`` would use; no worker is started."""
-    settings = pipe._settings()
-    descs = pipe._stage_descs()
-    specs = pipe._specs(pipe._lanes(descs, 0, len(descs)), settings)
-    backend = pipe._make_backend(settings, specs)
+    plan = pipe._plan()
+    specs = plan.specs(plan.lanes(0, len(plan.stages)))
+    backend = plan.make_backend(specs)
     assert isinstance(backend, ProcessBackend)
     return backend
 

@@ -186,9 +186,9 @@ def test_trace_inside_with_leaves_kept_workers_alone() -> None:
     p = _pipeline("thread")
     with p:
         assert p.transform([1, 2]) == _expected([1, 2])
-        kept = dict(p._runtimes)
+        kept = dict(p._lifecycle.kept)
         assert len(p.transform([1, 2, 3], trace=2).sq) == 2
-        assert p._runtimes == kept
+        assert p._lifecycle.kept == kept
 
 
 def test_trace_must_be_a_positive_int() -> None:

@@ -114,10 +114,15 @@ def _skip_member(app: Any, what: str, name: str, obj: Any, skip: bool, options: 
     return None
 
 
+def _is_private(base: Any) -> bool:
+    """A private class, or a class of a private module (``neuraxle_stream._composition.Composition``)."""
+    return any(part.startswith("_") for part in (*base.__module__.split("."), base.__name__))
+
+
 def _public_bases(bases: list[Any]) -> list[Any]:
     out: list[Any] = []
     for base in bases:
-        if base.__name__.startswith("_"):
+        if _is_private(base):
             candidates = _public_bases([b for b in base.__bases__ if b is not object])
         else:
             candidates = [base]
@@ -126,7 +131,7 @@ def _public_bases(bases: list[Any]) -> list[Any]:
 
 
 def _process_bases(app: Any, name: str, obj: Any, options: Any, bases: list[Any]) -> None:
-    """Show public bases only: a private base is replaced by its own public bases."""
+    """Show public bases only: a private base (or one of a private module) is replaced by its own public bases."""
     bases[:] = _public_bases(list(bases))
 
 

@@ -1,0 +1,181 @@
+"""The call layer: runs a :class:`~neuraxle_stream.plan.Plan` through its lifecycle owner.
+
+One run of stages ``start:stop`` of a plan::
+
+    X ──▶ plan.minibatching.batches(X) ──▶ Minibatch(index, data, rows, padding, params)
+                                              │
+                                              ▼
+          lifecycle.running_on(plan, plan.specs(lanes)) ──▶ runtime.run(minibatches)
+                                              │          (workers, queues, joiner: runtime.py)
+                                              ▼
+          (index, lane outputs) ──▶ plan.join(lane outputs) ──▶ minibatch.unpad(out)
+                                              │
+                                              ▼
+          transform_range: RowAccumulator (or plan.data_joiner) ──▶ joined output
+          stream: one item at a time
+
+With a cache (``memory=``), the run goes stage by stage through
+:func:`~neuraxle_stream._cached_run.run_cached` instead. Every function here
+takes the plan, the composite's :class:`~neuraxle_stream.lifecycle.Lifecycle`
+and the call's :class:`~neuraxle_stream.monitor.CallMonitor`; none takes the
+estimator. The monitor of a call comes from :func:`monitored`, whose stats
+become the composite's ``stats_`` at the end of the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Any
+
+from . import _containers, tracing
+from ._branches import no_branch_output
+from ._cached_run import fit_cached, run_cached
+from ._validation import StageDesc
+from .exceptions import InvalidParameterError
+from .lifecycle import Lifecycle
+from .minibatches import Minibatch
+from .monitor import CallMonitor
+from .plan import Plan
+from .steps import iter_items
+
+__all__ = ["TracedCall", "fit_step", "monitored", "run", "stream", "traced", "transform_range"]
+
+#: What a traced call runs: ``(plan, X, y, monitor)``, its result dropped (the trace is the result).
+TracedCall = Callable[[Plan, Any, Any, CallMonitor], object]
+
+
+@contextlib.contextmanager
+def monitored(plan: Plan, lifecycle: Lifecycle, X: Any) -> Iterator[CallMonitor]:
+    """The monitor of one call; at its end, its stats become the composite's ``stats_``."""
+    monitor = CallMonitor(
+        plan.caller,
+        [(d.name, d.n_workers) for d in plan.stages],
+        hooks=plan.hooks,
+        progress=plan.progress,
+        verbose=plan.verbose,
+        total_items=plan.minibatching.expected_items(X),
+    )
+    try:
+        with contextlib.ExitStack() as around:
+            # entered before the hooks are shipped to the workers, left after their reports
+            for hook in plan.hooks:
+                around.enter_context(hook.run_hook(plan.caller))
+            with monitor:
+                yield monitor
+    finally:
+        lifecycle.stats = monitor.stats or monitor.collector.snapshot()
+
+
+def run(
+    plan: Plan, lifecycle: Lifecycle, X: Any, start: int, stop: int, monitor: CallMonitor, ordered: bool = True,
+) -> Generator[tuple[int, Any], None, None]:
+    """Run stages ``start:stop`` on ``X``; yield ``(index, joined minibatch output)``."""
+    lanes = plan.lanes(start, stop)
+    params = plan.routed.for_stages([d.name for lane in lanes for d in lane])
+    if plan.store.enabled:  # stage by stage, through the cache (see caching.py)
+        if params is not None:
+            raise ValueError(
+                f"{plan.caller} cannot route metadata to transform ({sorted(params.per_step)}) "
+                "with memory= set: cached outputs are keyed by their input only."
+            )
+        yield from run_cached(plan, lifecycle, X, start, stop, monitor)
+        return
+    specs = plan.specs(lanes)
+    if plan.trace is not None:
+        plan.trace.next_run()
+    with lifecycle.running_on(plan, specs, monitor) as runtime:
+        padded: dict[int, Minibatch] = {}  # the padded minibatch in flight (the last one, if any)
+
+        def minibatches() -> Iterator[Minibatch]:
+            for batch in plan.minibatching.batches(X, params):
+                if batch.padding:
+                    padded[batch.index] = batch
+                yield batch
+
+        for index, outputs in runtime.run(minibatches(), ordered=ordered, observer=monitor.collector,
+                                          tracer=plan.trace):
+            out = plan.join(outputs)
+            batch = padded.pop(index, None)
+            yield index, out if batch is None else batch.unpad(out)
+
+
+def transform_range(plan: Plan, lifecycle: Lifecycle, X: Any, start: int, stop: int, monitor: CallMonitor) -> Any:
+    """The joined outputs of stages ``start:stop`` for ``X``, in input order."""
+    if not plan.lanes(start, stop):  # a union whose every branch is "drop"
+        return no_branch_output(X)
+    if _containers.is_sequence(X) and _containers.num_rows(X) == 0:
+        return _containers.empty_rows(X)
+    if plan.passthrough_only(start, stop) and _containers.is_sequence(X) and (
+        plan.minibatching.keep_incomplete and plan.data_joiner is None
+    ):
+        return X  # "passthrough" stages only (before a fitting barrier, say): nothing to run
+    outputs = run(plan, lifecycle, X, start, stop, monitor)
+    joiner = plan.data_joiner
+    if joiner is not None:
+        parts = [out for _, out in outputs]
+        return joiner.transform(parts) if hasattr(joiner, "transform") else joiner(parts)
+    # Join as the minibatches arrive, while the workers go on.
+    total = _containers.num_rows(X) if _containers.is_sequence(X) else None
+    accumulator = _containers.RowAccumulator(total)
+    n_parts = 0
+    for _, out in outputs:
+        accumulator.add(out)
+        n_parts += 1
+    if not n_parts:
+        return _containers.empty_rows(X)
+    return accumulator.result()
+
+
+def stream(plan: Plan, lifecycle: Lifecycle, iterable: Iterable[Any]) -> Iterator[Any]:
+    """The outputs of every stage for ``iterable``, one item at a time (``plan.ordered`` or as completed)."""
+    with monitored(plan, lifecycle, iterable) as monitor:
+        for _, out in run(plan, lifecycle, iterable, 0, len(plan.stages), monitor, ordered=plan.ordered):
+            yield from iter_items(out)
+
+
+def fit_step(
+    plan: Plan, lifecycle: Lifecycle, desc: StageDesc, X: Any, y: Any, monitor: CallMonitor,
+    params: dict[str, Any] | None = None,
+) -> None:
+    """Fit one step in the parent on the whole of its input (through the cache when ``memory=``)."""
+    t0 = time.perf_counter()
+    try:
+        fit_cached(plan, lifecycle, desc, X, y, monitor, params)
+    except Exception as exc:  # fitted in the parent: say which step could not take its input
+        exc.add_note(f"Raised fitting step {desc.name!r} (in the parent, on the whole input of the step).")
+        raise
+    monitor.fitted(desc.name, time.perf_counter() - t0)
+
+
+def traced(
+    plan: Plan, lifecycle: Lifecycle, method: str, n_items: object, X: Any, y: Any, call: TracedCall,
+) -> tracing.TraceResult:
+    """Run ``call`` on the first ``n_items`` of ``X`` with tracing on; the :class:`TraceResult`.
+
+    The run bypasses caching and never uses (nor keeps) the runtime of
+    ``with pipeline:``. If it fails, the exception carries the partial trace.
+    """
+    if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 1:
+        raise InvalidParameterError(
+            f"The 'trace' parameter of {plan.caller}.{method} must be an int in "
+            f"[1, inf) or None. Got {n_items!r} instead."
+        )
+    if _containers.is_sequence(X):
+        X = _containers.slice_rows(X, 0, min(n_items, _containers.num_rows(X)))
+    else:
+        X = list(itertools.islice(X, n_items))
+    if y is not None and _containers.is_sequence(y):
+        y = _containers.slice_rows(y, 0, min(n_items, _containers.num_rows(y)))
+    n_rows = _containers.num_rows(X)
+    assembler = tracing.Assembler(plan.names, n_rows)
+    plan = plan.traced(assembler, n_rows)
+    try:
+        with monitored(plan, lifecycle, X) as monitor:
+            call(plan, X, y, monitor)
+    except BaseException as exc:
+        tracing.attach(exc, assembler.result(failed=True))
+        raise
+    return assembler.result()

@@ -1,0 +1,271 @@
+"""The plan of one call: what a composite's description turns into, once per call.
+
+A composite's ``fit``, ``transform``, ``fit_transform`` or ``stream`` checks
+its parameters, parses its steps, routes the call's metadata, and builds one
+frozen :class:`Plan` from them; everything below the estimators (the call
+layer, the cached run, the partial fit, the lifecycle owner) reads the plan
+and never the estimator::
+
+    estimator params + call args ──▶ Plan ──▶ lanes(start, stop) ──▶ specs(lanes) ──▶ runtime
+                                      │
+                                      ├─ minibatching: batch_size, last-batch rule, padding
+                                      ├─ backend: process | thread | ray, start method, timeout
+                                      ├─ hooks, cache store (a NullStore when memory=None)
+                                      └─ routed params, trace, joins (lanes, minibatches)
+
+This is the one place that turns a description into what runs: which stages
+share a lane (:meth:`Plan.lanes`), what each stage's workers receive
+(:meth:`Plan.specs`), on which backend (:meth:`Plan.new_runtime`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import sklearn
+
+from ._routing import RoutedParams, Style
+from ._validation import StageDesc, WorkersStage, check_hooks
+from .backends import Backend, ProcessBackend, ThreadBackend, uses_cuda
+from .caching import CacheStore, NullStore, memory_location, open_store
+from .hooks import PipelineHook, dump_hooks
+from .minibatches import Minibatching
+from .runtime import Runtime
+from .savers import save_step
+from .stages import StageSpec
+from .tracing import Assembler
+
+if TYPE_CHECKING:
+    from .ray_backend import RayRuntime
+
+__all__ = ["BackendChoice", "Plan", "first_output", "runtime_key"]
+
+#: Composite parameters a plan takes through its ``stages`` (parsed steps) and ``join``.
+_DESCRIBED_BY_STAGES = frozenset({
+    "steps", "wrapped", "n_workers", "n_workers_per_step", "max_queued_minibatches",
+    "default_value_expected_outputs", "transformer_weights", "verbose_feature_names_out",
+})
+
+
+def first_output(outputs: list[Any]) -> Any:
+    """The join of a single lane: its output."""
+    return outputs[0]
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """Where a call's workers run, and what a runtime needs to know to start them."""
+
+    name: str  # "process", "thread" or "ray"
+    mp_context: Any = None  # a start-method name or a multiprocessing context
+    timeout: float | None = None
+    ray_options: dict[str, dict[str, Any]] | None = None
+    ray_address: str | None = None
+
+    @classmethod
+    def of(
+        cls, backend: str | None, use_processes: bool, mp_context: Any = None, timeout: float | None = None,
+        ray_options: dict[str, dict[str, Any]] | None = None, ray_address: str | None = None,
+    ) -> BackendChoice:
+        """The choice of a composite's parameters: ``backend`` wins over ``use_processes``."""
+        name = backend if backend is not None else ("process" if use_processes else "thread")
+        if name == "process" and multiprocessing.current_process().daemon:
+            name = "thread"  # nested inside a worker process: daemons cannot have children
+        return cls(name, mp_context, timeout, ray_options, ray_address)
+
+
+def runtime_key(choice: BackendChoice, specs: list[list[StageSpec]]) -> tuple[str, str, str]:
+    """What a kept runtime is found by: backend, start method and the stage specs."""
+    return (choice.name, str(choice.mp_context), repr(specs))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One call of a queued composite, fully decided.
+
+    ``stages`` are the parsed steps (in ``steps`` order); ``style`` says how
+    they form lanes (``"pipeline"`` and ``"wrapper"``: one lane; ``"union"``:
+    one lane per branch) and how fit params are taken. ``join`` joins the lane
+    outputs of one minibatch; ``data_joiner`` (or row concatenation) the
+    minibatch outputs of a call.
+    """
+
+    caller: str
+    style: Style
+    stages: tuple[StageDesc, ...]
+    minibatching: Minibatching
+    backend: BackendChoice
+    hooks: tuple[PipelineHook, ...] = ()
+    store: CacheStore = dataclasses.field(default_factory=NullStore)
+    fit_store: CacheStore = dataclasses.field(default_factory=NullStore)
+    memory: str | None = None
+    routed: RoutedParams = dataclasses.field(default_factory=RoutedParams)
+    trace: Assembler | None = None
+    join: Callable[[list[Any]], Any] = first_output
+    data_joiner: Any = None  # a callable or a step with ``transform``, joining the minibatch outputs
+    ordered: bool = True
+    progress: bool = False
+    verbose: bool = False
+    fit_mode: str = "full"
+    use_savers: bool = False
+
+    @classmethod
+    def of(
+        cls, caller: str, style: Style, stages: Sequence[StageDesc], *,
+        join: Callable[[list[Any]], Any] = first_output,
+        routed: RoutedParams | None = None,
+        batch_size: int | None = None,
+        keep_incomplete_batch: bool = True,
+        default_value_data_inputs: Any = None,
+        backend: str | None = None,
+        use_processes: bool = True,
+        mp_context: Any = None,
+        timeout: float | None = None,
+        ray_options: dict[str, dict[str, Any]] | None = None,
+        ray_address: str | None = None,
+        hooks: Sequence[PipelineHook] | None = None,
+        memory: Any = None,
+        data_joiner: Any = None,
+        output_order: str = "input",
+        progress: bool = False,
+        verbose: bool = False,
+        fit_mode: str = "full",
+        use_savers: bool = False,
+        **described: Any,
+    ) -> Plan:
+        """The plan of a composite's (checked) parameters; ``batch_size`` is read here, once.
+
+        The parameters that the parsed ``stages`` or the ``join`` already hold
+        (``steps``, ``n_workers_per_step``...) may be passed along; any other
+        name is refused.
+        """
+        unknown = sorted(set(described) - _DESCRIBED_BY_STAGES)
+        if unknown:
+            raise TypeError(f"Plan.of() got parameters it does not know: {unknown}.")
+        store = open_store(memory)
+        return cls(
+            caller=caller,
+            style=style,
+            stages=tuple(stages),
+            minibatching=Minibatching.of(batch_size, keep_incomplete_batch, default_value_data_inputs),
+            backend=BackendChoice.of(backend, use_processes, mp_context, timeout, ray_options, ray_address),
+            hooks=tuple(hooks or ()),
+            store=store,
+            fit_store=store,
+            memory=memory_location(memory),
+            routed=routed if routed is not None else RoutedParams(),
+            join=join,
+            data_joiner=data_joiner,
+            ordered=output_order == "input",
+            progress=bool(progress),
+            verbose=bool(verbose),
+            fit_mode=fit_mode,
+            use_savers=bool(use_savers),
+        )
+
+    # -- derived plans -------------------------------------------------------------------
+
+    def with_routed(self, routed: RoutedParams) -> Plan:
+        """This plan with other routed params (their ``n_samples`` known once ``X`` is read)."""
+        return dataclasses.replace(self, routed=routed)
+
+    def traced(self, assembler: Assembler, n_rows: int) -> Plan:
+        """The plan of a traced run of the first ``n_rows`` rows.
+
+        The params of those rows only; no cached outputs (a trace shows the
+        steps at work), though fitted steps are still looked up in the cache.
+        """
+        return dataclasses.replace(self, trace=assembler, routed=self.routed.head(n_rows), store=NullStore())
+
+    # -- stages and lanes -------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        """The step names, in ``steps`` order."""
+        return [d.name for d in self.stages]
+
+    def lanes(self, start: int, stop: int) -> list[list[StageDesc]]:
+        """The lanes that run stages ``start:stop``: one chain, or one lane per union branch."""
+        if self.style == "union":
+            return [[d] for d in self.stages if d.kind != "drop"]
+        stages = list(self.stages[start:stop])
+        # "passthrough" stages run in no worker, unless nothing else is left to run
+        return [[d for d in stages if d.kind != "passthrough"] or stages]
+
+    @staticmethod
+    def join_descs(lanes: list[list[StageDesc]]) -> list[StageDesc]:
+        """The stages whose outputs :attr:`join` joins: a single lane's, or each lane's first."""
+        return lanes[0] if len(lanes) == 1 else [lane[0] for lane in lanes]
+
+    def passthrough_only(self, start: int, stop: int) -> bool:
+        """Whether stages ``start:stop`` are all ``"passthrough"``: their output is their input.
+
+        Never for a union: a ``"passthrough"`` branch is joined (and weighted) with the others.
+        """
+        if self.style == "union":
+            return False
+        stages = self.stages[start:stop]
+        return bool(stages) and all(d.kind == "passthrough" for d in stages)
+
+    # -- what runs ----------------------------------------------------------------------------
+
+    def specs(self, lanes: list[list[StageDesc]]) -> list[list[StageSpec]]:
+        """The picklable description of each stage of ``lanes``, its step saved to bytes now."""
+        specs = []
+        saved_hooks = dump_hooks(self.hooks)
+        sklearn_config = sklearn.get_config()  # the caller's (thread-local): the workers run under it
+        positions = {d.name: i for i, d in enumerate(self.stages)}
+        for lane_index, lane in enumerate(lanes):
+            lane_specs = []
+            for i, d in enumerate(lane):
+                stage_hooks = saved_hooks
+                own_hooks = getattr(d.owner, "hooks", None) if isinstance(d.owner, WorkersStage) else None
+                if own_hooks:
+                    # a wrapper in the steps: its own hooks run in its stage, after the pipeline's
+                    check_hooks(own_hooks, type(d.owner).__name__)
+                    stage_hooks = dump_hooks(self.hooks + tuple(own_hooks))
+                step = d.runnable
+                queue = d.max_queue_size if d.max_queue_size is not None else 2 * d.n_workers
+                lane_specs.append(
+                    StageSpec(
+                        name=d.name,
+                        lane=lane_index,
+                        index=i,
+                        n_workers=d.n_workers,
+                        max_queue_size=queue,
+                        payload=save_step(step, d.name, self.use_savers),
+                        worker_arguments=d.worker_arguments,
+                        may_change_length=bool(getattr(step, "may_change_length", False)),
+                        hooks=stage_hooks,
+                        step_index=positions.get(d.name),
+                        trace=self.trace is not None,
+                        sklearn_config=sklearn_config,
+                    )
+                )
+            specs.append(lane_specs)
+        return specs
+
+    def make_backend(self, specs: list[list[StageSpec]]) -> Backend:
+        """The thread or process backend of these specs (process: start method, CUDA, size)."""
+        if self.backend.name == "thread":
+            return ThreadBackend()
+        total = sum(s.n_workers for lane in specs for s in lane)
+        cuda = uses_cuda(
+            (d.runnable for d in self.stages),
+            (pairs for lane in specs for s in lane for pairs in s.worker_arguments),
+        )
+        return ProcessBackend(self.backend.mp_context, total_workers=total, uses_cuda=cuda)
+
+    def new_runtime(self, specs: list[list[StageSpec]]) -> Runtime | RayRuntime:
+        """A new (not yet started) runtime for these specs."""
+        choice = self.backend
+        if choice.name == "ray":
+            from .ray_backend import RayRuntime  # Ray is optional: imported only when asked for
+
+            return RayRuntime(specs, timeout=choice.timeout, ray_options=choice.ray_options,
+                              address=choice.ray_address)
+        return Runtime(specs, self.make_backend(specs), timeout=choice.timeout)
