@@ -48,6 +48,7 @@ from .exceptions import InvalidParameterError
 from .hooks import dump_hooks
 from .monitor import CallMonitor
 from .runtime import Runtime
+from .runtime_base import BaseRuntime
 from .savers import save_step
 from .stages import StageSpec
 from .stats import PipelineStats
@@ -63,7 +64,7 @@ _LAST_STATS: weakref.WeakKeyDictionary[Any, PipelineStats] = weakref.WeakKeyDict
 
 #: The runtimes each pipeline is running now, for :meth:`_QueuedBase.stop`
 #: (kept outside the estimator so that its ``__dict__`` does not change).
-_RUNNING: weakref.WeakKeyDictionary[Any, list[Runtime]] = weakref.WeakKeyDictionary()
+_RUNNING: weakref.WeakKeyDictionary[Any, list[BaseRuntime]] = weakref.WeakKeyDictionary()
 
 
 class StripAbsentValues:
@@ -209,23 +210,22 @@ class _QueuedBase(BaseTransformer, auto_wrap_output_keys=None):  # type: ignore[
         )
         return ProcessBackend(settings.get("mp_context"), total_workers=total, uses_cuda=cuda)
 
-    def _new_runtime(self, specs: list[list[StageSpec]], settings: dict[str, Any]) -> Runtime:
+    def _new_runtime(self, specs: list[list[StageSpec]], settings: dict[str, Any]) -> BaseRuntime:
         if self._backend_name(settings) == "ray":
             from .ray_backend import RayRuntime  # Ray is optional: imported only when asked for
 
-            runtime: Any = RayRuntime(
+            return RayRuntime(
                 specs, timeout=settings.get("timeout"),
                 ray_options=settings.get("ray_options"), address=settings.get("ray_address"),
             )
-            return runtime  # the same interface as Runtime
         return Runtime(specs, self._make_backend(settings, specs), timeout=settings.get("timeout"))
 
-    def _runtime(self, specs: list[list[StageSpec]], settings: dict[str, Any]) -> Runtime:
+    def _runtime(self, specs: list[list[StageSpec]], settings: dict[str, Any]) -> BaseRuntime:
         """The runtime for these stages: a kept one inside ``with``, else a new one."""
         # ``_runtimes`` exists only inside ``with``: a plain call leaves __dict__ as it was.
         if settings.get("_trace") is not None:  # a traced call never keeps (nor takes) a runtime
             return self._new_runtime(specs, settings)
-        live: dict[Any, Runtime] = self.__dict__.get("_runtimes", {})
+        live: dict[Any, BaseRuntime] = self.__dict__.get("_runtimes", {})
         key = (self._backend_name(settings), str(settings.get("mp_context")), repr(specs))
         runtime = live.get(key)
         if runtime is not None and not runtime.broken:
@@ -245,7 +245,7 @@ class _QueuedBase(BaseTransformer, auto_wrap_output_keys=None):  # type: ignore[
             kept[key] = runtime
         return runtime
 
-    def _release(self, runtime: Runtime, failed: bool) -> None:
+    def _release(self, runtime: BaseRuntime, failed: bool) -> None:
         """End of a call: stop the workers unless ``with pipeline:`` keeps them."""
         traced = any(spec.trace for lane in runtime.lanes for spec in lane)
         keep = self.__dict__.get("_keep_alive") and not runtime.broken and not traced
