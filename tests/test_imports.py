@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "neuraxle_stream"
 #: name a layer's modules before they are written).
 LAYERS: list[tuple[str, set[str]]] = [
     ("leaves", {"_version", "exceptions", "stages", "_containers", "transport"}),
-    ("steps and messages", {"steps", "messages", "queues", "savers", "joiner", "tracing", "caching", "torch_steps"}),
+    ("steps and messages", {"steps", "messages", "queues", "savers", "joiner", "trace_results", "tracing", "cache_keys", "caching", "torch_steps"}),
     ("observation", {"stats", "hooks", "otel"}),
     ("workers", {"workers", "backends", "ray_actors"}),
     ("runtimes", {"runtime_base", "feeder", "supervision", "runtime", "ray_calls", "ray_backend", "monitor"}),
