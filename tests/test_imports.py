@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "neuraxle_stream"
 #: (names of modules that do not exist yet are allowed, so that the list can
 #: name a layer's modules before they are written).
 LAYERS: list[tuple[str, set[str]]] = [
-    ("leaves", {"_version", "exceptions", "stages", "_containers", "transport"}),
+    ("leaves", {"_version", "exceptions", "stages", "_containers", "transport", "quantiles"}),
     ("steps and messages", {"steps", "messages", "queues", "savers", "joiner", "trace_results", "tracing", "cache_keys", "caching", "torch_steps"}),
     ("observation", {"stats", "hooks", "otel"}),
     ("workers", {"workers", "backends", "ray_actors"}),
