@@ -5,6 +5,8 @@ between stages, a joiner restoring input order; the output equals what the
 same steps give in a sequential ``sklearn.pipeline.Pipeline``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__ as __version__
 from .caching import Cache
 from .exceptions import (
@@ -22,9 +24,11 @@ from .pipeline import ParallelWorkersWrapper, SequentialQueuedPipeline, StripAbs
 from .savers import BaseSaver, CloudpickleSaver, TorchSaver
 from .stats import PipelineStats, QueueStats, StageStats
 from .steps import BaseTransformer, Identity, NonFittableMixin
-from .torch_steps import DecodeImages, TorchModuleStep  # torch is imported on use only
 from .tracing import TraceCall, TraceResult, TraceStage, last_trace, trace_func
 from .union import ParallelQueuedFeatureUnion
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .torch_steps import DecodeImages, TorchModuleStep
 
 __all__ = [
     # steps
@@ -69,3 +73,17 @@ __all__ = [
     "RemoteTraceback",
     "CacheWarning",
 ]
+
+def __getattr__(name: str) -> Any:
+    """Load the optional torch steps on first use (PEP 562): importing the package imports no torch."""
+    if name in ("TorchModuleStep", "DecodeImages"):
+        from . import torch_steps
+
+        value = getattr(torch_steps, name)
+        globals()[name] = value  # the next access is a plain lookup
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

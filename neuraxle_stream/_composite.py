@@ -28,7 +28,6 @@ from .call import monitored, run, stream, traced, transform_range
 from .lifecycle import Lifecycle, lifecycle_of, peek_lifecycle
 from .monitor import CallMonitor
 from .plan import Plan, first_output
-from .ray_actors import check_ray_options
 from .stats import PipelineStats
 from .steps import BaseTransformer
 
@@ -73,6 +72,8 @@ class _QueuedBase(Composition, BaseTransformer, auto_wrap_output_keys=None):  # 
         descs = self._stage_descs()
         settings = self._settings(settings, descs)
         if settings.get("ray_options") is not None:
+            from .ray_actors import check_ray_options  # the Ray modules load only when Ray is used
+
             check_ray_options(settings["ray_options"], [d.name for d in descs])
         self._check_stages(descs)
         return Plan.of(type(self).__name__, self._style, descs, join=self._join(descs), **settings)

@@ -1,6 +1,6 @@
 """Persistence: each step's per-minibatch outputs and fitted state, cached on disk.
 
-Keys are Merkle style. Per call, in the parent::
+Keys (:mod:`~neuraxle_stream.cache_keys`) are Merkle style. Per call, in the parent::
 
     step key   = hash(class module + qualname, cache_version, params minus
                       cache_ignore_params, fitted state ``*_``)
@@ -41,7 +41,6 @@ import hashlib
 import json
 import os
 import pickle
-import sys
 import tempfile
 import time
 import warnings
@@ -54,8 +53,9 @@ from typing import Any
 import cloudpickle
 import joblib
 
+from .cache_keys import chain_key, content_hash, step_key
+from .cache_keys import qualname as _qualname  # noqa: F401 - the name callers import from here
 from .exceptions import CacheWarning
-from .steps import ItemFunction
 
 __all__ = [
     "Cache",
@@ -64,6 +64,8 @@ __all__ = [
     "DiskStore",
     "NullStore",
     "StepCacheStats",
+    "chain_key",
+    "content_hash",
     "open_store",
     "step_key",
 ]
@@ -72,104 +74,6 @@ _MAGIC = b"NXSC1 "
 _MISSING = object()
 #: The marker :meth:`CacheStore.get` returns when it finds nothing.
 MISSING = _MISSING
-
-
-# -- keys --------------------------------------------------------------------------
-
-
-def _normalise(obj: Any, depth: int = 0) -> Any:
-    """A picklable, deterministic stand-in for ``obj`` to hash (tensors, modules, frames)."""
-    if depth > 20:
-        return repr(obj)
-    module = type(obj).__module__
-    if module.startswith("torch"):
-        torch = sys.modules.get("torch")
-        if torch is not None and isinstance(obj, torch.Tensor):
-            t = obj.detach().cpu()
-            if t.dtype == torch.bfloat16:
-                t = t.float()
-            return ("torch.Tensor", str(obj.dtype), tuple(t.shape), t.numpy())
-        if torch is not None and isinstance(obj, torch.nn.Module):
-            state = {k: _normalise(v, depth + 1) for k, v in obj.state_dict().items()}
-            return ("torch.nn.Module", _qualname(obj), state)
-    if module.startswith("pandas") and hasattr(obj, "index"):
-        import pandas as pd
-
-        hashed = pd.util.hash_pandas_object(obj, index=True).to_numpy()
-        columns = [str(c) for c in getattr(obj, "columns", [getattr(obj, "name", None)])]
-        dtypes = [str(d) for d in (obj.dtypes if hasattr(obj, "columns") else [obj.dtype])]
-        return ("pandas", type(obj).__name__, columns, dtypes, hashed)
-    if isinstance(obj, ItemFunction):
-        return ("ItemFunction", _normalise(obj.func, depth + 1))
-    if hasattr(obj, "get_params") and not isinstance(obj, type):
-        return ("estimator", _identity(obj, depth + 1))
-    if isinstance(obj, dict):
-        return {str(k): _normalise(v, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj).__name__, [_normalise(v, depth + 1) for v in obj]
-    code = getattr(obj, "__code__", None)
-    if callable(obj) and code is not None:
-        # By code, not by pickle: lambdas and local functions do not pickle.
-        consts = [c for c in code.co_consts if not hasattr(c, "co_code")]
-        cells = []
-        for cell in getattr(obj, "__closure__", None) or ():
-            try:
-                cells.append(_normalise(cell.cell_contents, depth + 1))
-            except ValueError:  # an empty cell
-                cells.append(None)
-        defaults = _normalise(getattr(obj, "__defaults__", None), depth + 1)
-        return ("callable", _qualname(obj), code.co_code, repr(consts), code.co_names, cells, defaults)
-    return obj
-
-
-def _qualname(obj: Any) -> str:
-    cls = obj if isinstance(obj, type) or hasattr(obj, "__code__") else type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _identity(step: Any, depth: int = 0, fitted_state: bool = True) -> dict[str, Any]:
-    """What a step's key is made of: class, version, params, fitted state."""
-    ignored = set(getattr(step, "cache_ignore_params", ()))
-    params: dict[str, Any] = {}
-    if hasattr(step, "get_params"):
-        for name, value in step.get_params(deep=True).items():
-            if name in ignored or (name.rpartition("__")[2] in ignored and "__" in name):
-                continue
-            params[name] = value
-    fitted = {
-        k: v for k, v in vars(step).items() if k.endswith("_") and not k.startswith("_")
-    } if fitted_state and hasattr(step, "__dict__") else {}
-    return {
-        "class": _qualname(step),
-        "version": getattr(step, "cache_version", None),
-        "params": _normalise(params, depth + 1),
-        "fitted": _normalise(fitted, depth + 1),
-    }
-
-
-def content_hash(obj: Any) -> str:
-    """``joblib.hash`` of ``obj``, normalised; falls back to cloudpickle bytes."""
-    normalised = _normalise(obj)
-    try:
-        return str(joblib.hash(normalised))
-    except Exception:
-        return hashlib.md5(cloudpickle.dumps(normalised), usedforsecurity=False).hexdigest()
-
-
-def step_key(step: Any, fitted_state: bool = True) -> str:
-    """The key of a step: its class, ``cache_version``, params and fitted state.
-
-    Parameters named in the step's ``cache_ignore_params`` (say ``("verbose",
-    "n_jobs")``) do not take part: changing them recomputes nothing. With
-    ``fitted_state=False`` (the key of a fit, which starts afresh) the
-    attributes ending in ``_`` do not either.
-    """
-    return content_hash(_identity(step, fitted_state=fitted_state))
-
-
-def chain_key(step_key: str, input_key: str) -> str:
-    """The key of a step's output: its own key and its input's key (Merkle)."""
-    return str(joblib.hash((step_key, input_key)))
 
 
 # -- stores --------------------------------------------------------------------------

@@ -22,17 +22,13 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from .caching import CacheInfo
 from .monitor import CallMonitor
 from .plan import Plan, runtime_key
-from .runtime import Runtime
+from .runtime_base import BaseRuntime
 from .stages import StageSpec
 from .stats import PipelineStats
-
-if TYPE_CHECKING:
-    from .ray_backend import RayRuntime
 
 __all__ = ["Lifecycle", "lifecycle_of", "peek_lifecycle"]
 
@@ -42,7 +38,7 @@ _OWNERS: weakref.WeakKeyDictionary[object, Lifecycle] = weakref.WeakKeyDictionar
 RuntimeKey = tuple[str, str, str]
 
 
-def _close_kept(kept: dict[RuntimeKey, Runtime | RayRuntime]) -> None:
+def _close_kept(kept: dict[RuntimeKey, BaseRuntime]) -> None:
     """The finalizer's work: stop the workers a collected composite still kept."""
     for runtime in list(kept.values()):
         with contextlib.suppress(Exception):
@@ -56,13 +52,13 @@ class Lifecycle:
     def __init__(self) -> None:
         self.keep_alive = False
         #: the runtimes kept by ``with pipeline:``, by :func:`~neuraxle_stream.plan.runtime_key`
-        self.kept: dict[RuntimeKey, Runtime | RayRuntime] = {}
+        self.kept: dict[RuntimeKey, BaseRuntime] = {}
         #: the runtimes of the runs going on now
-        self.running: list[Runtime | RayRuntime] = []
+        self.running: list[BaseRuntime] = []
         #: the stats of the last call, the composite's ``stats_``
         self.stats: PipelineStats | None = None
         self._cache: tuple[CallMonitor, CacheInfo] | None = None
-        self._finalizer: weakref.finalize[[dict[RuntimeKey, Runtime | RayRuntime]], object] | None = None
+        self._finalizer: weakref.finalize[[dict[RuntimeKey, BaseRuntime]], object] | None = None
 
     def watch(self, owner: object) -> None:
         """Close the kept runtimes when ``owner`` is collected (one finalizer, registered once)."""
@@ -71,7 +67,7 @@ class Lifecycle:
 
     # -- runs ---------------------------------------------------------------------------
 
-    def runtime(self, plan: Plan, specs: list[list[StageSpec]]) -> Runtime | RayRuntime:
+    def runtime(self, plan: Plan, specs: list[list[StageSpec]]) -> BaseRuntime:
         """The runtime for these stages: a kept one inside ``with``, else a new one."""
         if plan.trace is not None:  # a traced call never keeps (nor takes) a runtime
             return plan.new_runtime(specs)
@@ -93,7 +89,7 @@ class Lifecycle:
             self.kept[key] = runtime
         return runtime
 
-    def release(self, runtime: Runtime | RayRuntime, failed: bool) -> None:
+    def release(self, runtime: BaseRuntime, failed: bool) -> None:
         """End of a run: stop the workers unless ``with pipeline:`` keeps them."""
         traced = any(spec.trace for lane in runtime.lanes for spec in lane)
         if self.keep_alive and not runtime.broken and not traced:
@@ -111,7 +107,7 @@ class Lifecycle:
     @contextlib.contextmanager
     def running_on(
         self, plan: Plan, specs: list[list[StageSpec]], monitor: CallMonitor
-    ) -> Iterator[Runtime | RayRuntime]:
+    ) -> Iterator[BaseRuntime]:
         """A runtime for one run of ``specs``, watched by ``monitor`` and stoppable, released after."""
         runtime = self.runtime(plan, specs)
         failed = True

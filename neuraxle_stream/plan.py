@@ -24,7 +24,7 @@ import dataclasses
 import multiprocessing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sklearn
 
@@ -35,12 +35,10 @@ from .caching import CacheStore, NullStore, memory_location, open_store
 from .hooks import PipelineHook, dump_hooks
 from .minibatches import Minibatching
 from .runtime import Runtime
+from .runtime_base import BaseRuntime
 from .savers import save_step
 from .stages import StageSpec
 from .tracing import Assembler
-
-if TYPE_CHECKING:
-    from .ray_backend import RayRuntime
 
 __all__ = ["BackendChoice", "Plan", "first_output", "runtime_key"]
 
@@ -260,7 +258,7 @@ class Plan:
         )
         return ProcessBackend(self.backend.mp_context, total_workers=total, uses_cuda=cuda)
 
-    def new_runtime(self, specs: list[list[StageSpec]]) -> Runtime | RayRuntime:
+    def new_runtime(self, specs: list[list[StageSpec]]) -> BaseRuntime:
         """A new (not yet started) runtime for these specs."""
         choice = self.backend
         if choice.name == "ray":

@@ -25,15 +25,19 @@ queue of every lane. Who puts and gets:
 - the result channel: put by the last stage of each lane, by any worker that
   fails, by worker processes forwarding their log records (``WorkerLog``), by
   the feeder when the source is exhausted, and by :meth:`Runtime.stop`; got by
-  the supervisor only. The supervisor limits the minibatches in flight with
-  credits, so the channel and the joiner hold a bounded number of them.
+  the supervisor only. The feeder (:mod:`~neuraxle_stream.feeder`) takes a
+  credit per minibatch and the supervisor gives it back when the caller gets
+  the output, so the channel and the joiner hold a bounded number of them.
 
 Each task also carries the stats records of the stages it went through
 (``TaskRecord``: duration, queue waits); they reach the parent with the result
 or the error, so stats cost no message of their own.
 
-The supervisor (the caller's thread) blocks on the result channel *and* on
-the workers' process sentinels, so a dead worker is noticed at once. Every
+The supervisor (the caller's thread) runs the loop of
+:meth:`~neuraxle_stream.runtime_base.BaseRuntime.run`, shared with the Ray
+runtime; its ``collect`` step blocks on the result channel *and* on the
+workers' process sentinels, so a dead worker is noticed at once
+(:mod:`~neuraxle_stream.supervision` says what it was doing). Every
 task carries the id of its run; tasks and results of a cancelled run are
 dropped, so a pipeline reused after an error never returns stale results.
 
@@ -56,51 +60,26 @@ the run's shared memory) if the parent dies.
 
 from __future__ import annotations
 
-import itertools
-import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .backends import Backend, WorkerHandle
 from .exceptions import BrokenPipelineError, PipelineStoppedError
-from .joiner import WorkersJoiner
-from .messages import (
-    STOP,
-    MinibatchError,
-    QueuedMinibatchTask,
-    StageResult,
-    StageStopped,
-    WorkerLog,
-)
-from .minibatches import Minibatch
+from .feeder import Feeder, FeederDone
+from .messages import STOP, MinibatchError, StageResult, StageStopped, WorkerLog
 from .queues import Channel, ResultChannel
-from .stages import CLOSING, IDLE, IDLE_RUN, SETUP, STARTING, STOPPED, TEARDOWN, StageSpec
+from .runtime_base import STOP_GRACE, BaseRuntime, Minibatch, RunFailed, RunState
+from .stages import CLOSING, IDLE_RUN, STARTING, STOPPED, StageSpec
+from .supervision import LiveStage, busy_since, death, kill_all, overdue
 from .workers import WorkerIO
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .stats import StatsCollector
+__all__ = ["ABORT_GRACE", "STOP_GRACE", "Runtime"]
 
-__all__ = ["Runtime"]
-
-#: Seconds a graceful stop waits for workers to finish before killing them.
-STOP_GRACE = 10.0
 #: Seconds an abort waits for worker threads (which cannot be killed) to exit.
 ABORT_GRACE = 0.5
-#: Seconds between two checks for the end of a run while the feeder waits on a full queue.
-_FEED_CHECK = 0.05
-_run_ids = itertools.count(1)
-
-
-@dataclass(frozen=True, slots=True)
-class _FeederDone:
-    """Sent by the feeder when the source is exhausted (or failed)."""
-
-    run_id: int
-    count: int
-    failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,23 +89,8 @@ class _StopRequested:
     run_id: int
 
 
-@dataclass
-class _Stage:
-    spec: StageSpec
-    io: WorkerIO
-    handles: list[WorkerHandle]
-
-
-class _RunFailed(Exception):
-    """Internal: a step or the source raised ``error``; the workers are healthy."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(error)
-        self.error = error
-
-
-class Runtime:
-    """Starts, supervises and stops the workers of a pipeline.
+class Runtime(BaseRuntime):
+    """Starts, supervises and stops the worker threads or processes of a pipeline.
 
     Parameters
     ----------
@@ -140,21 +104,16 @@ class Runtime:
     """
 
     def __init__(self, lanes: list[list[StageSpec]], backend: Backend, timeout: float | None = None) -> None:
-        self.lanes = lanes
+        super().__init__(lanes, timeout)
         self.backend = backend
-        self.timeout = timeout
-        self.broken = False
-        self.started = False
-        self._stages: list[_Stage] = []
+        self._stages: list[LiveStage] = []
         self._first_channels: list[Channel] = []
         self._channels: list[Channel] = []
         self._results: ResultChannel | None = None
-        self._finalizer: weakref.finalize | None = None
-        self._feeding: tuple[threading.Event, threading.Semaphore, threading.Thread] | None = None
+        self._finalizer: weakref.finalize[[list[WorkerHandle]], Runtime] | None = None
+        self._feeder: Feeder | None = None
         self._run_id = IDLE_RUN
         self._stop_pending = False
-        per_lane = [sum(s.max_queue_size + s.n_workers for s in lane) for lane in lanes]
-        self.max_in_flight = max(per_lane) + 1
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -164,7 +123,7 @@ class Runtime:
         self._results = results = backend.result_channel()
         self._active = backend.shared_int(-1, lock=False)
         handles: list[WorkerHandle] = []
-        self._finalizer = weakref.finalize(self, _kill_all, handles)
+        self._finalizer = weakref.finalize(self, kill_all, handles)
         shm_prefix = getattr(getattr(backend, "transport", None), "prefix", None)
         self.started = True
         for lane in self.lanes:
@@ -185,7 +144,7 @@ class Runtime:
                     portable=backend.portable,
                     shm_prefix=shm_prefix,
                 )
-                stage = _Stage(spec, io, [])
+                stage = LiveStage(spec, io, [])
                 self._stages.append(stage)
                 for w in range(spec.n_workers):
                     io.current[w] = STARTING
@@ -200,6 +159,18 @@ class Runtime:
         finishes its minibatch and runs its ``teardown()``, and raises the
         first error a teardown raised. A broken runtime, or one whose graceful
         stop does not end within :data:`STOP_GRACE`, is aborted instead.
+
+        Parameters
+        ----------
+        graceful : bool, default=True
+            Stop gracefully (else abort: kill worker processes at once).
+
+        Raises
+        ------
+        Exception
+            The first error a ``teardown()`` raised, or
+            :class:`~neuraxle_stream.BrokenPipelineError` for a worker that
+            died instead of stopping.
         """
         if not self.started:
             return
@@ -261,7 +232,7 @@ class Runtime:
             for sentinel in fired:
                 stage, w = watched.pop(sentinel)
                 if stage.io.current[w] != STOPPED:  # died instead of stopping: the stop cannot finish
-                    errors.append(_death(stage, w))
+                    errors.append(death(stage, w))
                     return False, errors
         return True, errors
 
@@ -300,103 +271,6 @@ class Runtime:
                 stage.io.inbox.put(STOP, timeout=0)  # no room: its workers are not waiting
             alive[0][1].join(timeout=0.02)
 
-    def _sentinels(self) -> list[Any]:
-        return [h.sentinel for s in self._stages for h in s.handles if h.sentinel is not None]
-
-    # -- one run ---------------------------------------------------------------
-
-    def run(
-        self,
-        batches: Iterable[Minibatch],
-        ordered: bool = True,
-        observer: StatsCollector | None = None,
-        tracer: Any = None,
-    ) -> Iterator[tuple[int, list[Any]]]:
-        """Feed ``batches`` through the lanes; yield ``(index, lane_outputs)``.
-
-        The caller must exhaust or close the generator. A step error, a source
-        error or closing the generator leave the runtime usable (the tasks of
-        this run are dropped by their run id); any other failure (a dead or
-        stuck worker, a failed ``setup()``, Ctrl-C) marks it ``broken``.
-        ``observer`` gets the workers' records of each minibatch of this run;
-        ``tracer`` (``add(index, calls)``), in a traced run, their trace records.
-        """
-        if not self.started:
-            try:
-                self.start()
-            except BaseException:
-                self.broken = True
-                raise
-        assert self._results is not None
-        results = self._results
-        run_id = next(_run_ids)
-        self._active.value = run_id
-        stop = threading.Event()
-        credits = threading.Semaphore(self.max_in_flight)
-        feeder_error: list[BaseException] = []
-        feeder = threading.Thread(
-            target=self._feed,
-            args=(iter(batches), run_id, stop, credits, feeder_error, observer),
-            name="neuraxle_stream-feeder",
-            daemon=True,
-        )
-        feeder.start()
-        self._run_id = run_id
-        self._feeding = (stop, credits, feeder)
-        if self._stop_pending:  # stop() came while the run was starting
-            results.put(_StopRequested(run_id))
-        joiner = WorkersJoiner(n_worker_wrappers_to_join=len(self.lanes))
-        total: int | None = None
-        done = 0
-        ok = False
-        try:
-            while total is None or done < total:
-                messages, fired = results.get_ready(self._wait_timeout(), self._sentinels())
-                for msg in messages:
-                    if isinstance(msg, StageResult):
-                        if msg.task.run_id == run_id:
-                            joiner.add(msg.task.index, msg.lane, msg.task.data_inputs)
-                            if observer is not None:
-                                observer.add(msg.task.stats)
-                            if tracer is not None:
-                                tracer.add(msg.task.index, msg.task.trace)
-                    elif isinstance(msg, MinibatchError):
-                        if observer is not None and msg.run_id == run_id:
-                            observer.add(msg.stats)
-                        if tracer is not None and msg.run_id == run_id and msg.index is not None:
-                            tracer.add(msg.index, msg.trace)
-                        self._on_error(msg, run_id)
-                    elif isinstance(msg, WorkerLog):
-                        msg.emit()
-                    elif isinstance(msg, _StopRequested) and msg.run_id == run_id:
-                        raise _RunFailed(PipelineStoppedError("The call was stopped by stop()."))
-                    elif isinstance(msg, _FeederDone) and msg.run_id == run_id:
-                        if msg.failed:
-                            raise _RunFailed(feeder_error[0])
-                        total = msg.count
-                if fired:
-                    self._on_dead_workers(run_id, fired)
-                self._check_timeouts()
-                ready = joiner.pop_ready() if ordered else joiner.pop_completed()
-                for index, outputs in ready:
-                    done += 1
-                    credits.release()
-                    yield index, outputs
-            ok = True
-        except _RunFailed as failed:
-            # The steps or the source failed; the workers are healthy.
-            raise failed.error from failed.error.__cause__
-        except GeneratorExit:
-            raise  # closed early by the caller: the workers are healthy
-        except BaseException:
-            self.broken = True
-            raise
-        finally:
-            self._stop_pending = False
-            if not ok and not self.broken and self.started:
-                self._active.value = IDLE_RUN
-            self._stop_feeder()
-
     def stop(self) -> None:
         """Stop the current (or starting) run from any thread.
 
@@ -404,26 +278,82 @@ class Runtime:
         at once; the workers stay healthy.
         """
         self._stop_pending = True
-        feeding, results = self._feeding, self._results
-        if feeding is not None and results is not None:
+        feeder, results = self._feeder, self._results
+        if feeder is not None and results is not None:
             results.put(_StopRequested(self._run_id))
+
+    # -- the verbs of the supervisor loop (BaseRuntime.run) ----------------------
+
+    def _begin_run(self, run: RunState, source: Iterator[Minibatch]) -> None:
+        """Start the run's feeder thread: it puts the minibatches on the first queue of each lane."""
+        assert self._results is not None
+        self._active.value = run.run_id
+        firsts = [(lane[0].name, channel) for lane, channel in zip(self.lanes, self._first_channels)]
+        feeder = Feeder(source, run.run_id, firsts, self._results, run.credits, run.observer)
+        feeder.start()
+        self._run_id = run.run_id
+        self._feeder = feeder
+        if self._stop_pending:  # stop() came while the run was starting
+            self._results.put(_StopRequested(run.run_id))
+
+    def _feed(self, run: RunState) -> None:
+        """Nothing to do: the feeder thread feeds."""
+
+    def _collect(self, run: RunState) -> None:
+        """Wait for results or dead workers; take each message; report a dead worker."""
+        assert self._results is not None
+        messages, fired = self._results.get_ready(self._wait_timeout(), self._sentinels())
+        for msg in messages:
+            self._take(run, msg)
+        if fired:
+            self._on_dead_workers(run.run_id, fired)
+
+    def _take(self, run: RunState, msg: Any) -> None:
+        """One message of the result channel: an output, a failure, a log record, the end of the source, a stop."""
+        if isinstance(msg, StageResult):
+            if msg.task.run_id == run.run_id:
+                run.add_output(msg.task, msg.lane)
+        elif isinstance(msg, MinibatchError):
+            if msg.run_id == run.run_id:
+                run.add_records(msg.index, msg.stats, msg.trace)
+            self._on_error(msg, run.run_id)
+        elif isinstance(msg, WorkerLog):
+            msg.emit()
+        elif isinstance(msg, _StopRequested) and msg.run_id == run.run_id:
+            raise RunFailed(PipelineStoppedError("The call was stopped by stop()."))
+        elif isinstance(msg, FeederDone) and msg.run_id == run.run_id:
+            if msg.failed:
+                assert self._feeder is not None and self._feeder.error is not None
+                raise RunFailed(self._feeder.error)
+            run.total = msg.count
+
+    def _check_timeouts(self) -> None:
+        """Raise ``TimeoutError`` for the worker that has been busy longest, if over time."""
+        if self.timeout is None:
+            return
+        error = overdue(self._stages, self.timeout)
+        if error is not None:
+            self.broken = True
+            raise error
+
+    def _end_run(self, run: RunState, ok: bool) -> None:
+        """Retire the run's id (its tasks still queued are dropped) and stop its feeder."""
+        self._stop_pending = False
+        if not ok and not self.broken and self.started:
+            self._active.value = IDLE_RUN
+        self._stop_feeder()
 
     def _stop_feeder(self) -> None:
         """End the feeder of the current run, if any (it may wait on the source)."""
-        if self._feeding is None:
-            return
-        stop, credits, feeder = self._feeding
-        self._feeding = None
-        stop.set()
-        for _ in range(self.max_in_flight + 1):
-            credits.release()
-        feeder.join(timeout=1.0)
+        feeder, self._feeder = self._feeder, None
+        if feeder is not None:
+            feeder.stop()
 
     def _on_error(self, msg: MinibatchError, run_id: int) -> None:
         if msg.phase == "transform":
             if msg.run_id != run_id:
                 return  # from a cancelled run
-            raise _RunFailed(msg.to_exception())
+            raise RunFailed(msg.to_exception())
         self.broken = True
         raise msg.to_exception()
 
@@ -434,7 +364,7 @@ class Runtime:
         dead = [(s, w) for s in self._stages for w, h in enumerate(s.handles) if h.sentinel in fired]
         if not dead:
             raise BrokenPipelineError("A worker of the pipeline died; the pipeline was stopped.")
-        error = _death(*dead[0])  # waits for the worker to be reaped
+        error = death(*dead[0])  # waits for the worker to be reaped
         drain = getattr(self._results, "drain", None)
         for msg in drain() if drain is not None else ():
             if isinstance(msg, WorkerLog):
@@ -443,122 +373,12 @@ class Runtime:
                 raise msg.to_exception()  # it said why, before it went
         raise error
 
-    def _busy_workers(self) -> list[tuple[float, _Stage, int, int]]:
-        """``(started, stage, worker, current)`` of each worker in a minibatch or ``setup()``."""
-        busy = []
-        for stage in self._stages:
-            for w in range(stage.spec.n_workers):
-                current = stage.io.current[w]
-                if current >= 0 or current == SETUP:
-                    busy.append((stage.io.started[w], stage, w, current))
-        return busy
+    def _sentinels(self) -> list[Any]:
+        return [h.sentinel for s in self._stages for h in s.handles if h.sentinel is not None]
 
     def _wait_timeout(self) -> float | None:
         if self.timeout is None:
             return None
-        oldest = min((b[0] for b in self._busy_workers()), default=time.monotonic())
-        return max(0.01, oldest + self.timeout - time.monotonic())
-
-    def _check_timeouts(self) -> None:
-        """Raise ``TimeoutError`` for the worker that has been busy longest, if over time."""
-        if self.timeout is None:
-            return
-        busy = self._busy_workers()
-        if not busy:
-            return
-        started, stage, w, current = min(busy, key=lambda b: b[0])
-        if time.monotonic() - started <= self.timeout:
-            return
-        self.broken = True
-        where = _where(current)
-        error = TimeoutError(
-            f"Step {stage.spec.name!r} (worker {w}) spent more than {self.timeout} s "
-            f"on {where}; the pipeline was stopped."
-        )
-        error.add_note(f"In the queued pipeline: step {stage.spec.name!r}, worker {w}, {where}.")
-        raise error
-
-    def _feed(
-        self,
-        batches: Iterator[Minibatch],
-        run_id: int,
-        stop: threading.Event,
-        credits: threading.Semaphore,
-        error: list[BaseException],
-        observer: StatsCollector | None = None,
-    ) -> None:
-        assert self._results is not None
-        count = 0
-        try:
-            while True:
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    break
-                except BaseException as exc:
-                    exc.add_note(f"Raised by the input of the queued pipeline, reading minibatch {count}.")
-                    raise
-                credits.acquire()
-                if stop.is_set():
-                    return
-                task = QueuedMinibatchTask(count, batch.data, batch.targets, run_id, params=batch.params)
-                for lane, channel in zip(self.lanes, self._first_channels):
-                    waited = time.perf_counter()
-                    try:
-                        while not channel.put(task, timeout=_FEED_CHECK):
-                            if stop.is_set():
-                                return
-                    except Exception as exc:
-                        exc.add_note(f"Raised sending minibatch {count} to step {lane[0].name!r}.")
-                        raise
-                    if observer is not None:  # backpressure on the first queue
-                        observer.add_feed_wait(lane[0].name, time.perf_counter() - waited)
-                count += 1
-        except BaseException as exc:
-            error.append(exc)
-        if not stop.is_set():
-            self._results.put(_FeederDone(run_id, count, failed=bool(error)))
-
-
-def _death(stage: _Stage, w: int) -> BrokenPipelineError:
-    """The error for worker ``w`` of ``stage``, which has died."""
-    handle = stage.handles[w]
-    handle.join(timeout=1.0)  # its sentinel fires as it exits, a moment before it can be reaped
-    current = stage.io.current[w]
-    error = BrokenPipelineError(
-        f"Worker {w} of step {stage.spec.name!r} {handle.describe_exit()} "
-        f"{_during(current)}; the pipeline was stopped."
-    )
-    error.add_note(f"In the queued pipeline: step {stage.spec.name!r}, worker {w}, {_where(current)}.")
-    if current == STARTING and getattr(getattr(handle, "process", None), "exitcode", None) == 1:
-        error.add_note(
-            "A worker process that exits with code 1 at start-up usually failed to import "
-            "the main script: a script that starts process workers must do so under "
-            "`if __name__ == '__main__':` (as with multiprocessing), or use backend='thread'."
-        )
-    return error
-
-
-def _where(current: int) -> str:
-    """What a worker was doing, from its ``current`` value."""
-    names = {
-        IDLE: "between minibatches",
-        SETUP: "setup()",
-        TEARDOWN: "teardown()",
-        STOPPED: "after it stopped",
-        STARTING: "at start-up",
-    }
-    return names.get(current, f"minibatch {current}")
-
-
-def _during(current: int) -> str:
-    """When a worker died, from its ``current`` value, for error messages."""
-    if current >= 0 or current in (SETUP, TEARDOWN):
-        return f"while running {_where(current)}"
-    return _where(current)
-
-
-def _kill_all(handles: list[WorkerHandle]) -> None:
-    """Safety net when a runtime is garbage-collected or the interpreter exits."""
-    for handle in handles:
-        handle.kill()
+        now = time.monotonic()
+        oldest = busy_since(self._stages)
+        return max(0.01, (now if oldest is None else oldest) + self.timeout - now)

@@ -9,7 +9,12 @@ per step and one :class:`QueueStats` per bounded queue (named after the
 step that reads it), printable as a table that names the bottleneck.
 
 The parent's side of a call (hooks' reports, progress, verbose lines) is
-:class:`~neuraxle_stream.monitor.CallMonitor`.
+:class:`~neuraxle_stream.monitor.CallMonitor`; the percentiles of each
+stage's durations come from :class:`~neuraxle_stream.quantiles.Durations`.
+
+A little over ~400 lines, on purpose: the public stats (:class:`PipelineStats`,
+its table and plot) and the collector that builds them change together, and
+both are named from this module.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import logging
 import math
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +33,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from .messages import TaskRecord
+from .quantiles import Durations
 
 if TYPE_CHECKING:  # pragma: no cover
     from .stages import StageSpec
@@ -44,12 +49,8 @@ __all__ = [
 
 logger = logging.getLogger("neuraxle_stream")
 
-#: Durations kept one by one per stage; beyond, percentiles come from a log histogram (±0.5%).
-_EXACT_SAMPLES = 10_000
 #: Minibatches kept for the timeline of :meth:`PipelineStats.plot` (the first ones of the call).
 _TIMELINE_LIMIT = 20_000
-_BIN_BASE = 1e-7
-_BIN_RATIO = math.log(1.01)
 
 
 @dataclass(frozen=True)
@@ -284,43 +285,6 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-class _Durations:
-    """Minibatch durations of one stage: exact percentiles, then a log histogram past a bound."""
-
-    def __init__(self) -> None:
-        self.samples: list[float] | None = []
-        self.histogram: Counter[int] = Counter()
-        self.count = 0
-
-    def add(self, seconds: float) -> None:
-        self.count += 1
-        if self.samples is not None:
-            self.samples.append(seconds)
-            if len(self.samples) > _EXACT_SAMPLES:
-                for s in self.samples:
-                    self.histogram[_bin(s)] += 1
-                self.samples = None
-        else:
-            self.histogram[_bin(seconds)] += 1
-
-    def quantile(self, q: float) -> float:
-        if self.count == 0:
-            return 0.0
-        if self.samples is not None:
-            return float(np.quantile(self.samples, q))
-        rank = q * (self.count - 1)
-        seen = 0
-        for b in sorted(self.histogram):
-            seen += self.histogram[b]
-            if seen > rank:
-                return _BIN_BASE * math.exp((b + 0.5) * _BIN_RATIO)
-        return 0.0  # pragma: no cover - the loop always returns
-
-
-def _bin(seconds: float) -> int:
-    return int(math.log(max(seconds, _BIN_BASE) / _BIN_BASE) / _BIN_RATIO)
-
-
 @dataclass
 class _StageTotals:
     n_workers: int
@@ -333,7 +297,7 @@ class _StageTotals:
     in_put_wait: float = 0.0  # writers' puts on this stage's input queue
     in_puts: int = 0
     wall_time: float = 0.0
-    durations: _Durations = field(default_factory=_Durations)
+    durations: Durations = field(default_factory=Durations)
 
 
 class StatsCollector:

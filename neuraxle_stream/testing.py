@@ -6,6 +6,11 @@ worker), on minibatches of the data. :func:`check_step` tests what that needs
 and raises :class:`StepCheckError` on the first failure; :func:`step_checks`
 yields the checks one by one, to parametrize pytest as scikit-learn's
 ``parametrize_with_checks`` does.
+
+One module over ~400 lines, on purpose: it is the list of the contract's
+checks, each a short function read next to the others (as scikit-learn's
+``estimator_checks.py``); splitting it would scatter the one list a step
+author reads.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ in a worker process, sends its ``logging`` records to the parent on the
 results channel. When its stage spec says ``trace``, it records every call its
 step receives (:mod:`~neuraxle_stream.tracing`) and appends those records to
 the task in the same way.
+
+A little over ~400 lines, on purpose: the worker loop, the step runner it
+shares with the Ray actors and the stop protocol are one story, read in order.
 """
 
 from __future__ import annotations

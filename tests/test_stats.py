@@ -29,7 +29,9 @@ from neuraxle_stream import (
     StageStats,
 )
 from neuraxle_stream.monitor import PROGRESS_EVERY, verbose_line
-from neuraxle_stream.stats import _EXACT_SAMPLES, StatsCollector, _Durations
+from neuraxle_stream.quantiles import EXACT_SAMPLES as _EXACT_SAMPLES
+from neuraxle_stream.quantiles import Durations as _Durations
+from neuraxle_stream.stats import StatsCollector
 
 
 class Sleep(NonFittableMixin, BaseTransformer):

@@ -1,0 +1,133 @@
+"""The feeder: the thread that puts a run's minibatches on the first queue of each lane.
+
+Used by :class:`~neuraxle_stream.runtime.Runtime` (threads and processes)::
+
+    source ──next()──▶ feeder thread ──put(task)──▶ [queue 0 of each lane] ──▶ stage 0 ...
+                           │
+                           └── put(FeederDone) ──▶ (result channel) ──▶ supervisor
+
+The feeder takes a credit (the run's in-flight bound) before each minibatch,
+so a full pipeline stops it before it reads more of the source; while a
+first queue is full it checks every ``_FEED_CHECK`` seconds whether the run
+is over. When the source is exhausted (or raised) it tells the supervisor
+with :class:`FeederDone`, which carries the number of minibatches fed. The
+source's error is kept in :attr:`Feeder.error`, with a note naming the
+minibatch, for the supervisor to raise in the caller's thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .messages import QueuedMinibatchTask
+from .queues import Channel, ResultChannel
+from .runtime_base import Credits, Minibatch, minibatch_task
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .stats import StatsCollector
+
+__all__ = ["Feeder", "FeederDone"]
+
+#: Seconds between two checks for the end of a run while the feeder waits on a full queue.
+_FEED_CHECK = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class FeederDone:
+    """Sent by the feeder when the source is exhausted (or failed)."""
+
+    run_id: int
+    count: int
+    failed: bool = False
+
+
+class Feeder:
+    """Feeds the minibatches of run ``run_id`` from ``source`` to ``firsts``, in a thread of its own.
+
+    Parameters
+    ----------
+    source : iterator of tuple
+        The run's minibatches.
+    run_id : int
+        The id every task of the run carries.
+    firsts : list of (str, Channel)
+        The name of the first step of each lane, and its queue.
+    results : ResultChannel
+        Where :class:`FeederDone` goes.
+    credits : Credits
+        The run's in-flight bound.
+    observer : StatsCollector or None
+        Gets the time each put waited on a full first queue (the backpressure).
+    """
+
+    def __init__(
+        self,
+        source: Iterator[Minibatch],
+        run_id: int,
+        firsts: list[tuple[str, Channel]],
+        results: ResultChannel,
+        credits: Credits,
+        observer: StatsCollector | None = None,
+    ) -> None:
+        self.source = source
+        self.run_id = run_id
+        self.firsts = firsts
+        self.results = results
+        self.credits = credits
+        self.observer = observer
+        #: What the source raised (or a put), once :class:`FeederDone` says ``failed``.
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._feed, name="neuraxle_stream-feeder", daemon=True)
+
+    def start(self) -> None:
+        """Start feeding."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the feeding (it may be waiting on the source, a credit or a full queue); safe twice."""
+        self._stop.set()
+        self.credits.release_waiters()
+        self._thread.join(timeout=1.0)
+
+    def _feed(self) -> None:
+        count = 0
+        try:
+            while True:
+                try:
+                    batch = next(self.source)
+                except StopIteration:
+                    break
+                except BaseException as exc:
+                    exc.add_note(f"Raised by the input of the queued pipeline, reading minibatch {count}.")
+                    raise
+                self.credits.take()
+                if self._stop.is_set():
+                    return
+                task = minibatch_task(batch, count, self.run_id)
+                for name, channel in self.firsts:
+                    if not self._put(name, channel, task):
+                        return
+                count += 1
+        except BaseException as exc:
+            self.error = exc
+        if not self._stop.is_set():
+            self.results.put(FeederDone(self.run_id, count, failed=self.error is not None))
+
+    def _put(self, name: str, channel: Channel, task: QueuedMinibatchTask) -> bool:
+        """Put ``task`` on ``channel`` (the queue of step ``name``); ``False`` if the run ended meanwhile."""
+        waited = time.perf_counter()
+        try:
+            while not channel.put(task, timeout=_FEED_CHECK):
+                if self._stop.is_set():
+                    return False
+        except Exception as exc:
+            exc.add_note(f"Raised sending minibatch {task.index} to step {name!r}.")
+            raise
+        if self.observer is not None:  # backpressure on the first queue
+            self.observer.add_feed_wait(name, time.perf_counter() - waited)
+        return True

@@ -1,0 +1,178 @@
+"""The driver's books of a Ray run: stages, actors, the calls in flight, and what goes wrong with them.
+
+Used by :class:`~neuraxle_stream.ray_backend.RayRuntime`; importing this
+module does not import Ray (the functions take the ``ray`` module). Each
+stage keeps the minibatches waiting for room in it (as object refs); each
+actor keeps its calls in submission order, and since when its oldest call
+runs, which is what ``timeout`` bounds. :func:`dispatch` gives each waiting
+minibatch to the actor of its stage with the fewest calls queued, so one
+slow minibatch does not hold the others back.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from .exceptions import BrokenPipelineError
+from .messages import WorkerLog
+from .stages import StageSpec
+
+__all__ = ["RayActor", "RayCall", "RayStage", "actor_died", "actor_of", "dispatch", "overdue", "wait_dead"]
+
+
+@dataclass
+class RayActor:
+    """One worker: a Ray actor, and the calls submitted to it."""
+
+    stage: RayStage
+    worker: int
+    handle: Any
+    #: The calls submitted and not yet seen done, oldest first.
+    calls: collections.deque[RayCall] = field(default_factory=collections.deque)
+    #: When the oldest call began (the previous one ended): its timeout counts from here.
+    head_since: float = 0.0
+
+
+@dataclass
+class RayStage:
+    """One stage: its actors, and the minibatches waiting for room in it."""
+
+    spec: StageSpec
+    last: bool
+    actors: list[RayActor] = field(default_factory=list)
+    #: Minibatches done with the stage before, as (index, task ref), waiting for room here.
+    waiting: collections.deque[tuple[int, Any]] = field(default_factory=collections.deque)
+
+    @property
+    def capacity(self) -> int:
+        """The calls the stage may have submitted at once: its workers plus its queue."""
+        return self.spec.n_workers + self.spec.max_queue_size
+
+    def in_flight(self) -> int:
+        """The calls submitted to the stage's actors and not yet seen done."""
+        return sum(len(a.calls) for a in self.actors)
+
+
+@dataclass(eq=False)
+class RayCall:
+    """``actor.run(task ref)`` for minibatch ``index``: the refs of its status and its output."""
+
+    index: int
+    actor: RayActor
+    status: Any
+    task: Any
+
+
+def all_actors(lanes: list[list[RayStage]]) -> list[RayActor]:
+    """Every actor of every stage of every lane."""
+    return [a for lane in lanes for stage in lane for a in stage.actors]
+
+
+def dispatch(lanes: list[list[RayStage]], calls: dict[Any, RayCall]) -> None:
+    """Submit waiting minibatches to the actor of their stage with the fewest calls, while there is room.
+
+    Each new call is added to ``calls``, by its status ref.
+    """
+    now = time.monotonic()
+    for lane in lanes:
+        for stage in lane:
+            per_actor = math.ceil(stage.capacity / stage.spec.n_workers)
+            while stage.waiting and stage.in_flight() < stage.capacity:
+                actor = min(stage.actors, key=lambda a: len(a.calls))
+                if len(actor.calls) >= per_actor:
+                    break
+                index, ref = stage.waiting.popleft()
+                status, task = actor.handle.run.options(num_returns=2).remote(ref)
+                if not actor.calls:
+                    actor.head_since = now
+                call = RayCall(index, actor, status, task)
+                actor.calls.append(call)
+                calls[status] = call
+
+
+def busy_since(lanes: list[list[RayStage]]) -> float | None:
+    """When the oldest call of any actor began; ``None`` when no actor has a call."""
+    return min((a.head_since for a in all_actors(lanes) if a.calls), default=None)
+
+
+def overdue(lanes: list[list[RayStage]], timeout: float) -> TimeoutError | None:
+    """The error for the first actor whose current minibatch has run more than ``timeout`` seconds."""
+    now = time.monotonic()
+    for actor in all_actors(lanes):
+        if actor.calls and now - actor.head_since > timeout:
+            index, name = actor.calls[0].index, actor.stage.spec.name
+            error = TimeoutError(
+                f"Step {name!r} (worker {actor.worker}) spent more than {timeout} s "
+                f"on minibatch {index}; the pipeline was stopped."
+            )
+            error.add_note(f"In the queued pipeline: step {name!r}, worker {actor.worker}, minibatch {index}.")
+            return error
+    return None
+
+
+def actor_of(lanes: list[list[RayStage]], exc: BaseException, default: RayActor) -> RayActor:
+    """The actor a Ray error comes from (by its actor id), else ``default``."""
+    actor_id = getattr(exc, "actor_id", None)
+    if isinstance(actor_id, bytes):
+        actor_id = actor_id.hex()
+    if not actor_id:  # Ray does not always set it; its message names the actors, the origin last
+        found = re.findall(r"actor_id=([0-9a-f]+)", str(exc))
+        actor_id = found[-1] if found else None
+    for actor in all_actors(lanes):
+        with contextlib.suppress(Exception):
+            if actor.handle._actor_id.hex() == actor_id:
+                return actor
+    return default
+
+
+def actor_died(actor: RayActor, during: str, exc: BaseException) -> BrokenPipelineError:
+    """The error for ``actor``, which died while running ``during``."""
+    name = actor.stage.spec.name
+    error = BrokenPipelineError(
+        f"Worker {actor.worker} of step {name!r} (a Ray actor) died while running {during}; "
+        f"the pipeline was stopped. Ray says: {first_line(exc)}"
+    )
+    error.add_note(f"In the queued pipeline: step {name!r}, worker {actor.worker}, {during}.")
+    return error
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (Ray's run long), else its type's name."""
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def emit(records: list[logging.LogRecord]) -> None:
+    """Hand log records that came back from an actor to the driver's handlers."""
+    for record in records:
+        WorkerLog(record).emit()
+
+
+def wait_dead(ray: ModuleType, handles: list[Any], grace: float) -> None:
+    """Wait (at most ``grace`` seconds) until every actor in ``handles`` is gone.
+
+    ``ray.kill`` only sends the order: a call made at once may still be
+    answered. An actor is gone when a call to it fails with ``RayActorError``.
+    """
+    deadline = time.monotonic() + grace
+    alive = list(handles)
+    while alive and time.monotonic() < deadline:
+        pings = {handle.ping.remote(): handle for handle in alive}
+        ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=max(0.0, deadline - time.monotonic()))
+        alive = []
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except Exception:  # RayActorError: gone, as wanted
+                continue
+            alive.append(pings[ref])
+        if alive:
+            time.sleep(0.05)  # the kill is on its way: ask again in a moment

@@ -1,0 +1,298 @@
+"""One interface for the runtimes, and the pieces they share.
+
+A pipeline runs its stages through a *runtime*: :class:`~neuraxle_stream.runtime.Runtime`
+(worker threads or processes, linked by bounded queues) or
+:class:`~neuraxle_stream.ray_backend.RayRuntime` (one Ray actor per worker).
+:class:`BaseRuntime` is to them what ``concurrent.futures.Executor`` is to its
+two pools: the methods the estimator layer calls (``start``, ``run``,
+``stop``, ``close``, the ``broken`` and ``started`` flags, a context manager),
+and what both write the same way:
+
+- run ids: every task carries the id of its run, so the tasks and results of
+  a cancelled run are dropped by id (:func:`next_run_id`);
+- the in-flight bound (:class:`Credits`): a minibatch takes a credit when it
+  is fed and gives it back when the caller gets its output, so the queues, the
+  result channel and the joiner hold a bounded number of minibatches;
+- :data:`STOP_GRACE`, the time a graceful stop waits for the workers;
+- the supervisor loop of a run (:meth:`BaseRuntime.run`), a list of named
+  steps, each runtime supplying the verbs::
+
+      start the workers, if not started
+      begin the run ──────────────────▶ (threads/processes: start the feeder thread)
+      until every fed minibatch is out:
+          feed            ─────────────▶ (Ray: submit minibatches, within the credits)
+          collect         ─────────────▶ block on results and dead workers; join outputs; raise failures
+          check timeouts
+          yield what the joiner has ready (and give its credits back)
+      end the run     ────────────────▶ stop the feeder, cancel what is left
+
+How a run ends: a step, the source or ``stop()`` fails the run with
+:class:`RunFailed` (the runtime stays usable); the caller closing the
+generator leaves it usable too; anything else marks it ``broken``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .joiner import WorkersJoiner
+from .messages import QueuedMinibatchTask, TaskRecord
+from .minibatches import Minibatch
+from .stages import StageSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .stats import StatsCollector
+    from .tracing import Assembler, TraceCall
+
+__all__ = ["STOP_GRACE", "BaseRuntime", "Credits", "Minibatch", "RunFailed", "RunState", "minibatch_task", "next_run_id"]
+
+#: Seconds a graceful stop waits for the workers to finish (their ``teardown()`` included).
+STOP_GRACE = 10.0
+_run_ids = itertools.count(1)
+
+
+
+def next_run_id() -> int:
+    """A new run id, unique in this process (for every runtime of every backend)."""
+    return next(_run_ids)
+
+
+def minibatch_task(batch: Minibatch, index: int, run_id: int) -> QueuedMinibatchTask:
+    """The task that carries minibatch ``index`` of run ``run_id`` through the stages.
+
+    The one place where a runtime reads the minibatches it is given.
+    """
+    return QueuedMinibatchTask(index, batch.data, batch.targets, run_id, params=batch.params)
+
+
+def in_flight_bound(lanes: list[list[StageSpec]]) -> int:
+    """The most minibatches a run holds at once: what the longest lane's queues and workers hold, plus one."""
+    return max(sum(s.max_queue_size + s.n_workers for s in lane) for lane in lanes) + 1
+
+
+class Credits:
+    """The in-flight bound of a run, as credits.
+
+    A minibatch takes a credit when it is fed (``take``, blocking for a
+    feeder thread, not for a driver that feeds between waits) and gives it
+    back when the caller gets its output (``give``).
+    """
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self._free = threading.Semaphore(bound)
+
+    def take(self, blocking: bool = True) -> bool:
+        """Take a credit; without ``blocking``, return ``False`` when none is free."""
+        return self._free.acquire(blocking)
+
+    def give(self) -> None:
+        """Give a credit back."""
+        self._free.release()
+
+    def release_waiters(self) -> None:
+        """Wake whoever waits for a credit: the run is ending."""
+        for _ in range(self.bound + 1):
+            self._free.release()
+
+
+class RunFailed(Exception):
+    """A step, the source or :meth:`BaseRuntime.stop` failed the run with ``error``; the workers are healthy."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@dataclass
+class RunState:
+    """One run of a runtime: its id, its joiner, who gets its records, how far it got."""
+
+    run_id: int
+    joiner: WorkersJoiner
+    credits: Credits
+    ordered: bool = True
+    observer: StatsCollector | None = None
+    tracer: Assembler | None = None
+    #: Minibatches fed so far.
+    fed: int = 0
+    #: Minibatches in the run, known once the source is exhausted.
+    total: int | None = None
+    #: Minibatches whose output the caller got.
+    done: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Whether every minibatch of the source went through."""
+        return self.total is not None and self.done >= self.total
+
+    def add_output(self, task: QueuedMinibatchTask, lane: int) -> None:
+        """The last stage of ``lane`` is done with ``task``: join its output, pass on its records."""
+        self.joiner.add(task.index, lane, task.data_inputs)
+        self.add_records(task.index, task.stats, task.trace)
+
+    def add_records(self, index: int | None, stats: Iterable[TaskRecord], trace: tuple[TraceCall, ...]) -> None:
+        """Pass the stats and trace records of minibatch ``index`` to the observer and the tracer."""
+        if self.observer is not None:
+            self.observer.add(stats)
+        if self.tracer is not None and index is not None:
+            self.tracer.add(index, trace)
+
+    def pop_ready(self) -> Iterator[tuple[int, list[Any]]]:
+        """The outputs the caller may have now (in input order, or as completed), each counted as done."""
+        ready = self.joiner.pop_ready() if self.ordered else self.joiner.pop_completed()
+        for item in ready:
+            self.done += 1
+            self.credits.give()
+            yield item
+
+
+class BaseRuntime(ABC):
+    """Starts, supervises and stops the workers of a pipeline (the interface of every backend).
+
+    Parameters
+    ----------
+    lanes : list of list of StageSpec
+        The stages of each lane, in order.
+    timeout : float or None
+        Seconds a worker may spend on one minibatch (or its ``setup``)
+        before the run fails with :class:`TimeoutError`.
+    """
+
+    def __init__(self, lanes: list[list[StageSpec]], timeout: float | None = None) -> None:
+        self.lanes = lanes
+        self.timeout = timeout
+        #: Set when a worker died, overran ``timeout`` or failed ``setup()``: the runtime must be closed.
+        self.broken = False
+        self.started = False
+        self.max_in_flight = in_flight_bound(lanes)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start every worker (and wait until each can take minibatches, where the backend can tell)."""
+
+    @abstractmethod
+    def close(self, graceful: bool = True) -> None:
+        """Stop every worker; safe to call twice.
+
+        Parameters
+        ----------
+        graceful : bool, default=True
+            Let each worker finish its minibatch and run ``teardown()``; a
+            broken runtime, or one whose graceful stop does not end within
+            :data:`STOP_GRACE`, is aborted instead.
+
+        Raises
+        ------
+        Exception
+            The first error a ``teardown()`` raised.
+        """
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the current (or starting) run from any thread.
+
+        The run's caller gets :class:`~neuraxle_stream.PipelineStoppedError`;
+        the workers stay healthy.
+        """
+
+    def __enter__(self) -> BaseRuntime:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close(graceful=not self.broken)
+
+    # -- one run: the supervisor loop ------------------------------------------
+
+    def run(
+        self,
+        batches: Iterable[Minibatch],
+        ordered: bool = True,
+        observer: StatsCollector | None = None,
+        tracer: Assembler | None = None,
+    ) -> Iterator[tuple[int, list[Any]]]:
+        """Feed ``batches`` through the lanes; yield ``(index, lane_outputs)``.
+
+        The caller must exhaust or close the generator. A step error, a source
+        error, :meth:`stop` or closing the generator leave the runtime usable
+        (the tasks of this run are dropped by their run id); any other failure
+        (a dead or stuck worker, a failed ``setup()``, Ctrl-C) marks it
+        ``broken``.
+
+        Parameters
+        ----------
+        batches : iterable of tuple
+            The minibatches, each ``(data, expected_outputs[, transform params])``.
+        ordered : bool, default=True
+            Yield in input order; ``False``: as the minibatches complete.
+        observer : StatsCollector or None
+            Gets the workers' stats records of each minibatch of this run.
+        tracer : Assembler or None
+            In a traced run, gets the trace records of each minibatch.
+
+        Yields
+        ------
+        index : int
+            The minibatch's sequence number.
+        lane_outputs : list
+            Its output from the last stage of each lane, in lane order.
+        """
+        self._ensure_started()
+        run = RunState(next_run_id(), WorkersJoiner(n_worker_wrappers_to_join=len(self.lanes)), Credits(self.max_in_flight))
+        run.ordered, run.observer, run.tracer = ordered, observer, tracer
+        self._begin_run(run, iter(batches))
+        ok = False
+        try:
+            while not run.complete:
+                self._feed(run)
+                self._collect(run)
+                self._check_timeouts()
+                yield from run.pop_ready()
+            ok = True
+        except RunFailed as failed:  # the steps, the source or stop(): the workers are healthy
+            raise failed.error from failed.error.__cause__
+        except GeneratorExit:
+            raise  # closed early by the caller: the workers are healthy
+        except BaseException:
+            self.broken = True
+            raise
+        finally:
+            self._end_run(run, ok)
+
+    def _ensure_started(self) -> None:
+        if not self.started:
+            try:
+                self.start()
+            except BaseException:
+                self.broken = True
+                raise
+
+    @abstractmethod
+    def _begin_run(self, run: RunState, source: Iterator[Minibatch]) -> None:
+        """Make ``run`` the current run, reading its minibatches from ``source``."""
+
+    @abstractmethod
+    def _feed(self, run: RunState) -> None:
+        """Hand minibatches to the first stages, within the credits (a no-op where a feeder thread does it)."""
+
+    @abstractmethod
+    def _collect(self, run: RunState) -> None:
+        """Block until something happens; join the outputs that came, raise the failures that came.
+
+        Sets ``run.total`` once the source is exhausted.
+        """
+
+    @abstractmethod
+    def _check_timeouts(self) -> None:
+        """Raise :class:`TimeoutError` for a worker over ``timeout`` on its minibatch (or ``setup()``)."""
+
+    @abstractmethod
+    def _end_run(self, run: RunState, ok: bool) -> None:
+        """The run is over (``ok``: every output went out); forget what is left of it."""
