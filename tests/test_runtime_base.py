@@ -124,11 +124,11 @@ def test_credits_bound_and_release_waiters() -> None:
 
 
 def test_minibatch_task_reads_data_targets_and_params() -> None:
-    plain = minibatch_task(([1, 2], [0, 1]), 3, 7)
+    plain = minibatch_task(Minibatch(3, [1, 2], [0, 1], rows=2), 3, 7)
     assert (plain.index, plain.data_inputs, plain.expected_outputs, plain.run_id, plain.params) == (
         3, [1, 2], [0, 1], 7, None,
     )
-    routed = minibatch_task(([1], None, {"s": {"w": [1.0]}}), 0, 8)
+    routed = minibatch_task(Minibatch(0, [1], rows=1, params={"s": {"w": [1.0]}}), 0, 8)
     assert routed.params == {"s": {"w": [1.0]}}
 
 
@@ -144,7 +144,7 @@ def test_run_state_joins_counts_and_passes_records_on() -> None:
     run.add_records(0, (record,), ())
     assert seen == [(record,)]
     assert run.credits.take(blocking=False)
-    run.add_output(minibatch_task(([5], None), 0, 1), 0)
+    run.add_output(minibatch_task(Minibatch(0, [5], rows=1), 0, 1), 0)
     run.total = 1
     assert list(run.pop_ready()) == [(0, [[5]])]
     assert run.done == 1 and run.complete
@@ -152,7 +152,7 @@ def test_run_state_joins_counts_and_passes_records_on() -> None:
 
 def test_the_supervisor_loop_runs_its_named_steps_in_order() -> None:
     runtime = _ListRuntime([[_spec("a", 1, 1)], [_spec("b", 1, 1, lane=1)]])
-    out = list(runtime.run([([1, 2], None), ([3], None)]))
+    out = list(runtime.run([Minibatch(0, [1, 2], rows=2), Minibatch(1, [3], rows=1)]))
     assert out == [(0, [[2, 4], [2, 4]]), (1, [[6], [6]])]
     assert runtime.events[:2] == ["start", "begin"] and runtime.events[-1] == "end ok=True"
     assert "timeouts" in runtime.events and not runtime.broken
@@ -161,11 +161,11 @@ def test_the_supervisor_loop_runs_its_named_steps_in_order() -> None:
 def test_a_run_failure_leaves_the_runtime_usable_and_other_errors_break_it() -> None:
     runtime = _ListRuntime([[_spec("a", 1, 1)]], fail_at=1)
     with pytest.raises(ValueError, match="minibatch 1"):
-        list(runtime.run([([1], None), ([2], None)]))
+        list(runtime.run([Minibatch(0, [1], rows=1), Minibatch(1, [2], rows=1)]))
     assert runtime.events[-1] == "end ok=False" and not runtime.broken
 
     def source() -> Iterator[Minibatch]:
-        yield ([1], None)
+        yield Minibatch(0, [1], rows=1)
         raise KeyboardInterrupt
 
     runtime = _ListRuntime([[_spec("a", 1, 1)]])
@@ -176,7 +176,7 @@ def test_a_run_failure_leaves_the_runtime_usable_and_other_errors_break_it() -> 
 
 def test_closing_the_generator_early_leaves_the_runtime_usable() -> None:
     runtime = _ListRuntime([[_spec("a", 1, 1)]])
-    gen = runtime.run([([1], None), ([2], None), ([3], None)])
+    gen = runtime.run([Minibatch(i, [i + 1], rows=1) for i in range(3)])
     assert next(gen) == (0, [[2]])
     gen.close()
     assert runtime.events[-1] == "end ok=False" and not runtime.broken
