@@ -20,6 +20,7 @@ workers moves the time to the rest of the pipeline.
 
 Run it with::
 
+    pip install -e ".[examples]"  # once: what every example needs
     python examples/profile_pipeline.py [plot.png]
 """
 
