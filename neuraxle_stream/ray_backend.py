@@ -308,6 +308,8 @@ class RayRuntime:
                     ref = ray.put(QueuedMinibatchTask(fed, batch[0], batch[1], run_id, params=params))
                     for lane in self._stages:
                         lane[0].waiting.append((fed, ref))
+                        if observer is not None:  # for the timeline: it entered the first "queue" now
+                            observer.add_feed_wait(lane[0].spec.name, 0.0)
                     fed += 1
                     credits -= 1
                 self._dispatch(calls)
