@@ -344,10 +344,11 @@ def plot_timeline(stats: PipelineStats, steps: Sequence[str] | None = None) -> F
         for failed in (False, True):
             bars = [(s.start, s.duration) for s in spans if s.failed == failed]
             if bars:
-                tasks.broken_barh(
-                    bars, (index[row] - 0.4, 0.8), facecolor=colors.get(row[1], "C0"),
-                    edgecolor="black" if failed else "none", hatch="xx" if failed else None,
-                    linewidth=0.5 if failed else 0,
+                color = colors.get(row[1], "C0")
+                tasks.broken_barh(  # the edge keeps a task shorter than a pixel visible
+                    bars, (index[row] - 0.4, 0.8), facecolor=color,
+                    edgecolor="black" if failed else color, hatch="xx" if failed else None,
+                    linewidth=0.5,
                 )
     if fits:
         tasks.broken_barh([(f.start, f.duration) for f in fits], (-0.4, 0.8), facecolor="0.6")
