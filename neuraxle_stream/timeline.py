@@ -2,9 +2,9 @@
 
 ``pipeline.stats_.to_chrome_trace(path)`` writes it as Chrome trace-event
 JSON (Perfetto, ``chrome://tracing``); ``pipeline.stats_.plot_timeline()``
-draws it with matplotlib. Both read what the parent's
-:class:`~neuraxle_stream.stats.StatsCollector` kept in a
-:class:`TimelineRecorder` during the call::
+draws it with matplotlib. Both read what the parent's ``StatsCollector``
+(in ``neuraxle_stream.stats``) kept in a :class:`TimelineRecorder` during
+the call::
 
     worker (thread, process or Ray actor)        parent
     ─────────────────────────────────────        ──────────────────────────
@@ -58,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "TIMELINE_LIMIT",
+    "FeedMark",
     "FitSpan",
     "QueueInfo",
     "TaskSpan",
@@ -109,7 +110,9 @@ class QueueInfo(NamedTuple):
     upstream: str | None  # the step that writes it; None: the feeder
 
 
-class _Fed(NamedTuple):
+class FeedMark(NamedTuple):
+    """The feeder put minibatch ``minibatch`` of run ``run`` on the first queue of ``stage`` at ``time``."""
+
     stage: str
     run: int
     minibatch: int
@@ -124,14 +127,14 @@ class TimelineInfo:
     ----------
     queues : tuple of QueueInfo
         Every queue of the call's runs, in stage order.
-    fed : tuple
+    fed : tuple of FeedMark
         When the feeder put each minibatch on each lane's first queue (the most recent).
     fits : tuple of FitSpan
         The steps fitted in the parent.
     """
 
     queues: tuple[QueueInfo, ...] = ()
-    fed: tuple[_Fed, ...] = ()
+    fed: tuple[FeedMark, ...] = ()
     fits: tuple[FitSpan, ...] = ()
 
 
@@ -150,7 +153,7 @@ class TimelineRecorder:
         limit = TIMELINE_LIMIT if limit is None else limit
         self.origin = origin
         self._tasks: deque[TaskSpan] = deque(maxlen=limit)
-        self._fed: deque[_Fed] = deque(maxlen=limit)
+        self._fed: deque[FeedMark] = deque(maxlen=limit)
         self._fits: deque[FitSpan] = deque(maxlen=limit)
         self._queues: dict[str, QueueInfo] = {}
         self._lanes: dict[str, int] = {}
@@ -181,7 +184,7 @@ class TimelineRecorder:
         """The feeder has just put the next minibatch of the run on the first queue of ``stage``."""
         count = self._fed_count.get(stage, 0)
         self._fed_count[stage] = count + 1
-        self._fed.append(_Fed(stage, self._run, count, time.perf_counter() - self.origin))
+        self._fed.append(FeedMark(stage, self._run, count, time.perf_counter() - self.origin))
 
     def fitted(self, step: str, seconds: float) -> None:
         """Step ``step`` has just been fitted in the parent, in ``seconds``."""

@@ -122,6 +122,8 @@ def _missing_optional(code: str) -> list[str]:
         needed.add("opentelemetry")
     if 'backend="ray"' in code:
         needed.add("ray")
+    if "plot_timeline(" in code:
+        needed.add("matplotlib")
     return sorted(
         _OPTIONAL[m] for m in needed if m in _OPTIONAL and importlib.util.find_spec(m) is None
     )
