@@ -102,12 +102,18 @@ class FitSpan(NamedTuple):
 
 
 class QueueInfo(NamedTuple):
-    """The bounded queue read by step ``name`` (its input queue)."""
+    """The bounded queue read by step ``name`` (its input queue) in run ``run`` of the call.
+
+    A call may run the same step in several runs, written by different
+    steps (``fit_transform`` runs the steps after one fitted in the parent
+    as a run of their own).
+    """
 
     name: str
     lane: int
     bound: int
     upstream: str | None  # the step that writes it; None: the feeder
+    run: int = 0
 
 
 class FeedMark(NamedTuple):
@@ -155,7 +161,7 @@ class TimelineRecorder:
         self._tasks: deque[TaskSpan] = deque(maxlen=limit)
         self._fed: deque[FeedMark] = deque(maxlen=limit)
         self._fits: deque[FitSpan] = deque(maxlen=limit)
-        self._queues: dict[str, QueueInfo] = {}
+        self._queues: dict[tuple[int, str], QueueInfo] = {}
         self._lanes: dict[str, int] = {}
         self._fed_count: dict[str, int] = {}
         self._run = -1
@@ -168,7 +174,8 @@ class TimelineRecorder:
             upstream: str | None = None
             for spec in lane:
                 self._lanes[spec.name] = spec.lane
-                self._queues[spec.name] = QueueInfo(spec.name, spec.lane, spec.max_queue_size, upstream)
+                key = (self._run, spec.name)
+                self._queues[key] = QueueInfo(spec.name, spec.lane, spec.max_queue_size, upstream, self._run)
                 upstream = spec.name
 
     def add(self, r: TaskRecord) -> None:
@@ -207,7 +214,7 @@ def queue_occupancy(stats: PipelineStats) -> dict[str, list[tuple[float, int]]]:
 
     A step function: each count holds from its time to the next. Derived
     from the spans kept (see the module's docstring); a queue whose writer
-    left no record (Ray has no feeder queue) is left out.
+    left no record is left out.
     """
     info = stats.timeline_info
     begun: dict[tuple[str, int, int], float] = {}
@@ -218,25 +225,29 @@ def queue_occupancy(stats: PipelineStats) -> dict[str, list[tuple[float, int]]]:
             ended[(s.stage, s.run, s.minibatch)] = s.end
     for f in info.fed:
         ended[(f"\0feed:{f.stage}", f.run, f.minibatch)] = f.time
-    out: dict[str, list[tuple[float, int]]] = {}
-    for q in info.queues:
+    changes: dict[str, list[tuple[float, int]]] = {}
+    bounds: dict[str, int] = {}
+    for q in info.queues:  # one per run and reading step
         writer = q.upstream if q.upstream is not None else f"\0feed:{q.name}"
-        changes: list[tuple[float, int]] = []
+        bounds[q.name] = q.bound
+        mine = changes.setdefault(q.name, [])
         for (stage, run, minibatch), t_in in ended.items():
-            if stage != writer:
+            if stage != writer or run != q.run:
                 continue
-            changes.append((t_in, 1))
+            mine.append((t_in, 1))
             t_out = begun.get((q.name, run, minibatch))
             if t_out is not None:
-                changes.append((max(t_out, t_in), -1))
-        if not changes:
+                mine.append((max(t_out, t_in), -1))
+    out: dict[str, list[tuple[float, int]]] = {}
+    for name, mine in changes.items():
+        if not mine:
             continue
-        changes.sort()
+        mine.sort()
         level, points = 0, [(0.0, 0)]
-        for t, step in changes:
+        for t, step in mine:
             level += step
-            points.append((t, max(0, min(level, q.bound))))
-        out[q.name] = points
+            points.append((t, max(0, min(level, bounds[name]))))
+        out[name] = points
     return out
 
 

@@ -105,6 +105,23 @@ def test_queue_occupancy_stays_within_the_bound() -> None:
         assert times == sorted(times)
 
 
+def test_queue_occupancy_over_the_runs_of_a_fit_transform() -> None:
+    """Each run of a call has its own writers: every queue empties by the end of each."""
+    pipeline = SequentialQueuedPipeline(
+        [("add", 2, AddConstant(1.0)), ("scale", StandardScaler()), ("times", 2, MultiplyBy(2.0))],
+        batch_size=BATCH_SIZE,
+        backend="thread",
+    )
+    pipeline.fit_transform(np.arange(N_ITEMS, dtype=float).reshape(-1, 1))
+    info = pipeline.stats_.timeline_info
+    assert len({q.run for q in info.queues}) >= 2
+    occupancy = timeline_module.queue_occupancy(pipeline.stats_)
+    assert {"add", "scale", "times"} <= set(occupancy)
+    for name, points in occupancy.items():
+        assert points[-1][1] == 0, name
+        assert all(n >= 0 for _, n in points)
+
+
 def test_fit_transform_shows_the_fits_in_the_parent(tmp_path: Path) -> None:
     pipeline = SequentialQueuedPipeline(
         [("add", 2, AddConstant(1.0)), ("scale", StandardScaler())], batch_size=BATCH_SIZE, backend="thread"
