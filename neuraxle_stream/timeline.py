@@ -39,6 +39,7 @@ reader's ``get`` and the step's start as queued.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -153,13 +154,21 @@ class TimelineRecorder:
         ``time.perf_counter()`` when the call started: time 0 of the timeline.
     limit : int, optional
         Tasks kept (the most recent); :data:`TIMELINE_LIMIT` when not given.
+
+    Notes
+    -----
+    :meth:`add` and :meth:`fed` run once per minibatch, in the parent's
+    supervisor and feeder: they only append plain tuples to bounded deques.
+    The spans are built when asked for (:meth:`tasks`), each record once.
     """
 
     def __init__(self, origin: float, limit: int | None = None) -> None:
         limit = TIMELINE_LIMIT if limit is None else limit
         self.origin = origin
+        self._records: deque[tuple[TaskRecord, int]] = deque(maxlen=limit)
+        self._added = self._built = 0
         self._tasks: deque[TaskSpan] = deque(maxlen=limit)
-        self._fed: deque[FeedMark] = deque(maxlen=limit)
+        self._fed: deque[tuple[str, int, int, float]] = deque(maxlen=limit)
         self._fits: deque[FitSpan] = deque(maxlen=limit)
         self._queues: dict[tuple[int, str], QueueInfo] = {}
         self._lanes: dict[str, int] = {}
@@ -179,31 +188,37 @@ class TimelineRecorder:
                 upstream = spec.name
 
     def add(self, r: TaskRecord) -> None:
-        """Keep the span of one task (a record without a start is left out)."""
-        if math.isnan(r.began):
-            return
-        self._tasks.append(TaskSpan(
-            r.stage, r.worker, r.began - self.origin, r.duration, r.failed,
-            r.minibatch, r.n_items, self._lanes.get(r.stage, 0), self._run,
-        ))
+        """Keep the record of one task, of the current run."""
+        self._records.append((r, self._run))
+        self._added += 1
 
     def fed(self, stage: str) -> None:
         """The feeder has just put the next minibatch of the run on the first queue of ``stage``."""
         count = self._fed_count.get(stage, 0)
         self._fed_count[stage] = count + 1
-        self._fed.append(FeedMark(stage, self._run, count, time.perf_counter() - self.origin))
+        self._fed.append((stage, self._run, count, time.perf_counter()))
 
     def fitted(self, step: str, seconds: float) -> None:
         """Step ``step`` has just been fitted in the parent, in ``seconds``."""
         self._fits.append(FitSpan(step, time.perf_counter() - self.origin - seconds, seconds))
 
     def tasks(self) -> tuple[TaskSpan, ...]:
-        """The spans kept, in the order their records arrived."""
+        """The spans kept, in the order their records arrived (a record without a start is left out)."""
+        new = min(self._added - self._built, len(self._records))
+        origin, lanes = self.origin, self._lanes
+        for r, run in itertools.islice(self._records, len(self._records) - new, None):
+            if not math.isnan(r.began):
+                self._tasks.append(TaskSpan(
+                    r.stage, r.worker, r.began - origin, r.duration, r.failed,
+                    r.minibatch, r.n_items, lanes.get(r.stage, 0), run,
+                ))
+        self._built = self._added
         return tuple(self._tasks)
 
     def info(self) -> TimelineInfo:
         """The queues, the feeder's puts and the fits kept."""
-        return TimelineInfo(tuple(self._queues.values()), tuple(self._fed), tuple(self._fits))
+        fed = tuple(FeedMark(stage, run, count, t - self.origin) for stage, run, count, t in self._fed)
+        return TimelineInfo(tuple(self._queues.values()), fed, tuple(self._fits))
 
 
 # -- derived: queue occupancy ----------------------------------------------------------
