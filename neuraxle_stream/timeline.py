@@ -155,11 +155,8 @@ class TimelineRecorder:
     limit : int, optional
         Tasks kept (the most recent); :data:`TIMELINE_LIMIT` when not given.
 
-    Notes
-    -----
-    :meth:`add` and :meth:`fed` run once per minibatch, in the parent's
-    supervisor and feeder: they only append plain tuples to bounded deques.
-    The spans are built when asked for (:meth:`tasks`), each record once.
+    Per minibatch, :meth:`add` and :meth:`fed` only append plain tuples to
+    bounded deques; :meth:`tasks` builds each span once, when asked for.
     """
 
     def __init__(self, origin: float, limit: int | None = None) -> None:
@@ -272,12 +269,10 @@ def queue_occupancy(stats: PipelineStats) -> dict[str, list[tuple[float, int]]]:
 def _rows(stats: PipelineStats) -> list[tuple[int, str, int]]:
     """(lane, step, worker) of every worker that ran a task, in lane then step order."""
     order = {name: i for i, name in enumerate(stats.stages)}
+    lanes = {q.name: q.lane for q in stats.timeline_info.queues}
     seen = {(s.lane, s.stage, s.worker) for s in stats.timeline}
     for name, stage in stats.stages.items():  # workers that ran nothing get a row too
-        lane = next((s.lane for s in stats.timeline if s.stage == name), None)
-        if lane is None:
-            lane = next((q.lane for q in stats.timeline_info.queues if q.name == name), 0)
-        seen.update((lane, name, w) for w in range(stage.n_workers))
+        seen.update((lanes.get(name, 0), name, w) for w in range(stage.n_workers))
     return sorted(seen, key=lambda r: (r[0], order.get(r[1], len(order)), r[1], r[2]))
 
 
@@ -293,8 +288,9 @@ def chrome_trace(stats: PipelineStats) -> dict[str, Any]:
     """
     events: list[dict[str, Any]] = []
     pids: dict[str, int] = {}
-    lanes = {lane for lane, _, _ in _rows(stats)}
-    for lane, name, worker in _rows(stats):
+    rows = _rows(stats)
+    lanes = {lane for lane, _, _ in rows}
+    for lane, name, worker in rows:
         if name not in pids:
             pid = pids[name] = len(pids) + 1
             label = f"{name} (lane {lane})" if len(lanes) > 1 else name
