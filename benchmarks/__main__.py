@@ -8,7 +8,10 @@ Sections, each task in its own fresh interpreter (see ``_child.py``):
 4. ``memory``: RSS of an endless ``stream()`` through 3 stages.
 
 Prints the tables and the DESIGN.md section 4 target checks, and writes
-``results.json``, ``benchmark.png`` and ``memory.png`` to ``--out``.
+``results.json``, ``benchmark.png`` and ``memory.png`` to ``--out``; with the
+reference section, also the timeline of W1 as a user writes it
+(``timeline.png``, and ``timeline.json`` to open in Perfetto; see
+``benchmarks/timeline.py``).
 """
 
 import argparse
@@ -31,7 +34,7 @@ import numpy as np
 import psutil
 
 import benchmarks
-from benchmarks import memory, overhead, reference, report, transport
+from benchmarks import memory, overhead, reference, report, timeline, transport
 from benchmarks.measure import RssSampler
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -529,6 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
 
     plots = report.plot(results, out_dir, "neuraxle_stream benchmarks: " + header)
+    if results["reference"]:  # the timeline of W1 (2 + 2 process workers, defaults), next to the PNGs
+        try:
+            plots += timeline.save(timeline.run(n_items, args.batch_size), out_dir)
+        except Exception as exc:  # the tables and plots above stand on their own
+            print(f"no timeline: {type(exc).__name__}: {exc}")
     data = {
         "machine": info,
         "settings": settings,

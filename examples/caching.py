@@ -11,6 +11,7 @@ Each step's output is kept per minibatch on disk, under a key made of the step
 
 Run it with::
 
+    pip install -e ".[examples]"  # once: what every example needs
     python examples/caching.py
 """
 

@@ -13,6 +13,7 @@ one that keeps what it learns in a class attribute, shared by every copy.
 
 Run it with::
 
+    pip install -e ".[examples]"  # once: what every example needs
     python examples/check_your_step.py
 """
 

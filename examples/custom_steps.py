@@ -13,6 +13,7 @@ plain functions, and the five forms of an entry of ``steps``.
 
 Run it with::
 
+    pip install -e ".[examples]"  # once: what every example needs
     python examples/custom_steps.py
 """
 

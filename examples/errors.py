@@ -14,6 +14,7 @@
 
 Run it with::
 
+    pip install -e ".[examples]"  # once: what every example needs
     python examples/errors.py
 """
 

@@ -7,6 +7,7 @@ StandardScaler) are fitted on the same whole input, in parallel threads of the
 parent, before the queued run. The result equals ``FeatureUnion``'s. Run it
 with::
 
+    pip install -e ".[examples]"  # once: what every example needs
     python examples/feature_union.py
 """
 

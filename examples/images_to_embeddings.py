@@ -15,8 +15,9 @@ its weights travel as CPU tensors and are loaded onto that worker's device.
 With a GPU, set ``DEVICE = "cuda"`` (and the workers are started with
 ``spawn``). The outputs are checked against a sequential run; the shapes, the
 throughput and ``pipeline.stats_`` are printed. Needs torch and Pillow; without
-them the script says so and exits. Run it with::
+them the script says which extra to install and exits. Run it with::
 
+    pip install -e ".[examples]"  # once: what every example needs
     python examples/images_to_embeddings.py
 """
 
@@ -87,9 +88,8 @@ def main() -> int:
     try:
         import PIL  # noqa: F401
         import torch  # noqa: F401
-    except ImportError as exc:
-        print(f"This example needs torch and Pillow ({exc}); skipping it.")
-        return 0
+    except ModuleNotFoundError as error:  # one line, no traceback
+        sys.exit(f'This example needs {error.name}: pip install -e ".[examples]"')
 
     with tempfile.TemporaryDirectory() as folder:
         paths = write_images(Path(folder), N_IMAGES)

@@ -10,6 +10,7 @@ fitted steps equal ``partial_fit`` called step by step on the same
 minibatches, and the source never runs more than the queues' window ahead of
 the fit. Run it with::
 
+    pip install -e ".[examples]"  # once: what every example needs
     python examples/partial_fit_stream.py
 """
 

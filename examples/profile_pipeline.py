@@ -17,9 +17,13 @@ same numbers as a PNG, with a timeline of the minibatches of each worker.
 ``TaskStatsHook`` logs one line per step at the end of each call, and worker
 ``logging`` records reach the parent's handlers. Giving the slow step three
 workers moves the time to the rest of the pipeline.
+``stats_.to_chrome_trace(path)`` writes every task of every worker, and
+the queues between them, for https://ui.perfetto.dev; and
+``stats_.plot_timeline()`` draws them (see ``docs/tuning.md``).
 
 Run it with::
 
+    pip install -e ".[examples]"  # once: what every example needs
     python examples/profile_pipeline.py [plot.png]
 """
 
@@ -105,6 +109,16 @@ def main() -> None:
         print(f"plot saved to {path}")
     except ImportError as exc:  # matplotlib is optional
         print(f"no plot: {exc}")
+
+    # The timeline: every task of every worker, and the queues between them.
+    trace = stats.to_chrome_trace(path.with_suffix(".json"))
+    print(f"timeline saved to {trace} (open it in https://ui.perfetto.dev)")
+    try:
+        timeline = path.with_name(f"{path.stem}_timeline.png")
+        stats.plot_timeline().savefig(timeline)
+        print(f"timeline plot saved to {timeline}")
+    except ImportError as exc:  # matplotlib is optional
+        print(f"no timeline plot: {exc}")
 
 
 if __name__ == "__main__":

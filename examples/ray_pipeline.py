@@ -2,13 +2,17 @@
 
 Each worker is a Ray actor holding its own copy of its step; minibatches go
 from actor to actor as object refs. ``with pipeline:`` keeps the actors for
-several calls. Run it with ``pip install "neuraxle_stream[ray]"`` first; it
-prints the outputs' agreement with scikit-learn, the time of each call and the
-per-stage stats.
+several calls. It prints the outputs' agreement with scikit-learn, the time
+of each call and the per-stage stats. Without Ray it says which extra to
+install and exits. Run it with::
+
+    pip install -e ".[examples]"  # once: what every example needs
+    python examples/ray_pipeline.py
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -26,7 +30,10 @@ def slow_features(X: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    import ray
+    try:
+        import ray
+    except ModuleNotFoundError as error:  # one line, no traceback
+        sys.exit(f'This example needs {error.name}: pip install -e ".[examples]"')
 
     started = time.perf_counter()
     # On a cluster: ray.init(address="ray://head-node:10001"), or ray_address= on the pipeline.

@@ -11,6 +11,7 @@ outputs are checked equal, and the wall times printed.
 BLAS is limited to one thread (``threadpoolctl``) so that the speedup comes
 from the pipeline's workers, not from BLAS threads. Run it with::
 
+    pip install -e ".[examples]"  # once: what every example needs
     python examples/sequential_vs_queued.py
 """
 

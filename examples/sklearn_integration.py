@@ -12,19 +12,26 @@ A ``SequentialQueuedPipeline`` and a ``ParallelQueuedFeatureUnion`` give what
 
 Run it with::
 
+    pip install -e ".[examples]"  # once: what every example needs
     python examples/sklearn_integration.py
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
-import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from neuraxle_stream import ParallelQueuedFeatureUnion, SequentialQueuedPipeline
+
+try:
+    import pandas as pd
+except ModuleNotFoundError as error:  # one line, no traceback
+    sys.exit(f'This example needs {error.name}: pip install -e ".[examples]"')
 
 
 def make_data(n: int = 400) -> pd.DataFrame:

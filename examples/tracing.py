@@ -9,6 +9,7 @@ called it. Arrays print as a one-line summary (shape, dtype, hash, stats).
 A traced call that fails hands back what it recorded on the exception. Run
 it with::
 
+    pip install -e ".[examples]"  # once: what every example needs
     python examples/tracing.py
 """
 

@@ -75,6 +75,13 @@ class TaskRecord(NamedTuple):
         channel never waits).
     failed : bool
         Whether the step (or a task hook) raised.
+    minibatch : int
+        Sequence number of the minibatch in its run (-1: not known).
+    began : float
+        ``time.perf_counter()`` when the step started on it (the start of
+        ``duration``), for the timeline: on Linux the monotonic clock every
+        process of the machine shares with the parent (see
+        :mod:`~neuraxle_stream.timeline`); NaN when the step never started.
     """
 
     stage: str
@@ -85,6 +92,8 @@ class TaskRecord(NamedTuple):
     get_wait: float
     put_wait: float | None
     failed: bool = False
+    minibatch: int = -1
+    began: float = float("nan")
 
 
 @dataclass(frozen=True, slots=True)

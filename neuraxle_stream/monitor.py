@@ -86,6 +86,7 @@ class CallMonitor:
 
     def fitted(self, name: str, seconds: float) -> None:
         """Step ``name`` was fitted in the parent in ``seconds``."""
+        self.collector.add_fit(name, seconds)
         if self.verbose:
             self._print_step("Fitting", name, seconds)
 

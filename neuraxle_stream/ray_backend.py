@@ -257,6 +257,8 @@ class RayRuntime(BaseRuntime):
             ref = ray.put(minibatch_task(batch, run.fed, run.run_id))
             for lane in self._stages:
                 lane[0].waiting.append((run.fed, ref))
+                if run.observer is not None:  # for the timeline: it entered the first "queue" now
+                    run.observer.add_feed_wait(lane[0].spec.name, 0.0)
             run.fed += 1
         dispatch(self._stages, self._calls)
 

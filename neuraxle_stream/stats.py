@@ -28,14 +28,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .messages import TaskRecord
 from .quantiles import Durations
+from .timeline import TaskSpan, TimelineInfo, TimelineRecorder
 
 if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
     from .stages import StageSpec
 
 __all__ = [
@@ -49,8 +52,6 @@ __all__ = [
 
 logger = logging.getLogger("neuraxle_stream")
 
-#: Minibatches kept for the timeline of :meth:`PipelineStats.plot` (the first ones of the call).
-_TIMELINE_LIMIT = 20_000
 
 
 @dataclass(frozen=True)
@@ -127,16 +128,6 @@ class QueueStats:
     occupancy: float = 0.0
 
 
-class TaskSpan(NamedTuple):
-    """One minibatch on the timeline: seconds since the call started."""
-
-    stage: str
-    worker: int
-    start: float
-    duration: float
-    failed: bool
-
-
 @dataclass(frozen=True)
 class PipelineStats:
     """The merged stats of one call of a queued pipeline (``pipeline.stats_``).
@@ -152,6 +143,7 @@ class PipelineStats:
     queues: dict[str, QueueStats] = field(default_factory=dict)
     wall_time: float = 0.0
     timeline: tuple[TaskSpan, ...] = field(default=(), repr=False)
+    timeline_info: TimelineInfo = field(default_factory=TimelineInfo, repr=False)
 
     def __getitem__(self, name: str) -> StageStats:
         return self.stages[name]
@@ -163,6 +155,34 @@ class PipelineStats:
         if not ran:
             return None
         return max(ran, key=lambda name: ran[name].busy_per_worker)
+
+    def to_chrome_trace(self, path: str | Path) -> Path:
+        """Write the timeline as Chrome trace-event JSON (Perfetto, ``chrome://tracing``).
+
+        A process per step, a thread per worker, a complete event per task
+        (``args``: ``minibatch``, ``n_items``), a counter per queue, the steps
+        fitted in the parent; see :mod:`neuraxle_stream.timeline`.
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
+        from .timeline import write_chrome_trace
+
+        return write_chrome_trace(self, path)
+
+    def plot_timeline(self) -> Figure:
+        """A matplotlib figure: workers as rows, tasks as bars coloured by step, queue occupancy under it.
+
+        Raises
+        ------
+        ImportError
+            When matplotlib is not installed (``pip install -e ".[plot]"``).
+        """
+        from .timeline import plot_timeline
+
+        return plot_timeline(self)
 
     # -- display -------------------------------------------------------------------
 
@@ -320,9 +340,9 @@ class StatsCollector:
         self._lock = threading.Lock()
         self._stages = {name: _StageTotals(n_workers) for name, n_workers in stages}
         self._next: dict[str, str] = {}
-        self._spans: list[TaskSpan] = []
         self._started_wall = time.time()
         self._started = time.perf_counter()
+        self._timeline = TimelineRecorder(self._started)
         self._run_started_wall = self._started_wall
         self._run_first_start = math.inf
         self._in_run: list[str] = []
@@ -333,6 +353,7 @@ class StatsCollector:
         with self._lock:
             self._run_started_wall, self._run_first_start = time.time(), math.inf
             self._in_run = [spec.name for lane in lanes for spec in lane]
+            self._timeline.begin_run(lanes)
             for lane in lanes:
                 for spec, following in itertools.pairwise(lane):
                     self._next[spec.name] = following.name
@@ -374,10 +395,7 @@ class StatsCollector:
                     totals.put_wait += r.put_wait
                     self._stages[following].in_put_wait += r.put_wait
                     self._stages[following].in_puts += 1
-                if len(self._spans) < _TIMELINE_LIMIT:
-                    self._spans.append(
-                        TaskSpan(r.stage, r.worker, r.start - self._started_wall, r.duration, r.failed)
-                    )
+                self._timeline.add(r)
         for listener in self.listeners:
             listener(records)
 
@@ -388,6 +406,12 @@ class StatsCollector:
             if totals is not None:
                 totals.in_put_wait += seconds
                 totals.in_puts += 1
+            self._timeline.fed(stage)
+
+    def add_fit(self, step: str, seconds: float) -> None:
+        """Step ``step`` has just been fitted in the parent, in ``seconds`` (for the timeline)."""
+        with self._lock:
+            self._timeline.fitted(step, seconds)
 
     def snapshot(self) -> PipelineStats:
         """The stats merged so far."""
@@ -424,5 +448,6 @@ class StatsCollector:
                 stages=stages,
                 queues=queues,
                 wall_time=time.perf_counter() - self._started,
-                timeline=tuple(self._spans),
+                timeline=self._timeline.tasks(),
+                timeline_info=self._timeline.info(),
             )

@@ -138,6 +138,7 @@ class StepRunner:
         clock = time.perf_counter
         error: BaseException | None = None
         duration = 0.0
+        started = float("nan")  # stays NaN when a task hook fails before the step starts
         out: Any = None
         if tracer is not None:
             tracer.begin(task.index)
@@ -158,7 +159,7 @@ class StepRunner:
             error = exc  # the step's error, or a hook's own
         record = TaskRecord(
             spec.name, self.worker_index, _num_items(task.data_inputs), start_wall, duration,
-            get_wait, put_wait, error is not None,
+            get_wait, put_wait, error is not None, task.index, started,
         )
         trace = task.trace if tracer is None else (*task.trace, *tracer.take())
         result = QueuedMinibatchTask(

@@ -35,7 +35,7 @@ import neuraxle_stream
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 #: The public submodules the API reference shows, when they exist.
-PUBLIC_SUBMODULES = ("otel", "torch_steps", "testing")
+PUBLIC_SUBMODULES = ("otel", "torch_steps", "testing", "timeline")
 #: The build takes under 15 s here; the margin covers a loaded CI machine.
 BUILD_TIMEOUT = 300
 

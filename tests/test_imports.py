@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("leaves", {"_version", "exceptions", "stages", "_containers", "transport", "quantiles"}),
     ("steps and messages", {"steps", "messages", "minibatches", "queues", "savers", "joiner",
                             "trace_results", "tracing", "cache_keys", "caching", "torch_steps"}),
-    ("observation", {"stats", "hooks", "otel"}),
+    ("observation", {"timeline", "stats", "hooks", "otel"}),
     ("workers", {"workers", "backends", "ray_actors"}),
     ("runtimes", {"runtime_base", "feeder", "supervision", "runtime", "ray_calls", "ray_backend", "monitor"}),
     # above the engine: description, plan, lifecycle, call, estimators (docs/architecture.md)

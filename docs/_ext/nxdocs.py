@@ -8,7 +8,7 @@ Two directives for ``api.md``:
     reference (the page groups names by concern; this catches the new ones).
 ``{apiref-submodules}``
     ``automodule`` for each public submodule that exists in this checkout
-    (``neuraxle_stream.otel``, ``.torch_steps``, ``.testing``), leaving out the
+    (``neuraxle_stream.otel``, ``.torch_steps``, ``.testing``, ``.timeline``), leaving out the
     names it shares with ``neuraxle_stream`` (documented there, once).
 
 A submodule that exists but fails to import is not hidden: autodoc's warning
@@ -35,7 +35,7 @@ from sphinx.util.nodes import nested_parse_with_titles
 
 PACKAGE = "neuraxle_stream"
 #: Public submodules, in the order the reference shows them.
-SUBMODULES = ("otel", "torch_steps", "testing")
+SUBMODULES = ("otel", "torch_steps", "testing", "timeline")
 
 
 def _public_names() -> list[str]:
