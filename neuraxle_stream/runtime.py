@@ -152,6 +152,7 @@ class Runtime:
         self._feeding: tuple[threading.Event, threading.Semaphore, threading.Thread] | None = None
         self._run_id = IDLE_RUN
         self._stop_pending = False
+        self._done_before: dict[str, tuple[int, int]] = {}
         per_lane = [sum(s.max_queue_size + s.n_workers for s in lane) for lane in lanes]
         self.max_in_flight = max(per_lane) + 1
 
@@ -183,9 +184,11 @@ class Runtime:
                     next_n_workers=0 if last else lane[i + 1].n_workers,
                     portable=backend.portable,
                     shm_prefix=shm_prefix,
+                    done=backend.shared_array("q", 2 * spec.n_workers),
                 )
                 stage = _Stage(spec, io, [])
                 self._stages.append(stage)
+                io.done[:] = [0] * len(io.done)
                 for w in range(spec.n_workers):
                     io.current[w] = STARTING
                     handle = backend.start_worker(spec, w, io)
@@ -329,6 +332,9 @@ class Runtime:
         assert self._results is not None
         results = self._results
         run_id = next(_run_ids)
+        self._done_before = self._count_done()
+        if observer is not None:  # the progress bars read each stage's count as it goes
+            observer.live_counts = self.done_in_run
         self._active.value = run_id
         stop = threading.Event()
         credits = threading.Semaphore(self.max_in_flight)
@@ -395,6 +401,22 @@ class Runtime:
             if not ok and not self.broken and self.started:
                 self._active.value = IDLE_RUN
             self._stop_feeder()
+
+    def _count_done(self) -> dict[str, tuple[int, int]]:
+        counts: dict[str, tuple[int, int]] = {}
+        for stage in self._stages:
+            done = stage.io.done
+            rows, tasks = counts.get(stage.spec.name, (0, 0))
+            counts[stage.spec.name] = (rows + sum(done[0::2]), tasks + sum(done[1::2]))
+        return counts
+
+    def done_in_run(self) -> dict[str, tuple[int, int]]:
+        """``{step: (rows, minibatches)}`` its workers finished in the current run, so far."""
+        before = self._done_before
+        return {
+            name: (rows - before.get(name, (0, 0))[0], tasks - before.get(name, (0, 0))[1])
+            for name, (rows, tasks) in self._count_done().items()
+        }
 
     def stop(self) -> None:
         """Stop the current (or starting) run from any thread.
