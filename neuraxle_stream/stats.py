@@ -18,6 +18,7 @@ import html
 import itertools
 import logging
 import math
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -203,7 +204,7 @@ class PipelineStats:
                 cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
                 lines.append("  ".join(cells).rstrip())
             lines.append("")
-        lines.append(self._summary())
+        lines.extend(textwrap.wrap(self._summary(), 79))  # fits a terminal, and the docs
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -251,7 +252,7 @@ class PipelineStats:
         names = list(self.stages)
         rows = sorted({(span.stage, span.worker) for span in self.timeline},
                       key=lambda r: (names.index(r[0]) if r[0] in names else len(names), r[1]))
-        fig = Figure(figsize=(12, 3 + 0.35 * max(len(names), len(rows))), layout="constrained")
+        fig = Figure(figsize=(10, 3 + 0.35 * max(len(names), len(rows))), layout="constrained")
         fig.suptitle(
             f"{self.owner or 'Pipeline'}: {format_seconds(self.wall_time)} wall time, "
             f"bottleneck {self.bottleneck!r}", fontweight="bold",
