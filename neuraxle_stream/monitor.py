@@ -242,7 +242,11 @@ class _Progress:
     def _loop(self) -> None:
         every = _REFRESH if self.tty else PROGRESS_EVERY
         while not self._stop.wait(every):
-            self.draw()
+            try:
+                self.draw()
+            except Exception:  # a bar that cannot be drawn must not end the call
+                logger.debug("Drawing the progress bars failed.", exc_info=True)
+                return
 
     def draw(self, final: bool = False) -> None:
         counts = self.counts()
