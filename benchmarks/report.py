@@ -370,74 +370,77 @@ _COLORS = {"ours": "tab:blue", "peer": "tab:orange", "baseline": "tab:gray"}
 
 
 def plot(results: dict[str, list[dict[str, Any]]], out_dir: Path, title: str) -> list[Path]:
-    """Bar charts of the reference and transport sections, and the memory profile."""
+    """Bar charts of the reference and transport sections, and the memory profile.
+
+    One figure per section, drawn at the width a page shows them at (9.5 in
+    at 110 dpi), with the row names of the tables and a legend that tells
+    ours from the peers and the baselines.
+    """
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
     except ImportError:
         return []
     written = []
     ref = [r for r in results.get("reference", []) if r.get("status") == "ok"]
     transport = [r for r in results.get("transport", []) if r.get("status") == "ok"]
-    if ref or transport:
-        fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), gridspec_kw={"width_ratios": [3, 2]})
-        ax = axes[0]
-        if ref:
-            names = [r["name"] for r in ref][::-1]
-            values = [r["items_per_s"] for r in ref][::-1]
-            colors = [_COLORS.get(r.get("group", ""), "tab:gray") for r in ref][::-1]
-            bars = ax.barh(names, values, color=colors)
-            for bar, r in zip(bars, ref[::-1]):
-                label = f" {r['items_per_s']:,.0f}"
-                if r.get("x_ceiling"):
-                    label += f"  ({r['x_ceiling']:.0%} of ceiling)"
-                ax.text(
-                    bar.get_width(),
-                    bar.get_y() + bar.get_height() / 2,
-                    label,
-                    va="center",
-                    fontsize=8,
-                )
-            ceiling = next((r["items_per_s"] for r in ref if r["name"] == "ceiling"), None)
-            if ceiling:
-                ax.axvline(ceiling, color="k", linestyle="--", linewidth=1)
-            ax.set_xlabel("items/s (higher is better)")
-            ax.set_xlim(0, max(values) * 1.45)
-            ax.set_title("reference workload (DESIGN.md 5)")
-        else:
-            ax.set_axis_off()
-        ax = axes[1]
-        if transport:
-            names = [f"{r['case']} {r['size_mb']}MB" for r in transport][::-1]
-            values = [r["mb_per_s"] for r in transport][::-1]
-            colors = [
-                "tab:blue" if r["case"].startswith("ours") else "tab:gray" for r in transport
-            ][::-1]
-            bars = ax.barh(names, values, color=colors)
-            for bar, v in zip(bars, values):
-                ax.text(
-                    bar.get_width(),
-                    bar.get_y() + bar.get_height() / 2,
-                    f" {v:,.0f}",
-                    va="center",
-                    fontsize=8,
-                )
-            ax.set_xscale("log")
-            ax.set_xlabel("MB/s of payload, log scale (higher is better)")
-            ax.set_title("transport: arrays through 2 stages")
-        else:
-            ax.set_axis_off()
-        fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
+    legend = [
+        Patch(color=_COLORS["ours"], label="ours (neuraxle_stream)"),
+        Patch(color=_COLORS["peer"], label="peers"),
+        Patch(color=_COLORS["baseline"], label="baselines"),
+    ]
+    if ref:
+        fig, ax = plt.subplots(figsize=(9.5, 1.2 + 0.36 * len(ref)), layout="constrained")
+        names = [r["name"] for r in ref][::-1]
+        values = [r["items_per_s"] for r in ref][::-1]
+        colors = [_COLORS.get(r.get("group", ""), "tab:gray") for r in ref][::-1]
+        bars = ax.barh(names, values, color=colors)
+        for bar, r in zip(bars, ref[::-1]):
+            label = f" {r['items_per_s']:,.0f}"
+            if r.get("x_ceiling"):
+                label += f"  ({r['x_ceiling']:.0%} of ceiling)"
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, label, va="center", fontsize=9)
+        ceiling = next((r["items_per_s"] for r in ref if r["name"] == "ceiling"), None)
+        handles = list(legend)
+        if ceiling:
+            ax.axvline(ceiling, color="k", linestyle="--", linewidth=1)
+            handles.append(plt.Line2D([], [], color="k", linestyle="--", linewidth=1, label="no-transfer ceiling"))
+        ax.set_xlabel("items/s (higher is better)")
+        ax.set_xlim(0, max(values) * 1.5)
+        ax.set_title("Reference workload: items per second" + (f"\n{title}" if title else ""), fontsize=11)
+        ax.legend(handles=handles, loc="lower right", fontsize=9)
         path = out_dir / "benchmark.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    if transport:
+        fig, ax = plt.subplots(figsize=(9.5, 1.2 + 0.36 * len(transport)), layout="constrained")
+        names = [f"{r['case']} {r['size_mb']} MB" for r in transport][::-1]
+        values = [r["mb_per_s"] for r in transport][::-1]
+        colors = [
+            _COLORS["ours"] if r["case"].startswith("ours") else _COLORS["baseline"] for r in transport
+        ][::-1]
+        bars = ax.barh(names, values, color=colors)
+        for bar, v in zip(bars, values):
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:,.0f}", va="center", fontsize=9)
+        ax.set_xscale("log")
+        ax.set_xlim(right=max(values) * 4)
+        ax.set_xlabel("MB/s of payload, log scale (higher is better)")
+        ax.set_title("Transport: arrays through 2 stages", fontsize=11)
+        ax.legend(
+            handles=[legend[0], Patch(color=_COLORS["baseline"], label="baselines (multiprocessing.Queue)")],
+            loc="lower right", fontsize=9,
+        )
+        path = out_dir / "transport.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
     memory = [r for r in results.get("memory", []) if r.get("status") == "ok" and r.get("series")]
     if memory:
-        fig, ax = plt.subplots(figsize=(8, 4.5))
+        fig, ax = plt.subplots(figsize=(9.5, 4.5), layout="constrained")
         for r in memory:
             series = r["series"][: r.get("streaming_samples")]
             items = [s[2] / 1000 for s in series]
@@ -446,9 +449,8 @@ def plot(results: dict[str, list[dict[str, Any]]], out_dir: Path, title: str) ->
         ax.set_xlabel("items streamed (thousands)")
         ax.set_ylabel("RSS of the process tree (MB)")
         ax.set_ylim(bottom=0)
-        ax.set_title("endless stream through 3 stages: pipeline.stream(generator)")
-        ax.legend()
-        fig.tight_layout()
+        ax.set_title("Endless stream through 3 stages: pipeline.stream(generator)", fontsize=11)
+        ax.legend(loc="lower right")
         path = out_dir / "memory.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)

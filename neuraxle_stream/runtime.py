@@ -114,6 +114,7 @@ class Runtime(BaseRuntime):
         self._feeder: Feeder | None = None
         self._run_id = IDLE_RUN
         self._stop_pending = False
+        self._done_before: dict[str, tuple[int, int]] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -143,9 +144,11 @@ class Runtime(BaseRuntime):
                     next_n_workers=0 if last else lane[i + 1].n_workers,
                     portable=backend.portable,
                     shm_prefix=shm_prefix,
+                    done=backend.shared_array("q", 2 * spec.n_workers),
                 )
                 stage = LiveStage(spec, io, [])
                 self._stages.append(stage)
+                io.done[:] = [0] * len(io.done)
                 for w in range(spec.n_workers):
                     io.current[w] = STARTING
                     handle = backend.start_worker(spec, w, io)
@@ -271,6 +274,22 @@ class Runtime(BaseRuntime):
                 stage.io.inbox.put(STOP, timeout=0)  # no room: its workers are not waiting
             alive[0][1].join(timeout=0.02)
 
+    def _count_done(self) -> dict[str, tuple[int, int]]:
+        counts: dict[str, tuple[int, int]] = {}
+        for stage in self._stages:
+            done = stage.io.done
+            rows, tasks = counts.get(stage.spec.name, (0, 0))
+            counts[stage.spec.name] = (rows + sum(done[0::2]), tasks + sum(done[1::2]))
+        return counts
+
+    def done_in_run(self) -> dict[str, tuple[int, int]]:
+        """``{step: (rows, minibatches)}`` its workers finished in the current run, so far."""
+        before = self._done_before
+        return {
+            name: (rows - before.get(name, (0, 0))[0], tasks - before.get(name, (0, 0))[1])
+            for name, (rows, tasks) in self._count_done().items()
+        }
+
     def stop(self) -> None:
         """Stop the current (or starting) run from any thread.
 
@@ -287,6 +306,9 @@ class Runtime(BaseRuntime):
     def _begin_run(self, run: RunState, source: Iterator[Minibatch]) -> None:
         """Start the run's feeder thread: it puts the minibatches on the first queue of each lane."""
         assert self._results is not None
+        self._done_before = self._count_done()
+        if run.observer is not None:  # the progress bars read each stage's count as it goes
+            run.observer.live_counts = self.done_in_run
         self._active.value = run.run_id
         firsts = [(lane[0].name, channel) for lane, channel in zip(self.lanes, self._first_channels)]
         feeder = Feeder(source, run.run_id, firsts, self._results, run.credits, run.observer)

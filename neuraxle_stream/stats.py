@@ -23,6 +23,7 @@ import html
 import itertools
 import logging
 import math
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -187,13 +188,13 @@ class PipelineStats:
     # -- display -------------------------------------------------------------------
 
     def _rows(self) -> tuple[list[list[str]], list[list[str]]]:
-        stage_rows = [["step", "workers", "tasks", "items", "failures", "mean", "p90", "p99", "busy", "busy/worker"]]
+        stage_rows = [["step", "workers", "minibatches", "items", "failures", "mean", "p90", "p99", "busy", "busy/worker"]]
         for name, s in self.stages.items():
             stage_rows.append([
                 name, str(s.n_workers), str(s.num_tasks), str(s.num_items), str(s.num_failures),
                 *(format_seconds(t) for t in (s.ave_time, s.p90_time, s.p99_time, s.busy_time, s.busy_per_worker)),
             ])
-        queue_rows = [["queue to", "items", "items/s", "put wait", "get wait", "occupancy"]]
+        queue_rows = [["queue to", "minibatches", "per second", "put wait", "get wait", "occupancy"]]
         for name, q in self.queues.items():
             queue_rows.append([
                 name, str(q.num_items), f"{q.qps:.1f}", format_seconds(q.ave_put_wait),
@@ -222,7 +223,7 @@ class PipelineStats:
                 cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
                 lines.append("  ".join(cells).rstrip())
             lines.append("")
-        lines.append(self._summary())
+        lines.extend(textwrap.wrap(self._summary(), 79))  # fits a terminal, and the docs
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -236,18 +237,24 @@ class PipelineStats:
         parts.append(f"<p>{html.escape(self._summary())}</p>")
         return "\n".join(parts)
 
-    def plot(self, path: str | Path) -> Path:
-        """Save a PNG: per-step busy and wait time per worker, and a timeline of minibatches.
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """Draw where the time went: per-step busy and wait time, and the minibatches per worker.
+
+        The left panel shows, per step, the seconds each worker spent in
+        the step, waiting for input and waiting for room downstream; the
+        right one, every minibatch on its worker over time, with the
+        start-up (from the call to the first minibatch) shaded.
 
         Parameters
         ----------
-        path : str or Path
-            Where to write the PNG.
+        path : str or Path, optional
+            Also save the figure there (a PNG, or any format matplotlib
+            knows from the suffix).
 
         Returns
         -------
-        Path
-            ``path``.
+        matplotlib.figure.Figure
+            The figure: a notebook shows it inline.
 
         Raises
         ------
@@ -258,13 +265,18 @@ class PipelineStats:
             from matplotlib.figure import Figure
         except ImportError as exc:
             raise ImportError(
-                "PipelineStats.plot() needs matplotlib; install it with `pip install matplotlib`."
+                "PipelineStats.plot() needs matplotlib; install it with "
+                "`pip install matplotlib` (or the `plot` extra)."
             ) from exc
         names = list(self.stages)
         rows = sorted({(span.stage, span.worker) for span in self.timeline},
                       key=lambda r: (names.index(r[0]) if r[0] in names else len(names), r[1]))
-        fig = Figure(figsize=(12, 2.5 + 0.35 * max(len(names), len(rows))), layout="constrained")
-        bars, timeline = fig.subplots(1, 2, width_ratios=[1, 2])
+        fig = Figure(figsize=(10, 3 + 0.35 * max(len(names), len(rows))), layout="constrained")
+        fig.suptitle(
+            f"{self.owner or 'Pipeline'}: {format_seconds(self.wall_time)} wall time, "
+            f"bottleneck {self.bottleneck!r}", fontweight="bold",
+        )
+        bars, timeline = fig.subplots(1, 2, width_ratios=[1, 1.6])
         y = np.arange(len(names))
         left = np.zeros(len(names))
         for label, values, color in (
@@ -277,21 +289,30 @@ class PipelineStats:
         bars.set_yticks(y, names)
         bars.invert_yaxis()
         bars.set_xlabel("seconds per worker")
-        bars.set_title(f"Where the time went (bottleneck: {self.bottleneck})")
-        bars.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=3, fontsize="small")
+        bars.set_title("Where the time went")
+        bars.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
         index = {row: i for i, row in enumerate(rows)}
-        for failed, color in ((False, "tab:blue"), (True, "tab:red")):
+        for failed, color, label in ((False, "tab:blue", "minibatch"), (True, "tab:red", "failed minibatch")):
+            labelled = False
             for row, i in index.items():
                 spans = [(s.start, s.duration) for s in self.timeline
                          if (s.stage, s.worker) == row and s.failed == failed]
                 if spans:
-                    timeline.broken_barh(spans, (i - 0.4, 0.8), color=color, edgecolor="white", linewidth=0.3)
-        timeline.set_yticks(range(len(rows)), [f"{stage}:{worker}" for stage, worker in rows])
+                    timeline.broken_barh(spans, (i - 0.4, 0.8), color=color, edgecolor="white", linewidth=0.3,
+                                         label=None if labelled else label)
+                    labelled = True
+        if self.timeline:
+            startup = min(span.start for span in self.timeline)
+            timeline.axvspan(0, startup, color="0.85", zorder=0, label=f"start-up ({format_seconds(startup)})")
+            timeline.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+        timeline.set_yticks(range(len(rows)), [f"{stage} #{worker}" for stage, worker in rows])
         timeline.invert_yaxis()
+        timeline.set_xlim(left=0)
         timeline.set_xlabel("seconds since the call started")
         timeline.set_title("Minibatches per worker")
-        fig.savefig(path, dpi=100)
-        return Path(path)
+        if path is not None:
+            fig.savefig(path, dpi=100)
+        return fig
 
 
 def format_seconds(seconds: float) -> str:
@@ -347,6 +368,9 @@ class StatsCollector:
         self._run_first_start = math.inf
         self._in_run: list[str] = []
         self.listeners: list[Callable[[Iterable[TaskRecord]], None]] = []
+        #: Set by the runtime of the current run, when its workers count as they
+        #: go: ``{step: (rows, minibatches)}`` finished so far (progress bars).
+        self.live_counts: Callable[[], dict[str, tuple[int, int]]] | None = None
 
     def begin_run(self, lanes: list[list[StageSpec]]) -> None:
         """A run of these stages starts now."""

@@ -84,6 +84,9 @@ class WorkerIO:
     shm_prefix: str | None = None
     #: The parent's logger levels when the worker started (worker processes apply them).
     log_levels: dict[str, int] = field(default_factory=_parent_log_levels)
+    #: Two slots per worker: rows and minibatches it finished, read by the
+    #: parent's progress bars while the results are still on their way.
+    done: Any = None
 
 
 class StepRunner:
@@ -218,6 +221,9 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
         if error is not None:
             report.failure(error, task.index, task.run_id, "transform", result.stats, result.trace)
             continue
+        if io.done is not None:  # only this worker writes its slots: no lock
+            io.done[2 * worker_index] += result.stats[-1].n_items
+            io.done[2 * worker_index + 1] += 1
         try:
             if io.outbox is not None:
                 before = clock()

@@ -217,3 +217,60 @@ def test_docstring_examples_pass(module_name: str) -> None:
     assert results.failed == 0, (
         f"{results.failed} docstring example(s) of {module_name} failed (see stdout)"
     )
+
+
+# -- nothing cut at 1280 px ------------------------------------------------------------
+#
+# Rendered in Chromium at 1280 px, the furo text column (docs/_static/custom.css)
+# holds about 100 characters of code. These checks stand in for a browser in
+# CI: code written to 79 characters, and nothing shown in a code box wider than
+# CODE_BOX characters, on the pages, in the files they include, and in the
+# docstring examples the API reference shows.
+
+#: Characters a code line of the pages may have: the column holds ~100.
+CODE_BOX = 96
+#: Python and shell code is written to this width (PEP 8's 79).
+CODE_WIDTH = 79
+_FENCE = re.compile(r"^( *)```(\{[\w-]+\}|\w*)([^\n]*)\n(.*?)^\1```", re.S | re.M)
+
+
+def _fenced(text: str) -> list[tuple[str, str, str]]:
+    """``(language or directive, its argument, body)`` of each fenced block of a Markdown page."""
+    return [(m[2], m[3].strip(), m[4]) for m in _FENCE.finditer(text)]
+
+
+def _too_wide(body: str, width: int) -> list[str]:
+    return [line for line in body.splitlines() if len(line) > width]
+
+
+@pytest.mark.parametrize("page", _pages(), ids=lambda p: p.name)
+def test_code_blocks_fit_the_column(page: Path) -> None:
+    wide: list[str] = []
+    for language, argument, body in _fenced(page.read_text(encoding="utf-8")):
+        if language == "{literalinclude}":
+            wide += _too_wide((page.parent / argument).read_text(encoding="utf-8"), CODE_BOX)
+            continue
+        if language.startswith("{"):
+            continue  # a directive: eval-rst, image, ...
+        wide += _too_wide(body, CODE_WIDTH if language in ("python", "sh", "bash") else CODE_BOX)
+    assert not wide, f"{page.name}: code lines too wide for the column at 1280 px:\n" + "\n".join(wide)
+
+
+def test_fence_parser_sees_languages_and_includes() -> None:
+    text = "a\n```python\nx = 1\n```\n\n```{literalinclude} f.txt\n:language: text\n```\n"
+    assert _fenced(text) == [("python", "", "x = 1\n"), ("{literalinclude}", "f.txt", ":language: text\n")]
+
+
+@pytest.mark.parametrize("module_name", _modules())
+def test_docstring_examples_fit_the_column(module_name: str) -> None:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        pytest.skip(f"{module_name} needs an optional dependency")
+    wide = []
+    for test in doctest.DocTestFinder(exclude_empty=True).find(module, module_name):
+        for example in test.examples:
+            shown = [f">>> {line}" for line in example.source.splitlines()]
+            shown += example.want.splitlines() + (example.exc_msg or "").splitlines()
+            wide += [f"{test.name}: {line}" for line in shown if len(line) > CODE_BOX]
+    assert not wide, "docstring examples too wide for the API page at 1280 px:\n" + "\n".join(wide)

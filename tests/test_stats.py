@@ -8,10 +8,12 @@ deliberately slow step, for naming the bottleneck.
 from __future__ import annotations
 
 import io
+import os
 import re
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -160,8 +162,8 @@ def test_the_slow_stage_is_the_bottleneck_and_its_queue_shows_backpressure(backe
     assert stats.queues["slow"].occupancy > stats.queues["after"].occupancy
     table = str(stats)
     assert "Bottleneck: 'slow'" in table
-    for word in ("step", "workers", "tasks", "items", "failures", "mean", "p90", "p99", "busy",
-                 "queue to", "items/s", "put wait", "get wait", "occupancy"):
+    for word in ("step", "workers", "minibatches", "items", "failures", "mean", "p90", "p99", "busy",
+                 "queue to", "per second", "put wait", "get wait", "occupancy"):
         assert word in table
     html = stats._repr_html_()
     assert html.count("<table>") == 2 and "Bottleneck: &#x27;slow&#x27;" in html
@@ -178,12 +180,21 @@ def test_table_columns_are_aligned() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_plot_writes_a_png(tmp_path: Any) -> None:
+def test_plot_returns_the_figure_and_saves_it_when_given_a_path(tmp_path: Any) -> None:
     pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
     pipeline = SequentialQueuedPipeline([("a", AddConstant(1)), ("b", 2, Sleep(0.001))], batch_size=4, backend="thread")
     pipeline.transform(list(range(20)))
-    path = pipeline.stats_.plot(tmp_path / "stats.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figure = pipeline.stats_.plot()
+    assert isinstance(figure, Figure) and not list(tmp_path.iterdir())
+    assert figure.get_suptitle().startswith("SequentialQueuedPipeline: ")
+    bars, timeline = figure.axes
+    assert [t.get_text() for t in bars.get_legend().get_texts()] == ["busy", "waiting for input", "waiting for room"]
+    assert [t.get_text() for t in timeline.get_legend().get_texts()][-1].startswith("start-up (")
+    saved = pipeline.stats_.plot(tmp_path / "stats.png")
+    assert isinstance(saved, Figure)
+    assert (tmp_path / "stats.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_without_matplotlib_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
@@ -234,18 +245,22 @@ def test_progress_on_a_non_tty_is_plain_lines(backend: str, capsys: pytest.Captu
 
 @pytest.mark.timeout(60)
 def test_progress_lines_are_periodic(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    # Counted without a clock: a period of 0 gives a line per minibatch (and the last
-    # one); a period longer than the run gives the last line only.
+    # Counted without a clock: a period of 0 prints a line whenever a count moved (and the
+    # last one); a period longer than the run prints the first and the last line only.
     pipeline = SequentialQueuedPipeline([("step", AddConstant(0))], batch_size=1, backend="thread", progress=True)
     monkeypatch.setattr("neuraxle_stream.monitor.PROGRESS_EVERY", 0.0)
     pipeline.transform(list(range(10)))
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 11
+    assert lines[0] == "[SequentialQueuedPipeline] starting 1 worker (step x1)..."
+    counts = [int(re.match(r"\[SequentialQueuedPipeline\] step: (\d+)/10 items", line)[1]) for line in lines[1:]]
+    assert counts == sorted(counts) and counts[-1] == 10
+    assert len(set(counts[:-1])) == len(counts) - 1  # a line only when the count moved
     assert lines[-1].startswith("[SequentialQueuedPipeline] step: 10/10 items (100%), 10 minibatches")
     monkeypatch.setattr("neuraxle_stream.monitor.PROGRESS_EVERY", 1e9)
     pipeline.transform(list(range(10)))
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("[SequentialQueuedPipeline] step: 10/10 items (100%), 10 minibatches")
+    assert len(lines) == 2 and lines[0].startswith("[SequentialQueuedPipeline] starting 1 worker")
+    assert lines[1].startswith("[SequentialQueuedPipeline] step: 10/10 items (100%), 10 minibatches")
     assert PROGRESS_EVERY >= 1  # the default keeps logs short
 
 
@@ -264,6 +279,100 @@ def test_progress_on_a_terminal_draws_one_bar_per_stage(monkeypatch: pytest.Monk
     pipeline.transform(ITEMS)
     out = terminal.getvalue()
     assert "a: 100%" in out and "b: 100%" in out and "103/103" in out
+
+
+class WaitForFile(NonFittableMixin, BaseTransformer):
+    """Hold each minibatch until ``path`` exists (at most ``limit`` seconds): a stage the test releases."""
+
+    def __init__(self, path: str = "", limit: float = 30.0) -> None:
+        self.path, self.limit = path, limit
+
+    def transform(self, data_inputs: Any) -> Any:
+        deadline = time.monotonic() + self.limit
+        while not os.path.exists(self.path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return data_inputs
+
+
+_BAR = re.compile(r"(\w+): +\d+%\|[^|\n\r]*\| *(\d+)/103")
+_LINE = re.compile(r"\] (\w+): (\d+)/103 items")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class GatedOutput(io.StringIO):
+    """The progress output; opens ``gate`` once step "a" shows rows done while "b" still shows none.
+
+    "b" waits for the gate, so the output can show that only if each bar
+    counts the rows of its own step. ``mid_run`` keeps the counts seen then.
+    """
+
+    def __init__(self, gate: Path, tty: bool) -> None:
+        super().__init__()
+        self.gate, self.tty = gate, tty
+        self.latest: dict[str, int] = {}
+        self.mid_run: dict[str, int] | None = None
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> int:
+        for name, rows in (_BAR if self.tty else _LINE).findall(text):
+            self.latest[name] = int(rows)
+        if self.mid_run is None and self.latest.get("a", 0) > 0 and self.latest.get("b", 0) == 0:
+            self.mid_run = dict(self.latest)
+            self.gate.touch()
+        return super().write(text)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("tty", [False, True], ids=["plain", "terminal"])
+def test_progress_counts_each_step_separately_and_verbose_lines_never_tear_a_bar(
+    backend: str, tty: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("neuraxle_stream.monitor.PROGRESS_EVERY", 0.01)
+    monkeypatch.setattr("neuraxle_stream.monitor._REFRESH", 0.01)
+    gate = tmp_path / "gate"
+    out = GatedOutput(gate, tty)
+    monkeypatch.setattr(sys, "stderr", out)
+    monkeypatch.setattr(sys, "stdout", out)  # one terminal shows both
+    pipeline = SequentialQueuedPipeline(
+        [("a", AddConstant(1)), ("b", WaitForFile(str(gate)))], batch_size=10, backend=backend,
+        max_queued_minibatches=2, progress=True, verbose=True,
+    )
+    assert pipeline.transform(ITEMS) == [i + 1 for i in ITEMS]
+    monkeypatch.undo()
+    # "a" finished minibatches while "b" held its first one
+    assert out.mid_run is not None and out.mid_run["a"] > 0 and out.mid_run.get("b", 0) == 0
+    assert out.latest == {"a": 103, "b": 103}
+    text = out.getvalue()
+    assert text.startswith("[SequentialQueuedPipeline] starting 2 workers (a x1, b x1)...\n")
+    # each physical line, as the terminal leaves it: what follows its last carriage return
+    shown = [_ANSI.sub("", line.rsplit("\r", 1)[-1]) for line in text.split("\n")]
+    verbose = [line for line in shown if "Processing" in line]
+    assert len(verbose) == 2
+    for line in verbose:
+        assert re.fullmatch(r"\[SequentialQueuedPipeline\] \.+ \(step \d of 2\) Processing [ab], total= *\d+\.\ds", line)
+    pieces = [_ANSI.sub("", piece) for line in text.split("\n") for piece in line.split("\r")]
+    assert not [piece for piece in pieces if "Processing" in piece and ("%|" in piece or "items (" in piece)]
+    if not tty:
+        assert "\r" not in text and "\x1b" not in text
+
+
+@pytest.mark.timeout(60)
+def test_progress_on_a_terminal_of_0_columns_is_plain_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    class ZeroColumns(FakeTerminal):
+        def fileno(self) -> int:
+            return 2
+
+    terminal = ZeroColumns()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr("neuraxle_stream.monitor.os.get_terminal_size", lambda fd: os.terminal_size((0, 24)))
+    pipeline = SequentialQueuedPipeline([("a", AddConstant(1))], batch_size=10, backend="thread", progress=True)
+    pipeline.transform(ITEMS)
+    monkeypatch.undo()
+    lines = terminal.getvalue().splitlines()
+    assert lines[0] == "[SequentialQueuedPipeline] starting 1 worker (a x1)..."
+    assert lines[-1].startswith("[SequentialQueuedPipeline] a: 103/103 items (100%), 11 minibatches, ")
 
 
 @pytest.mark.timeout(60)
