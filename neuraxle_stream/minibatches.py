@@ -97,24 +97,36 @@ class Minibatching:
     keep_incomplete : bool
         Keep the last short minibatch (``False`` drops it).
     pad_value : Any
-        Pads the last short minibatch to ``batch_size`` rows; ``None`` or
-        :class:`StripAbsentValues`: no padding.
+        The value of the padded rows of the last short minibatch.
+    pads : bool
+        Whether the last short minibatch is padded to ``batch_size`` rows.
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
     keep_incomplete: bool = True
     pad_value: Any = None
+    pads: bool = False
 
     @classmethod
-    def of(cls, batch_size: int | None, keep_incomplete: bool = True, default_value: Any = None) -> Minibatching:
-        """The policy of a composite's parameters (``batch_size=None``: the default)."""
-        pad = None if isinstance(default_value, StripAbsentValues) else default_value
-        return cls(batch_size or DEFAULT_BATCH_SIZE, keep_incomplete, pad)
+    def of(
+        cls,
+        batch_size: int | None,
+        keep_incomplete: bool = True,
+        default_value: Any = None,
+        default_target: Any = None,
+    ) -> Minibatching:
+        """The policy of a composite's parameters (``batch_size=None``: the default).
 
-    @property
-    def pads(self) -> bool:
-        """Whether the last short minibatch is padded."""
-        return self.pad_value is not None
+        As in Neuraxle, a non-``None`` ``default_value_data_inputs`` or
+        ``default_value_expected_outputs`` pads the last short minibatch (its
+        rows with ``default_value``, which may then be ``None``), unless
+        ``default_value`` is :class:`StripAbsentValues`. The parent fits on
+        whole inputs and the workers only transform, so no padded target
+        ever reaches a step: ``default_target`` only decides the padding.
+        """
+        strip = isinstance(default_value, StripAbsentValues)
+        pads = not strip and (default_value is not None or default_target is not None)
+        return cls(batch_size or DEFAULT_BATCH_SIZE, keep_incomplete, None if strip else default_value, pads)
 
     def batches(self, X: Any, params: ParamsCutter | None = None) -> Iterator[Minibatch]:
         """The minibatches of ``X``, with their ``transform`` metadata cut from ``params``."""

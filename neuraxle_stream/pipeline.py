@@ -58,7 +58,8 @@ class SequentialQueuedPipeline(_StepsComposite):
         outputs of the padded rows are removed again.
         :class:`StripAbsentValues` keeps it short.
     default_value_expected_outputs : Any, default=None
-        Kept for Neuraxle compatibility.
+        When not ``None``, the last short minibatch is padded too (its rows
+        with ``default_value_data_inputs``, as in Neuraxle).
     backend : {"process", "thread"} or None, default=None
         Where workers run; wins over ``use_processes``.
     mp_context : str or multiprocessing context, default=None

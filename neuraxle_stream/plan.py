@@ -45,7 +45,7 @@ __all__ = ["BackendChoice", "Plan", "first_output", "runtime_key"]
 #: Composite parameters a plan takes through its ``stages`` (parsed steps) and ``join``.
 _DESCRIBED_BY_STAGES = frozenset({
     "steps", "wrapped", "n_workers", "n_workers_per_step", "max_queued_minibatches",
-    "default_value_expected_outputs", "transformer_weights", "verbose_feature_names_out",
+    "transformer_weights", "verbose_feature_names_out",
 })
 
 
@@ -119,6 +119,7 @@ class Plan:
         batch_size: int | None = None,
         keep_incomplete_batch: bool = True,
         default_value_data_inputs: Any = None,
+        default_value_expected_outputs: Any = None,
         backend: str | None = None,
         use_processes: bool = True,
         mp_context: Any = None,
@@ -149,7 +150,9 @@ class Plan:
             caller=caller,
             style=style,
             stages=tuple(stages),
-            minibatching=Minibatching.of(batch_size, keep_incomplete_batch, default_value_data_inputs),
+            minibatching=Minibatching.of(
+                batch_size, keep_incomplete_batch, default_value_data_inputs, default_value_expected_outputs
+            ),
             backend=BackendChoice.of(backend, use_processes, mp_context, timeout, ray_options, ray_address),
             hooks=tuple(hooks or ()),
             store=store,

@@ -931,11 +931,6 @@ def test_backend_wins_over_use_processes(backend: str, use_processes: bool) -> N
         assert os.getpid() not in pids
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="default_value_expected_outputs is ignored (documented as 'Kept for Neuraxle compatibility'): "
-    "a non-None value does not pad the last short minibatch, against DESIGN sections 2 and 6",
-)
 @pytest.mark.timeout(60)
 def test_default_value_expected_outputs_pads_the_last_minibatch() -> None:
     # DESIGN: "a non-None default_value_* pads it"; the step sees a full minibatch and the
