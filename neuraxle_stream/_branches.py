@@ -71,9 +71,9 @@ class BranchJoin:
                                for out in outputs], axis=1)
             frame.columns = columns
             return frame
-        if len(outputs) == 1:
+        if len(outputs) == 1 and getattr(outputs[0], "ndim", None) != 1:
             return outputs[0]
-        return _containers.join_columns(outputs, names)
+        return _containers.join_columns(outputs, names)  # a 1-D output becomes one column, one branch or more
 
 
 def no_branch_output(X: Any) -> np.ndarray:

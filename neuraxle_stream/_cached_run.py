@@ -111,37 +111,64 @@ def capture(records: list[dict[str, Any]] | None = None) -> Iterator[_LogCapture
 
 # -- a cached run --------------------------------------------------------------------------
 
+def fit_in_parent(step: Any, X: Any, y: Any, params: dict[str, dict[str, Any]], transform: bool) -> Any:
+    """Fit ``step`` on ``(X, y)``; with ``transform``, return its output as its own ``fit_transform`` gives it.
+
+    ``params`` are by method (``fit``, ``fit_transform``, ``transform``), as
+    :meth:`~neuraxle_stream._routing.RoutedParams.step_params` gives them.
+    This is scikit-learn's ``_fit_transform_one``: a step whose
+    ``fit_transform`` differs from ``fit().transform()`` (``TargetEncoder``
+    cross-fits) gives the same output as in ``Pipeline`` and
+    ``FeatureUnion``, and it is computed once (DESIGN.md section 6).
+    """
+    if not transform:
+        step.fit(X, y, **params.get("fit", {}))
+        return None
+    if hasattr(step, "fit_transform"):
+        return step.fit_transform(X, y, **params.get("fit_transform", {}))
+    return step.fit(X, y, **params.get("fit", {})).transform(X, **params.get("transform", {}))
+
+
 def fit_cached(
     plan: Plan, lifecycle: Lifecycle, desc: StageDesc, X: Any, y: Any, monitor: CallMonitor,
-    params: dict[str, Any] | None = None,
-) -> None:
-    """Fit ``desc.step`` on ``(X, y)`` (with its routed ``params``), or load its fitted state from the cache."""
+    params: dict[str, dict[str, Any]] | None = None, transform: bool = False,
+) -> Any:
+    """Fit ``desc.step`` on ``(X, y)`` (its routed ``params`` by method), or load it from the cache.
+
+    With ``transform``, the step is fitted with its own ``fit_transform``
+    (:func:`fit_in_parent`) and that output is returned, and cached with the
+    fitted state.
+    """
     step = desc.step
     params = params or {}
     store = plan.fit_store
     if not store.enabled:
-        step.fit(X, y, **params)
-        return
+        return fit_in_parent(step, X, y, params, transform)
     info = lifecycle.call_info(monitor, plan.memory)
     stats = info.steps.setdefault(desc.name, StepCacheStats(desc.name))
     unfitted = step_key(step, fitted_state=False)
-    data_key = content_hash((X, y, params)) if params else content_hash((X, y))
+    given = {method: p for method, p in params.items() if p}
+    data_key = content_hash((X, y, given)) if given else content_hash((X, y))
     key = chain_key(unfitted, data_key)
     area = f"fits/{key}"
     fitted = store.get(area, "fitted")
-    if not is_missing(fitted) and type(fitted) is type(step):
+    output = store.get(area, "output") if transform else None
+    if not is_missing(fitted) and type(fitted) is type(step) and not is_missing(output):
         vars(step).update(vars(fitted))
         stats.fit = "hit"
-        return
+        return output
     records: list[dict[str, Any]] = []
     started = time.time()
     with capture(records) as log:
-        step.fit(X, y, **params)
+        output = fit_in_parent(step, X, y, params, transform)
     ended = time.time()
     stats.fit = "miss"
     stats.bytes_written += store.put(area, "fitted", step)
+    if transform:
+        stats.bytes_written += store.put(area, "output", output)
     n = _num_rows(X)
     store.write_info(area, run_info(desc.name, step, key, data_key, started, ended, 1, n, records), log.lines)
+    return output
 
 
 def _num_rows(data: Any) -> int:

@@ -22,7 +22,14 @@ from . import _containers, _sklearn_output, tracing
 from ._composition import Composition
 from ._fitting import resolve as resolve_source
 from ._routing import RoutedParams, route_params
-from ._validation import COMMON_CONSTRAINTS, StageDesc, check_lengths, validate_params
+from ._validation import (
+    COMMON_CONSTRAINTS,
+    StageDesc,
+    check_fitted,
+    check_lengths,
+    check_steps,
+    validate_params,
+)
 from .caching import Cache, CacheInfo, folder_size, memory_location, open_store
 from .call import monitored, run, stream, traced, transform_range
 from .lifecycle import Lifecycle, lifecycle_of, peek_lifecycle
@@ -71,6 +78,7 @@ class _QueuedBase(Composition, BaseTransformer, auto_wrap_output_keys=None):  # 
         validate_params(self._parameter_constraints, settings, type(self).__name__)
         descs = self._stage_descs()
         settings = self._settings(settings, descs)
+        check_steps([d.name for d in descs], settings, type(self).__name__, pipeline=self._style == "pipeline")
         if settings.get("ray_options") is not None:
             from .ray_actors import check_ray_options  # the Ray modules load only when Ray is used
 
@@ -192,10 +200,11 @@ class _QueuedBase(Composition, BaseTransformer, auto_wrap_output_keys=None):  # 
             A worker died; a step's own exception is re-raised as it is.
         """
         plan = self._plan()
+        lifecycle = lifecycle_of(self)
+        check_fitted(list(plan.stages), lifecycle.fitted_steps, plan.caller)
         X = _containers.as_rows(X)
         if params:
             plan = self._routed(plan, "transform", params, X, None)
-        lifecycle = lifecycle_of(self)
         n = len(plan.stages)
         if trace is not None:
             return traced(plan, lifecycle, "transform", trace, X, None,
@@ -241,6 +250,7 @@ class _QueuedBase(Composition, BaseTransformer, auto_wrap_output_keys=None):  # 
             return self._stream(iterable)
         plan = self._plan()
         lifecycle = lifecycle_of(self)
+        check_fitted(list(plan.stages), lifecycle.fitted_steps, plan.caller)
         n = len(plan.stages)
 
         def run_all(p: Plan, X: Any, y: Any, m: CallMonitor) -> None:
@@ -250,7 +260,9 @@ class _QueuedBase(Composition, BaseTransformer, auto_wrap_output_keys=None):  # 
         return traced(plan, lifecycle, "stream", trace, iterable, None, run_all)
 
     def _stream(self, iterable: Iterable[Any]) -> Iterator[Any]:
-        yield from stream(self._plan(), lifecycle_of(self), iterable)
+        plan, lifecycle = self._plan(), lifecycle_of(self)
+        check_fitted(list(plan.stages), lifecycle.fitted_steps, plan.caller)
+        yield from stream(plan, lifecycle, iterable)
 
     # -- stats and cache ------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import Bunch
 from sklearn.utils.metadata_routing import MetadataRouter
-from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from . import _sklearn_output
@@ -51,6 +50,8 @@ class Composition(BaseEstimator):
         if isinstance(key, str):
             return self.named_steps[key]
         if isinstance(key, slice):
+            if key.step not in (1, None):  # as sklearn's Pipeline: a reversed or strided pipeline is no pipeline
+                raise ValueError(f"{type(self).__name__} slicing only supports a step of 1")
             clone_params = self.get_params(deep=False)
             clone_params["steps"] = list(self.steps)[key]
             return type(self)(**clone_params)
@@ -140,7 +141,7 @@ class Composition(BaseEstimator):
     def _steps_name_features(self) -> bool:
         return _sklearn_output.pipeline_names_available(self)
 
-    @available_if(_steps_name_features)
+    @_sklearn_output.available_if_explained(_steps_name_features)
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Output feature names, as ``sklearn.pipeline.Pipeline`` gives them.
 
@@ -205,6 +206,8 @@ class Composition(BaseEstimator):
         tags = super().__sklearn_tags__()
         try:
             descs = self._stage_descs()
+            if not descs and self._style == "pipeline":
+                return BaseEstimator.__sklearn_tags__(self)  # as sklearn's empty Pipeline
             tags.requires_fit = any(is_fittable(d.step) for d in descs)
             first = descs[0].step
             if hasattr(first, "__sklearn_tags__"):

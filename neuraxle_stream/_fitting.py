@@ -25,22 +25,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from sklearn import config_context, get_config
 from sklearn.base import clone
 
 from . import _containers
-from ._routing import RoutedParams, routable
+from ._routing import RoutedParams, check_transform_input, routable, transformed_metadata
 from ._validation import StageDesc
 from .call import fit_step, transform_range
 from .call import run as run_stages
 from .exceptions import InvalidParameterError
 from .lifecycle import Lifecycle
 from .monitor import CallMonitor
-from .plan import Plan
+from .plan import Plan, first_output
 from .steps import BaseTransformer, is_fittable
 
 __all__ = ["Source", "fit_one_stage", "fit_stateless", "is_stateless_estimator", "fit_partial", "fit_sequential", "fit_union", "resolve", "trim_targets"]
@@ -115,17 +117,85 @@ def fit_sequential(plan: Plan, lifecycle: Lifecycle, X: Any, y: Any, monitor: Ca
         # stateless step at hand in the parent, so that it knows its features in the workers
         fit_stateless(descs, X, y, union=False)
     plan = _known_rows(plan, X)
+    check_transform_input(plan.transform_input)
     data, start = X, 0
     for k in fittable:
         if k > start:
             data = transform_range(plan, lifecycle, data, start, k, monitor)
             y = trim_targets(y, data)
-        params = plan.routed.fit_params(descs[k].name, 0, _containers.num_rows(data))
-        fit_step(plan, lifecycle, descs[k], data, y, monitor, params)
-        start = k
+        params = plan.routed.step_params(descs[k].name, _containers.num_rows(data))
+        if plan.transform_input and k > 0:
+            params = transformed_metadata(params, plan.transform_input, _through(plan, lifecycle, k, monitor))
+        # the step's own fit_transform, as sklearn's Pipeline: its output feeds the next
+        # stages (DESIGN.md section 6); a traced call runs it in its workers, to trace it
+        in_parent = fitted_with_output(plan, k, len(descs), transform)
+        out = fit_step(plan, lifecycle, descs[k], data, y, monitor, params, transform=in_parent)
+        if in_parent:  # as the workers would give it: without a dropped short minibatch
+            data, start = complete_batches_only(plan, out, joined=False), k + 1
+            y = trim_targets(y, data)
+        else:
+            start = k
     if not transform:
         return None
+    if start == len(descs):
+        return complete_batches_only(plan, data, joined=True)
     return transform_range(plan, lifecycle, data, start, len(descs), monitor)
+
+
+def fitted_with_output(plan: Plan, position: int, n_steps: int, transform: bool) -> bool:
+    """Whether the fittable step at ``position`` is fitted with its ``fit_transform`` (:func:`fits_with`).
+
+    Always in ``fit_transform``; in ``fit``, every step but the last (as
+    scikit-learn's ``Pipeline.fit``). A traced call (``trace=N``) fits with
+    ``fit`` and runs the step in its workers, so that its calls are traced.
+    """
+    if plan.trace is not None:
+        return False
+    return transform or position < n_steps - 1
+
+
+def complete_batches_only(plan: Plan, data: Any, *, joined: bool) -> Any:
+    """``data`` (a step's ``fit_transform`` output) as the workers would have given it.
+
+    Without a short last minibatch when ``keep_incomplete_batch=False``; when
+    ``joined`` (the composite's output), through ``data_joiner`` when one is set.
+    """
+    if not plan.minibatching.keep_incomplete and _containers.is_sequence(data):
+        n = _containers.num_rows(data)
+        data = _containers.slice_rows(data, 0, n - n % plan.minibatching.batch_size)
+    joiner = plan.data_joiner
+    if joined and joiner is not None:
+        return joiner.transform([data]) if hasattr(joiner, "transform") else joiner([data])
+    return data
+
+
+def _through(plan: Plan, lifecycle: Lifecycle, k: int, monitor: CallMonitor) -> Callable[[Any], Any]:
+    """``value`` transformed by the (fitted) stages before ``k``, each with its routed transform params."""
+
+    def transform(value: Any) -> Any:
+        rows = _containers.num_rows(value) if _containers.is_sequence(value) else None
+        routed = RoutedParams(transform=dict(plan.routed.transform), n_samples=rows)
+        return transform_range(plan.with_routed(routed), lifecycle, value, 0, k, monitor)
+
+    return transform
+
+
+def carry_config(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, to run in another thread under the caller's scikit-learn config.
+
+    ``sklearn.get_config()`` is thread-local: a step fitted in a helper thread
+    (a union's branches, fitted in parallel) would otherwise see the defaults
+    (``assume_finite``, ``array_api_dispatch``, ``transform_output``...), as
+    ``sklearn.utils.parallel.delayed`` avoids for joblib.
+    """
+    config = get_config()
+
+    @functools.wraps(fn)
+    def in_config(*args: Any, **kwargs: Any) -> Any:
+        with config_context(**config):
+            return fn(*args, **kwargs)
+
+    return in_config
 
 
 def fit_union(plan: Plan, lifecycle: Lifecycle, X: Any, y: Any, monitor: CallMonitor, transform: bool) -> Any:
@@ -140,18 +210,45 @@ def fit_union(plan: Plan, lifecycle: Lifecycle, X: Any, y: Any, monitor: CallMon
     plan = _known_rows(plan, X)
     n_rows = _containers.num_rows(X)
     # per-sample metadata cut to the rows of X (fewer than given with fit_transform(trace=N))
-    fit_params = {d.name: plan.routed.fit_params(d.name, 0, n_rows) for d in fittable}
+    fit_params = {d.name: plan.routed.step_params(d.name, n_rows) for d in fittable}
+    # in fit_transform, each branch's own fit_transform, as FeatureUnion (DESIGN.md section 6)
+    in_parent = fitted_with_output(plan, 0, 1, transform)
+    outputs: dict[str, Any] = {}
     if len(fittable) == 1:
         d = fittable[0]
-        fit_step(plan, lifecycle, d, X, y, monitor, fit_params[d.name])
+        outputs[d.name] = fit_step(plan, lifecycle, d, X, y, monitor, fit_params[d.name], in_parent)
     elif fittable:
+        fit_in_thread = carry_config(fit_step)  # the caller's scikit-learn config is thread-local
         with ThreadPoolExecutor(max_workers=len(fittable)) as pool:
-            futures = [
-                pool.submit(fit_step, plan, lifecycle, d, X, y, monitor, fit_params[d.name]) for d in fittable
-            ]
-            for future in futures:
-                future.result()
-    return transform_range(plan, lifecycle, X, 0, 1, monitor) if transform else None
+            futures = {
+                d.name: pool.submit(fit_in_thread, plan, lifecycle, d, X, y, monitor, fit_params[d.name], in_parent)
+                for d in fittable
+            }
+            outputs = {name: future.result() for name, future in futures.items()}
+    if not transform:
+        return None
+    if not in_parent or not fittable:
+        return transform_range(plan, lifecycle, X, 0, 1, monitor)
+    return _join_fitted(plan, lifecycle, X, outputs, monitor)
+
+
+def _join_fitted(plan: Plan, lifecycle: Lifecycle, X: Any, fitted: dict[str, Any], monitor: CallMonitor) -> Any:
+    """The union's output when its fittable branches gave theirs in the parent.
+
+    The other branches (stateless steps, ``"passthrough"``) run in their
+    workers, one branch per run; the outputs are joined in branch order, as
+    each minibatch's are (``plan.join``: weights, names).
+    """
+    outputs = []
+    for d in plan.stages:
+        if d.kind == "drop":
+            continue
+        if d.name in fitted:
+            outputs.append(complete_batches_only(plan, fitted[d.name], joined=False))
+        else:
+            alone = dataclasses.replace(plan, stages=(d,), join=first_output, data_joiner=None)
+            outputs.append(transform_range(alone, lifecycle, X, 0, 1, monitor))
+    return complete_batches_only(plan, plan.join(outputs), joined=True)
 
 
 def fit_one_stage(plan: Plan, lifecycle: Lifecycle, X: Any, y: Any, monitor: CallMonitor, transform: bool) -> Any:
@@ -160,7 +257,11 @@ def fit_one_stage(plan: Plan, lifecycle: Lifecycle, X: Any, y: Any, monitor: Cal
     if is_fittable(desc.step):
         if not _containers.is_sequence(X):
             X = list(X)
-        fit_step(plan, lifecycle, desc, X, y, monitor, plan.routed.fit_params(desc.name, 0, _containers.num_rows(X)))
+        in_parent = fitted_with_output(plan, 0, 1, transform)
+        params = plan.routed.step_params(desc.name, _containers.num_rows(X))
+        out = fit_step(plan, lifecycle, desc, X, y, monitor, params, in_parent)
+        if in_parent:  # the step's own fit_transform (DESIGN.md section 6)
+            return complete_batches_only(plan, out, joined=True)
     return transform_range(plan, lifecycle, X, 0, 1, monitor) if transform else None
 
 
@@ -296,7 +397,7 @@ def _partial_fit_stream(
             if pool is None:
                 fit_one(descs[0])
             else:
-                for future in [pool.submit(fit_one, d) for d in descs]:
+                for future in [pool.submit(carry_config(fit_one), d) for d in descs]:
                     future.result()
             offset += n
     for d in descs:

@@ -19,7 +19,7 @@ that the call's plan carries.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,6 +32,7 @@ from sklearn.utils.metadata_routing import (
     MethodMapping,
     _raise_for_params,
     _routing_enabled,
+    get_routing_for_object,
     process_routing,
 )
 from sklearn.utils.validation import _is_arraylike_not_scalar, _num_samples
@@ -39,8 +40,12 @@ from sklearn.utils.validation import _is_arraylike_not_scalar, _num_samples
 from . import _containers
 from ._validation import StageDesc
 from .exceptions import InvalidParameterError
+from .steps import is_fittable
 
-__all__ = ["MinibatchParams", "RoutedParams", "Style", "metadata_router", "routable", "route_params"]
+__all__ = [
+    "MinibatchParams", "RoutedParams", "Style", "check_transform_input", "fits_with", "metadata_router",
+    "routable", "route_params", "transformed_metadata",
+]
 
 #: How a composite takes fit params with routing off: as ``Pipeline`` (``step__param``),
 #: as ``FeatureUnion`` (every param to every branch), or as a meta-estimator (to its step).
@@ -55,26 +60,47 @@ def routable(desc: StageDesc) -> bool:
 def metadata_router(owner: BaseEstimator, descs: Sequence[StageDesc], style: Style, fit_method: str) -> MetadataRouter:
     """The :class:`~sklearn.utils.metadata_routing.MetadataRouter` of a queued composite.
 
-    Each step is fitted with ``fit`` (``partial_fit`` in ``fit_mode="partial"``:
-    ``fit_method``) in the parent, then runs ``transform`` in its workers: as
-    scikit-learn's ``Pipeline`` maps a step without ``fit_transform``. Union
-    branches are not transformed by the union's ``fit``, as in ``FeatureUnion``.
+    As scikit-learn's ``Pipeline`` and ``FeatureUnion`` route (see
+    :func:`fits_with`): a fittable step is fitted in the parent with its own
+    ``fit_transform`` (or ``fit`` then ``transform``), except the last step of a
+    pipeline's ``fit``, which only ``fit`` reaches; a stateless step runs
+    ``transform`` in its workers. In ``fit_mode="partial"`` (``fit_method``)
+    each step gets ``partial_fit`` and ``transform``.
     """
     router = MetadataRouter(owner=owner)
+    partial = fit_method == "partial_fit"
     union = style == "union"
-    for d in descs:
+    for i, d in enumerate(descs):
         if not routable(d):
             continue
-        mapping = MethodMapping().add(caller="fit", callee=fit_method)
-        if not union:
-            mapping.add(caller="fit", callee="transform")
-        (
-            mapping.add(caller="fit_transform", callee=fit_method)
-            .add(caller="fit_transform", callee="transform")
-            .add(caller="transform", callee="transform")
-        )
+        mapping = MethodMapping()
+        if partial or not is_fittable(d.step):
+            mapping.add(caller="fit", callee=fit_method)
+            if not union and (partial or i < len(descs) - 1):  # fit never runs a stateless last step
+                mapping.add(caller="fit", callee="transform")
+            mapping.add(caller="fit_transform", callee=fit_method).add(caller="fit_transform", callee="transform")
+        else:
+            for caller in ("fit", "fit_transform"):
+                for callee in fits_with(d.step, caller, last=i == len(descs) - 1, union=union):
+                    mapping.add(caller=caller, callee=callee)
+        mapping.add(caller="transform", callee="transform")
         router.add(method_mapping=mapping, **{d.name: d.step})
     return router
+
+
+def fits_with(step: Any, caller: str, *, last: bool, union: bool) -> tuple[str, ...]:
+    """The methods of a fittable ``step`` that the composite's ``caller`` (``fit``, ``fit_transform``) calls.
+
+    scikit-learn's rule (``Pipeline._fit``, ``_fit_transform_one``,
+    ``FeatureUnion``): ``fit_transform`` when the step has one, else ``fit``
+    then ``transform``; but only ``fit`` for a union branch or the last step
+    of a pipeline in ``fit``, whose output nothing reads.
+    """
+    if caller == "fit" and (last or union):
+        return ("fit",)
+    if union:  # FeatureUnion.fit_transform routes all three, calls fit_transform when it exists
+        return ("fit_transform", "fit", "transform")
+    return ("fit_transform",) if hasattr(step, "fit_transform") else ("fit", "transform")
 
 
 def _n_rows(value: Any) -> int | None:
@@ -120,6 +146,18 @@ class RoutedParams:
     fit: dict[str, dict[str, Any]] = field(default_factory=dict)
     transform: dict[str, dict[str, Any]] = field(default_factory=dict)
     n_samples: int | None = None
+    #: for the steps fitted with their own ``fit_transform`` (see :func:`fits_with`)
+    fit_transform: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the params as the caller gave them (for ``transform_input``)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def step_params(self, name: str, stop: int | None = None) -> dict[str, dict[str, Any]]:
+        """The params of step ``name`` fitted in the parent on rows ``[0, stop)``, by method."""
+        return {
+            "fit": self.fit_params(name, 0, stop),
+            "fit_transform": self._rows(self.fit_transform.get(name) or {}, 0, stop, name, "fit_transform"),
+            "transform": self._rows(self.transform.get(name) or {}, 0, stop, name, "transform"),
+        }
 
     def fit_params(
         self, name: str, start: int = 0, stop: int | None = None, method: str = "fit"
@@ -176,6 +214,7 @@ class RoutedParams:
             {name: self._rows(p, 0, n_rows, name, "fit") for name, p in self.fit.items()},
             {name: self._rows(p, 0, n_rows, name, "transform") for name, p in self.transform.items()},
             n_rows,
+            {name: self._rows(p, 0, n_rows, name, "fit_transform") for name, p in self.fit_transform.items()},
         )
 
     def for_stages(self, names: list[str]) -> MinibatchParams | None:
@@ -257,11 +296,62 @@ def route_params(
     if method == "transform":
         _raise_for_params(params, owner, "transform")
     fit = fit_method
-    if not _routing_enabled():
-        return RoutedParams(_manual(type(owner).__name__, style, method, params, names), {}, n)
+    if not _routing_enabled():  # scikit-learn passes a step's params to each of its fit methods
+        manual = _manual(type(owner).__name__, style, method, params, names)
+        return RoutedParams(manual, {}, n, manual)
     routed = process_routing(owner, method, **params)
+    steps = {d.name: d.step for d in descs if routable(d)}
+    by_method = {name: _by_method(steps[name], routed[name], fit) for name in names}
     return RoutedParams(
-        {name: dict(routed[name].get(fit, {})) for name in names},
-        {name: dict(routed[name].get("transform", {})) for name in names},
+        {name: p[fit] for name, p in by_method.items()},
+        {name: p["transform"] for name, p in by_method.items()},
         n,
+        {name: p["fit_transform"] for name, p in by_method.items()},
+        dict(params),
     )
+
+
+def _by_method(step: Any, routed: Any, fit: str) -> dict[str, dict[str, Any]]:
+    """A step's routed params for ``fit``, ``transform`` and ``fit_transform``.
+
+    A step routed only ``fit_transform`` (scikit-learn's mapping) that runs
+    ``fit`` and ``transform`` apart all the same (a traced call) gets, for
+    each, the part of them that method requests.
+    """
+    out = {m: dict(routed.get(m, {})) for m in (fit, "transform", "fit_transform")}
+    if out["fit_transform"] and not (out[fit] or out["transform"]):
+        requests = get_routing_for_object(step)
+        for m in (fit, "transform"):
+            consumed = requests.consumes(m, list(out["fit_transform"]))
+            out[m] = {k: v for k, v in out["fit_transform"].items() if k in consumed}
+    return out
+
+
+def check_transform_input(transform_input: Sequence[str] | None) -> None:
+    """``transform_input`` needs metadata routing, as in scikit-learn's ``Pipeline``."""
+    if transform_input is not None and not _routing_enabled():
+        raise ValueError(
+            "The `transform_input` parameter can only be set if metadata routing is enabled. "
+            "You can enable metadata routing using `sklearn.set_config(enable_metadata_routing=True)`."
+        )
+
+
+def transformed_metadata(
+    params: dict[str, dict[str, Any]], names: Sequence[str], transform: Callable[[Any], Any]
+) -> dict[str, dict[str, Any]]:
+    """``params`` (by method) with those in ``names`` given through ``transform`` (the fitted steps before).
+
+    As ``Pipeline._get_metadata_for_step``: a tuple is transformed item by
+    item; each param once.
+    """
+    done: dict[str, Any] = {}
+
+    def transformed(name: str, value: Any) -> Any:
+        if name not in done:
+            done[name] = tuple(transform(v) for v in value) if isinstance(value, tuple) else transform(value)
+        return done[name]
+
+    return {
+        method: {k: transformed(k, v) if k in names else v for k, v in method_params.items()}
+        for method, method_params in params.items()
+    }

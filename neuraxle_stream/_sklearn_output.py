@@ -31,6 +31,8 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 from scipy import sparse
 from sklearn.exceptions import NotFittedError
+from sklearn.utils import get_tags
+from sklearn.utils._available_if import _AvailableIfDescriptor
 from sklearn.utils._set_output import (
     ADAPTERS_MANAGER,
     _get_output_config,
@@ -174,11 +176,67 @@ def wrap_method(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def wrap_methods(cls: type) -> None:
-    """Wrap the ``transform`` and ``fit_transform`` that ``cls`` itself defines."""
+    """Wrap the ``transform`` and ``fit_transform`` that ``cls`` itself defines.
+
+    ``fit_transform`` is there only when every step transforms (see
+    :func:`steps_transform`), as scikit-learn's duck typing has it.
+    """
     for name in ("transform", "fit_transform"):
         method = cls.__dict__.get(name)
         if method is not None and not getattr(method, "_neuraxle_wraps_output", False):
-            setattr(cls, name, wrap_method(method))
+            wrapped: Any = wrap_method(method)
+            if name == "fit_transform":
+                wrapped = _AvailableIfExplained(wrapped, steps_transform, attribute_name=name)
+            setattr(cls, name, wrapped)
+
+
+def steps_transform(composite: Composite) -> bool:
+    """Whether every step given can transform (``"passthrough"``-like values aside).
+
+    Raises ``AttributeError`` naming the first that cannot: scikit-learn's
+    ``Pipeline`` has no ``fit_transform`` when its last step has neither
+    ``fit_transform`` nor ``transform``; here every step runs ``transform``.
+    """
+    steps = getattr(composite, "steps", None)
+    if not isinstance(steps, list | tuple):
+        return True  # not steps at all: fit_transform says so (InvalidParameterError)
+    for entry in steps:
+        step = entry[-1] if isinstance(entry, tuple) and entry else entry
+        if step is None or isinstance(step, str) or hasattr(step, "transform") or callable(step):
+            continue
+        raise AttributeError(f"The step {step!r} of {type(composite).__name__} has no transform method.")
+    return True
+
+
+class _AvailableIfExplained(_AvailableIfDescriptor):
+    """``available_if`` whose ``AttributeError`` also says why, in the check's words.
+
+    scikit-learn's ``Pipeline`` and ``FeatureUnion`` raise "Transformer tr1
+    (type Transf) does not provide get_feature_names_out" from the call itself;
+    here the attribute is absent (``hasattr`` is false) and its error carries
+    the same words, after "This 'X' has no attribute ...".
+    """
+
+    def _check(self, obj: Any, owner: Any) -> None:
+        try:
+            super()._check(obj, owner=owner)
+        except AttributeError as error:
+            if error.__cause__ is None:
+                raise
+            raise AttributeError(f"{error}: {error.__cause__}") from error.__cause__
+
+
+def available_if_explained(check: Callable[[Any], bool]) -> Callable[[Callable[..., Any]], Any]:
+    """As ``sklearn.utils.metaestimators.available_if``, the check's message in the error."""
+    return lambda fn: _AvailableIfExplained(fn, check, attribute_name=fn.__name__)
+
+
+def union_array_api_support(descs: list[StageDesc]) -> bool:
+    """``FeatureUnion``'s ``array_api_support`` tag: every branch supports the array API."""
+    return all(
+        d.kind != "step" or (hasattr(d.step, "__sklearn_tags__") and get_tags(d.step).array_api_support)
+        for d in descs
+    )
 
 
 # -- input features, stateless steps ---------------------------------------------------------
@@ -309,8 +367,8 @@ def check_transformer_weights(union: Union, names: list[str]) -> None:
     for name, weight in weights.items():
         if name not in names:
             raise InvalidParameterError(
-                f'Attempting to weight transformer "{name}", but it is not present in the steps '
-                f"of {type(union).__name__} ({', '.join(map(repr, names))})."
+                f'Attempting to weight transformer "{name}", but it is not present in transformer_list. '
+                f"The steps of {type(union).__name__} are: {', '.join(map(repr, names))}."
             )
         if not isinstance(weight, numbers.Real) or isinstance(weight, bool):
             raise InvalidParameterError(

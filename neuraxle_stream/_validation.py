@@ -24,7 +24,7 @@ from sklearn.utils._param_validation import InvalidParameterError as _SkInvalidP
 from . import _containers
 from .exceptions import InvalidParameterError
 from .hooks import PipelineHook
-from .steps import Identity, as_step, step_display_name
+from .steps import Identity, as_step, is_fittable, step_display_name
 
 __all__ = [
     "COMMON_CONSTRAINTS",
@@ -167,9 +167,75 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_step(caller: str, step: Any, where: str) -> None:
-    if not (hasattr(step, "transform") or callable(step)):
-        raise _bad(caller, f"step {where}", "an object with a transform method or a callable", step)
+def _check_instance(step: Any) -> None:
+    """Refuse an estimator class given in place of an instance, as scikit-learn does."""
+    if isinstance(step, type) and (hasattr(step, "get_params") or hasattr(step, "transform")):
+        raise InvalidParameterError(
+            f"Expected an estimator instance ({step.__name__}()), got estimator class "
+            f"instead ({step.__name__})."
+        )
+
+
+def _check_step(caller: str, step: Any, where: str, *, union: bool = False, last: bool = False) -> None:
+    if hasattr(step, "transform") or callable(step):
+        return
+    error = _bad(caller, f"step {where}", "an object with a transform method or a callable", step)
+    # then scikit-learn's words for the same situation, so code written against it matches
+    doesnt = f"'{step}' (type {type(step)}) doesn't"
+    if union:
+        sklearn_words = f"All estimators should implement fit and transform. {doesnt}"
+    elif not last:
+        sklearn_words = (
+            "All intermediate steps should be transformers and implement fit and transform "
+            f"or be the string 'passthrough' {doesnt}"
+        )
+    elif not hasattr(step, "fit"):
+        sklearn_words = f"Last step of {caller} should implement fit or be the string 'passthrough'. {doesnt}"
+    else:
+        sklearn_words = (
+            "A final predictor is not supported: put the queued pipeline in a "
+            "sklearn.pipeline.Pipeline, before the predictor."
+        )
+    raise InvalidParameterError(f"{error} {sklearn_words}")
+
+
+def check_steps(names: list[str], params: dict[str, Any], caller: str, *, pipeline: bool) -> None:
+    """What scikit-learn checks of the steps at ``fit`` beyond their forms.
+
+    A pipeline without steps is refused (in scikit-learn's words), and so is a
+    step name that is also a constructor argument (``get_params`` could not
+    tell them apart).
+    """
+    if pipeline and not names:
+        raise ValueError("The pipeline is empty. Please add steps.")
+    clash = sorted(set(names) & set(params))
+    if clash:
+        raise InvalidParameterError(
+            f"Estimator names conflict with constructor arguments: {clash!r}. The step names "
+            f"of {caller} must differ from its parameters."
+        )
+
+
+def check_fitted(descs: list[StageDesc], fitted_here: Any, caller: str) -> None:
+    """Raise ``NotFittedError`` for a fittable step that was never fitted, before it runs.
+
+    A step counts as fitted when ``check_is_fitted`` says so, or when this
+    composite fitted it (``fitted_here``: names; a step whose ``fit`` records
+    no ``_``-suffixed attribute is fitted all the same).
+    """
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    for d in descs:
+        if d.kind != "step" or d.name in fitted_here or not is_fittable(d.step):
+            continue
+        try:
+            check_is_fitted(d.step)
+        except NotFittedError as exc:
+            raise NotFittedError(
+                f"This {caller} instance is not fitted yet. Call 'fit' with appropriate arguments "
+                f"before using this estimator. Its step {d.name!r} was never fitted."
+            ) from exc
 
 
 def _worker_args(caller: str, name: str, args: Any, n_workers: int) -> list[list[tuple[str, Any]]]:
@@ -258,7 +324,11 @@ def parse_steps(
                 caller, f"step {where if name is None else repr(name)}",
                 f"an object with a transform method, a callable or one of {allowed}", step,
             )
-        _check_step(caller, step, where if name is None else repr(name))
+        _check_instance(step)
+        _check_step(
+            caller, step, where if name is None else repr(name),
+            union=special == UNION_SPECIAL_STEPS, last=position == len(steps) - 1,
+        )
         owner = step
         if isinstance(step, WorkersStage):
             if len(entry) < 3 if isinstance(entry, tuple) else True:
@@ -276,12 +346,16 @@ def _name_stages(stages: list[StageDesc], caller: str) -> None:
     explicit = [s.name for s in stages if s.name]
     if len(set(explicit)) != len(explicit):
         dupes = sorted({n for n in explicit if explicit.count(n) > 1})
-        raise InvalidParameterError(f"The step names of {caller} must be unique. Got duplicates {dupes} instead.")
-    for s in stages:
-        if "__" in s.name:
-            raise InvalidParameterError(
-                f"The step names of {caller} must not contain '__'. Got {s.name!r} instead."
-            )
+        raise InvalidParameterError(
+            f"The step names of {caller} must be unique. Got duplicates {dupes} instead. "
+            f"Names provided are not unique: {explicit!r}"
+        )
+    underscored = [s.name for s in stages if "__" in s.name]
+    if underscored:
+        raise InvalidParameterError(
+            f"The step names of {caller} must not contain '__'. Got {underscored[0]!r} instead. "
+            f"Estimator names must not contain __: got {underscored!r}"
+        )
     defaults = [_default_name(s.owner) for s in stages if not s.name]
     counts = {n: defaults.count(n) for n in defaults}
     seen: dict[str, int] = {}

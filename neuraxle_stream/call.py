@@ -138,16 +138,22 @@ def stream(plan: Plan, lifecycle: Lifecycle, iterable: Iterable[Any]) -> Iterato
 
 def fit_step(
     plan: Plan, lifecycle: Lifecycle, desc: StageDesc, X: Any, y: Any, monitor: CallMonitor,
-    params: dict[str, Any] | None = None,
-) -> None:
-    """Fit one step in the parent on the whole of its input (through the cache when ``memory=``)."""
+    params: dict[str, dict[str, Any]] | None = None, transform: bool = False,
+) -> Any:
+    """Fit one step in the parent on the whole of its input (through the cache when ``memory=``).
+
+    ``params`` by method; with ``transform``, the step's own ``fit_transform``
+    output is returned (DESIGN.md section 6).
+    """
     t0 = time.perf_counter()
     try:
-        fit_cached(plan, lifecycle, desc, X, y, monitor, params)
+        out = fit_cached(plan, lifecycle, desc, X, y, monitor, params, transform)
     except Exception as exc:  # fitted in the parent: say which step could not take its input
         exc.add_note(f"Raised fitting step {desc.name!r} (in the parent, on the whole input of the step).")
         raise
     monitor.fitted(desc.name, time.perf_counter() - t0)
+    lifecycle.fitted_steps.add(desc.name)  # for check_fitted: fitted here, whatever it records
+    return out
 
 
 def traced(

@@ -57,6 +57,8 @@ class Lifecycle:
         self.running: list[BaseRuntime] = []
         #: the stats of the last call, the composite's ``stats_``
         self.stats: PipelineStats | None = None
+        #: the names of the steps this composite fitted (``fit`` may record no ``_`` attribute)
+        self.fitted_steps: set[str] = set()
         self._cache: tuple[CallMonitor, CacheInfo] | None = None
         self._finalizer: weakref.finalize[[dict[RuntimeKey, BaseRuntime]], object] | None = None
 

@@ -90,6 +90,10 @@ class SequentialQueuedPipeline(_StepsComposite):
         In partial mode a fittable step without ``partial_fit`` raises
         ``InvalidParameterError``. See ``docs/fitting.md``, also for the
         metadata routing of ``fit(X, y, **params)``.
+    transform_input : list of str or None, default=None
+        As ``sklearn.pipeline.Pipeline``'s (metadata routing only): the fit
+        params named here (``X_val``...) reach each step transformed by the
+        steps before it, fitted (a tuple of arrays: each of them).
 
     Examples
     --------
@@ -100,6 +104,43 @@ class SequentialQueuedPipeline(_StepsComposite):
     >>> p.fit_transform(np.array([[0.0], [2.0], [4.0]])).ravel()
     array([-1.22474487,  0.        ,  1.22474487])
     """
+
+    _parameter_constraints = {**_StepsComposite._parameter_constraints, "transform_input": [list, None]}
+
+    def __init__(
+        self,
+        steps: list[Any],
+        batch_size: int = 32,
+        n_workers_per_step: int = 1,
+        max_queued_minibatches: int | None = None,
+        data_joiner: Any = None,
+        use_processes: bool = True,
+        use_savers: bool = False,
+        keep_incomplete_batch: bool = True,
+        default_value_data_inputs: Any = None,
+        default_value_expected_outputs: Any = None,
+        *,
+        backend: str | None = None,
+        mp_context: Any = None,
+        hooks: Any = None,
+        memory: Any = None,
+        output_order: str = "input",
+        progress: bool = False,
+        verbose: bool = False,
+        timeout: float | None = None,
+        ray_options: dict[str, dict[str, Any]] | None = None,
+        ray_address: str | None = None,
+        fit_mode: str = "full",
+        transform_input: list[str] | None = None,
+    ) -> None:
+        super().__init__(
+            steps, batch_size, n_workers_per_step, max_queued_minibatches, data_joiner,
+            use_processes, use_savers, keep_incomplete_batch, default_value_data_inputs,
+            default_value_expected_outputs, backend=backend, mp_context=mp_context, hooks=hooks,
+            memory=memory, output_order=output_order, progress=progress, verbose=verbose,
+            timeout=timeout, ray_options=ray_options, ray_address=ray_address, fit_mode=fit_mode,
+        )
+        self.transform_input = transform_input
 
     def _stage_descs(self) -> list[StageDesc]:
         return parse_steps(

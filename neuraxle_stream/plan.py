@@ -110,6 +110,8 @@ class Plan:
     verbose: bool = False
     fit_mode: str = "full"
     use_savers: bool = False
+    #: the fit params a pipeline's steps get transformed by the steps before them (``Pipeline``'s)
+    transform_input: tuple[str, ...] | None = None
 
     @classmethod
     def of(
@@ -134,6 +136,7 @@ class Plan:
         verbose: bool = False,
         fit_mode: str = "full",
         use_savers: bool = False,
+        transform_input: Sequence[str] | None = None,
         **described: Any,
     ) -> Plan:
         """The plan of a composite's (checked) parameters; ``batch_size`` is read here, once.
@@ -166,6 +169,7 @@ class Plan:
             verbose=bool(verbose),
             fit_mode=fit_mode,
             use_savers=bool(use_savers),
+            transform_input=None if transform_input is None else tuple(transform_input),
         )
 
     # -- derived plans -------------------------------------------------------------------

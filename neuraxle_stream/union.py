@@ -7,11 +7,11 @@ horizontal stack for 2-D arrays, like scikit-learn's ``FeatureUnion``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from sklearn.utils.metaestimators import available_if
 
 from . import _containers, _sklearn_output
 from ._branches import BranchJoin
@@ -138,7 +138,7 @@ class ParallelQueuedFeatureUnion(_StepsComposite):
         except InvalidParameterError:
             return []
 
-    @available_if(_steps_name_features)
+    @_sklearn_output.available_if_explained(_steps_name_features)
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Output feature names, as ``sklearn.pipeline.FeatureUnion`` gives them.
 
@@ -148,6 +148,12 @@ class ParallelQueuedFeatureUnion(_StepsComposite):
         features; ``"drop"`` branches give none.
         """
         return _sklearn_output.union_feature_names(self, input_features)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        with contextlib.suppress(InvalidParameterError):
+            tags.array_api_support = _sklearn_output.union_array_api_support(self._stage_descs())
+        return tags
 
     def _sk_visual_block_(self) -> Any:
         # the notebook diagram: the branches side by side, each with its workers

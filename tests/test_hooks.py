@@ -206,6 +206,10 @@ def test_stage_info_index_is_the_position_in_the_pipeline(tmp_path: Path) -> Non
     )
     pipeline.fit_transform(np.arange(16.0).reshape(8, 2))
     positions = {(r["stage"], r["position"]) for r in read_records(tmp_path)}
+    # in fit_transform "center" gives its own fit_transform output, in the parent (DESIGN.md 6)
+    assert positions == {("add", 0), ("again", 2)}
+    pipeline.transform(np.arange(16.0).reshape(8, 2))
+    positions = {(r["stage"], r["position"]) for r in read_records(tmp_path)}
     assert positions == {("add", 0), ("center", 1), ("again", 2)}
 
 

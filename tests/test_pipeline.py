@@ -463,9 +463,10 @@ def test_verbose_prints_one_line_per_step_fitted_or_run(capsys: pytest.CaptureFi
     )
     pipeline.fit(X)
     lines = capsys.readouterr().out.splitlines()
-    # scale is fitted, then runs (with addconstant) to give pca its input; pca is fitted last
-    expected = ["(step 1 of 3) Fitting scale", "(step 1 of 3) Processing scale",
-                "(step 2 of 3) Processing addconstant", "(step 3 of 3) Fitting pca"]
+    # scale is fitted with its own fit_transform (its output is at hand: it does not run in its
+    # workers), addconstant runs on that output to give pca its input; pca is fitted last
+    expected = ["(step 1 of 3) Fitting scale", "(step 2 of 3) Processing addconstant",
+                "(step 3 of 3) Fitting pca"]
     assert len(lines) == len(expected)
     for line, text in zip(lines, expected):
         assert line.startswith("[SequentialQueuedPipeline] ") and f" {text}, total=" in line

@@ -65,8 +65,17 @@ class WeightLog(BaseTransformer):
 class WeightRows(TransformerMixin, BaseEstimator):
     """Multiplies each row by its weight in ``transform``: shows which weights a minibatch got.
 
-    (A scikit-learn transformer, so that the reference Pipeline can run it too.)
+    (A scikit-learn transformer, so that the reference Pipeline can run it too. Stateless,
+    and tagged so, as scikit-learn asks: else ``transform`` before ``fit`` is refused.)
     """
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        return tags
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True
 
     def fit(self, X: Any, y: Any = None) -> WeightRows:
         return self

@@ -90,7 +90,8 @@ def test_stage_and_queue_counts_are_exact(backend: str) -> None:
 
 @pytest.mark.timeout(60)
 def test_every_entry_point_sets_stats(backend: str) -> None:
-    # MeanCenterer is a fitting barrier: "add" runs in one run, "center" and "again" in the next.
+    # MeanCenterer is a fitting barrier: "add" runs in one run, "again" in the next, on the output
+    # of center's own fit_transform (in the parent: DESIGN.md section 6).
     X = np.arange(40.0).reshape(20, 2)
     pipeline = SequentialQueuedPipeline(
         [("add", AddConstant(1.0)), ("center", MeanCenterer()), ("again", AddConstant(1.0))],
@@ -98,7 +99,7 @@ def test_every_entry_point_sets_stats(backend: str) -> None:
         backend=backend,
     )
     pipeline.fit_transform(X)
-    assert [pipeline.stats_[n].num_tasks for n in ("add", "center", "again")] == [5, 5, 5]
+    assert [pipeline.stats_[n].num_tasks for n in ("add", "center", "again")] == [5, 0, 5]
     pipeline.fit(X)
     assert [pipeline.stats_[n].num_tasks for n in ("add", "center", "again")] == [5, 0, 0]
     pipeline.transform(X[:6])
@@ -389,11 +390,12 @@ def test_verbose_prints_a_scikit_learn_style_line_per_step(capsys: pytest.Captur
         assert all(line.startswith("[SequentialQueuedPipeline] ") for line in lines)
         return [re.search(r"\((step \d of 3\) \w+ \w+), total= +\d+\.\ds$", line)[1] for line in lines]
 
-    pipeline.fit_transform(X)  # "center" is a fitting barrier: scale runs, center is fitted, then the rest runs
+    # "center" is a fitting barrier: scale runs, center is fitted with its own fit_transform
+    # (whose output is not computed again by its workers), then the rest runs
+    pipeline.fit_transform(X)
     assert actions() == [
         "step 1 of 3) Processing scale",
         "step 2 of 3) Fitting center",
-        "step 2 of 3) Processing center",
         "step 3 of 3) Processing last",
     ]
     pipeline.transform(X)
