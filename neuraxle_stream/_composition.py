@@ -24,6 +24,7 @@ from . import _sklearn_output
 from ._routing import Style, metadata_router
 from ._validation import StageDesc
 from .exceptions import InvalidParameterError
+from .lifecycle import lifecycle_of, peek_lifecycle
 from .steps import is_fittable
 
 __all__ = ["Composition"]
@@ -54,7 +55,11 @@ class Composition(BaseEstimator):
                 raise ValueError(f"{type(self).__name__} slicing only supports a step of 1")
             clone_params = self.get_params(deep=False)
             clone_params["steps"] = list(self.steps)[key]
-            return type(self)(**clone_params)
+            sliced = type(self)(**clone_params)
+            fitted = peek_lifecycle(self)
+            if fitted is not None:  # the same step objects: fitted by this composite as they were
+                lifecycle_of(sliced).fitted_steps.update(fitted.fitted_steps)
+            return sliced
         return self._stage_descs()[key].owner
 
     def __len__(self) -> int:

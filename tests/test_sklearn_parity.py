@@ -259,6 +259,7 @@ def test_transform_of_a_step_never_fitted_raises_not_fitted(backend: str) -> Non
     # once fitted by the composite, it runs (even with no fitted attribute of its own)
     ours = _ours(SequentialQueuedPipeline, [("s", Stateless())], backend).fit(X)
     np.testing.assert_array_equal(ours.transform(X), X)
+    np.testing.assert_array_equal(ours[:1].transform(X), X)  # a slice of the same fitted steps
 
 
 class RecordsXVal(TransformerMixin, BaseEstimator):
