@@ -246,7 +246,9 @@ def _join_fitted(plan: Plan, lifecycle: Lifecycle, X: Any, fitted: dict[str, Any
         if d.name in fitted:
             outputs.append(complete_batches_only(plan, fitted[d.name], joined=False))
         else:
-            alone = dataclasses.replace(plan, stages=(d,), join=first_output, data_joiner=None)
+            # the other branches left out ("drop") keep each stage's position (hooks, stats)
+            others_dropped = tuple(s if s is d else dataclasses.replace(s, kind="drop") for s in plan.stages)
+            alone = dataclasses.replace(plan, stages=others_dropped, join=first_output, data_joiner=None)
             outputs.append(transform_range(alone, lifecycle, X, 0, 1, monitor))
     return complete_batches_only(plan, plan.join(outputs), joined=True)
 
