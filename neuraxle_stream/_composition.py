@@ -134,6 +134,27 @@ class Composition(BaseEstimator):
 
     # -- fitted state, features ---------------------------------------------------------
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The parameters, plus the names of the steps this composite fitted.
+
+        Which steps were fitted here lives on the lifecycle, outside
+        ``__dict__``; it travels with a pickle (a fitted composite nested in a
+        process stage, saved to disk) so that a step whose ``fit`` records no
+        ``_``-suffixed attribute still counts as fitted after loading.
+        """
+        state = dict(super().__getstate__())
+        lifecycle = peek_lifecycle(self)
+        if lifecycle is not None and lifecycle.fitted_steps:
+            state["_fitted_steps"] = sorted(lifecycle.fitted_steps)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        fitted = state.pop("_fitted_steps", ())
+        super().__setstate__(state)
+        if fitted:
+            lifecycle_of(self).fitted_steps.update(fitted)
+
     def __sklearn_is_fitted__(self) -> bool:
         for d in self._stage_descs():
             if is_fittable(d.step):

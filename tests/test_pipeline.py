@@ -51,6 +51,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, PolynomialFeatures, StandardScaler
 
 from neuraxle_stream import (
+    BaseTransformer,
     Identity,
     ParallelQueuedFeatureUnion,
     ParallelWorkersWrapper,
@@ -952,3 +953,25 @@ def test_both_default_values_pad_and_keep_one_output_per_input() -> None:
     )
     assert pipeline.fit_transform(list(range(10)), list(range(10))) == [4] * 10
     assert pipeline.transform(list(range(10))) == [4] * 10
+
+
+class _FitRecordsNothing(BaseTransformer):
+    """A fittable step whose ``fit`` leaves no ``_``-suffixed attribute behind."""
+
+    def fit(self, data_inputs: Any, expected_outputs: Any = None) -> _FitRecordsNothing:
+        return self
+
+    def transform(self, data_inputs: Any) -> Any:
+        return np.asarray(data_inputs) + 1
+
+
+@pytest.mark.timeout(60)
+def test_a_fitted_pipeline_stays_fitted_through_pickle_and_a_clone_does_not() -> None:
+    import pickle
+
+    pipeline = SequentialQueuedPipeline([("plus", _FitRecordsNothing())], backend="thread")
+    pipeline.fit(np.zeros((4, 2)))
+    loaded = pickle.loads(pickle.dumps(pipeline))
+    np.testing.assert_array_equal(loaded.transform(np.zeros((2, 2))), np.ones((2, 2)))
+    with pytest.raises(NotFittedError, match="'plus' was never fitted"):
+        clone(pipeline).transform(np.zeros((2, 2)))
