@@ -291,5 +291,7 @@ def _run_stage(
     specs = plan.specs([[desc]])
     with lifecycle.running_on(plan, specs, monitor) as runtime:
         minibatches = (Minibatch(i, b) for i, b in enumerate(batches))
-        for _, outputs in runtime.run(minibatches, ordered=True, observer=monitor.collector):
+        # retries apply; skipping does not: each cached stage needs every output of the one before
+        policy = plan.raising().retry
+        for _, outputs in runtime.run(minibatches, ordered=True, observer=monitor.collector, policy=policy):
             yield outputs[0]

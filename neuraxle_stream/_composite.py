@@ -32,6 +32,7 @@ from ._validation import (
 )
 from .caching import Cache, CacheInfo, folder_size, memory_location, open_store
 from .call import monitored, run, stream, traced, transform_range
+from .exceptions import InvalidParameterError
 from .lifecycle import Lifecycle, lifecycle_of, peek_lifecycle
 from .monitor import CallMonitor
 from .plan import Plan, first_output
@@ -127,7 +128,7 @@ class _QueuedBase(Composition, BaseTransformer, auto_wrap_output_keys=None):  # 
         BrokenPipelineError
             A worker died.
         """
-        plan = self._plan()
+        plan = self._plan().raising()  # fitting needs every output: on_error="skip" applies to stream()
         X = self._fit_input(X, plan, trace=False)
         check_lengths(X, y, plan.caller)
         plan = self._routed(plan, "fit", fit_params, X, y)
@@ -163,6 +164,7 @@ class _QueuedBase(Composition, BaseTransformer, auto_wrap_output_keys=None):  # 
             A worker died; a step's own exception is re-raised as it is.
         """
         plan = self._plan()
+        _refuse_skip(plan, "fit_transform")
         X = self._fit_input(X, plan, trace=trace is not None)
         check_lengths(X, y, plan.caller)
         plan = self._routed(plan, "fit_transform", fit_params, X, y)
@@ -202,6 +204,7 @@ class _QueuedBase(Composition, BaseTransformer, auto_wrap_output_keys=None):  # 
         plan = self._plan()
         lifecycle = lifecycle_of(self)
         check_fitted(list(plan.stages), lifecycle.fitted_steps, plan.caller)
+        _refuse_skip(plan, "transform")
         X = _containers.as_rows(X)
         if params:
             plan = self._routed(plan, "transform", params, X, None)
@@ -352,6 +355,15 @@ class _QueuedBase(Composition, BaseTransformer, auto_wrap_output_keys=None):  # 
 
 _sklearn_output.wrap_methods(_QueuedBase)
 
+
+def _refuse_skip(plan: Plan, method: str) -> None:
+    """``transform``, ``fit`` and ``fit_transform`` give one output per input: they cannot skip minibatches."""
+    if plan.retry.on_error == "skip":
+        raise InvalidParameterError(
+            f"The 'on_error' parameter of {plan.caller} must be 'raise' for {method}(), which returns one "
+            "output per input; on_error='skip' applies to stream(). Got 'skip' instead."
+        )
+
 _SEQUENTIAL_CONSTRAINTS = {"steps": [list, tuple], **COMMON_CONSTRAINTS}
 
 
@@ -384,6 +396,10 @@ class _StepsComposite(_QueuedBase):
         ray_options: dict[str, dict[str, Any]] | None = None,
         ray_address: str | None = None,
         fit_mode: str = "full",
+        max_retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (),
+        on_error: str = "raise",
+        max_failures: float | None = None,
     ) -> None:
         self.steps = steps
         self.batch_size = batch_size
@@ -406,3 +422,7 @@ class _StepsComposite(_QueuedBase):
         self.ray_options = ray_options
         self.ray_address = ray_address
         self.fit_mode = fit_mode
+        self.max_retries = max_retries
+        self.retry_on = retry_on
+        self.on_error = on_error
+        self.max_failures = max_failures

@@ -40,6 +40,7 @@ __all__ = [
 
 _POSITIVE_INT = Interval(numbers.Integral, 1, None, closed="left")
 _POSITIVE_REAL = Interval(numbers.Real, 0, None, closed="neither")
+_NON_NEGATIVE_INT = Interval(numbers.Integral, 0, None, closed="left")
 
 COMMON_CONSTRAINTS: dict[str, Any] = {
     "batch_size": [_POSITIVE_INT],
@@ -62,6 +63,10 @@ COMMON_CONSTRAINTS: dict[str, Any] = {
     "ray_options": [dict, None],  # step name -> ray actor options: checked by the Ray runtime
     "ray_address": [str, None],
     "fit_mode": [StrOptions({"full", "partial"})],
+    "max_retries": [_NON_NEGATIVE_INT],
+    "retry_on": [tuple],  # of exception types: checked in validate_params
+    "on_error": [StrOptions({"raise", "skip"})],
+    "max_failures": [_NON_NEGATIVE_INT, Interval(numbers.Real, 0, 1, closed="both"), None],
 }
 
 
@@ -74,7 +79,9 @@ def validate_params(constraints: dict[str, Any], params: dict[str, Any], caller:
     for name, allowed in constraints.items():
         # bool is an Integral to Python, but batch_size=True is a mistake; the
         # step forms refuse it too.
-        if isinstance(allowed, list) and _POSITIVE_INT in allowed and isinstance(params.get(name), bool):
+        if isinstance(allowed, list) and (_POSITIVE_INT in allowed or _NON_NEGATIVE_INT in allowed) and isinstance(
+            params.get(name), bool
+        ):
             options = [str(c) for c in allowed]
             text = options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
             raise InvalidParameterError(
@@ -82,6 +89,11 @@ def validate_params(constraints: dict[str, Any], params: dict[str, Any], caller:
             )
     if "hooks" in constraints:
         check_hooks(params.get("hooks"), caller)
+    retry_on = params.get("retry_on", ())
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+        raise InvalidParameterError(
+            f"The 'retry_on' parameter of {caller} must be a tuple of exception types. Got {retry_on!r} instead."
+        )
     context = params.get("mp_context")
     if context is not None and not (
         context in ("forkserver", "spawn", "fork") or hasattr(context, "get_start_method")

@@ -96,7 +96,7 @@ def run(
                 yield batch
 
         for index, outputs in runtime.run(minibatches(), ordered=ordered, observer=monitor.collector,
-                                          tracer=plan.trace):
+                                          tracer=plan.trace, policy=plan.retry):
             out = plan.join(outputs)
             batch = padded.pop(index, None)
             yield index, out if batch is None else batch.unpad(out)

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import _containers
 from .messages import QueuedMinibatchTask
 from .queues import Channel, ResultChannel
 from .runtime_base import Credits, Minibatch, minibatch_task
@@ -62,6 +63,13 @@ class Feeder:
         The run's in-flight bound.
     observer : StatsCollector or None
         Gets the time each put waited on a full first queue (the backpressure).
+    on_task : callable or None
+        Called with each task and its number of rows before the task is put
+        on any queue (the run keeps it, to run it again if it fails).
+
+    After its runtime replaced its workers and queues, :meth:`repoint`
+    gives the feeder the new first queues and result channel; a put that
+    failed on a retired queue is tried again on its replacement.
     """
 
     def __init__(
@@ -72,6 +80,7 @@ class Feeder:
         results: ResultChannel,
         credits: Credits,
         observer: StatsCollector | None = None,
+        on_task: Callable[[QueuedMinibatchTask, int], None] | None = None,
     ) -> None:
         self.source = source
         self.run_id = run_id
@@ -79,6 +88,9 @@ class Feeder:
         self.results = results
         self.credits = credits
         self.observer = observer
+        self.on_task = on_task
+        #: Minibatches fed, once the source is exhausted (or failed); ``None`` before.
+        self.count: int | None = None
         #: What the source raised (or a put), once :class:`FeederDone` says ``failed``.
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -87,6 +99,10 @@ class Feeder:
     def start(self) -> None:
         """Start feeding."""
         self._thread.start()
+
+    def repoint(self, firsts: list[tuple[str, Channel]], results: ResultChannel) -> None:
+        """Feed the new first queues and report to the new result channel (the old ones are retired)."""
+        self.firsts, self.results = firsts, results
 
     def stop(self) -> None:
         """End the feeding (it may be waiting on the source, a credit or a full queue); safe twice."""
@@ -109,25 +125,40 @@ class Feeder:
                 if self._stop.is_set():
                     return
                 task = minibatch_task(batch, count, self.run_id)
-                for name, channel in self.firsts:
-                    if not self._put(name, channel, task):
+                if self.on_task is not None:
+                    self.on_task(task, batch.rows or _rows(batch.data))
+                for lane in range(len(self.firsts)):
+                    if not self._put(lane, task):
                         return
                 count += 1
         except BaseException as exc:
             self.error = exc
+        self.count = count
         if not self._stop.is_set():
             self.results.put(FeederDone(self.run_id, count, failed=self.error is not None))
 
-    def _put(self, name: str, channel: Channel, task: QueuedMinibatchTask) -> bool:
-        """Put ``task`` on ``channel`` (the queue of step ``name``); ``False`` if the run ended meanwhile."""
+    def _put(self, lane: int, task: QueuedMinibatchTask) -> bool:
+        """Put ``task`` on the first queue of ``lane``; ``False`` if the run ended meanwhile."""
         waited = time.perf_counter()
-        try:
-            while not channel.put(task, timeout=_FEED_CHECK):
-                if self._stop.is_set():
-                    return False
-        except Exception as exc:
-            exc.add_note(f"Raised sending minibatch {task.index} to step {name!r}.")
-            raise
+        while True:
+            name, channel = self.firsts[lane]
+            try:
+                if channel.put(task, timeout=_FEED_CHECK):
+                    break
+            except Exception as exc:
+                if self.firsts[lane][1] is not channel:
+                    continue  # the queue was retired while we put: the run keeps the task and feeds it again
+                exc.add_note(f"Raised sending minibatch {task.index} to step {name!r}.")
+                raise
+            if self._stop.is_set():
+                return False
         if self.observer is not None:  # backpressure on the first queue
             self.observer.add_feed_wait(name, time.perf_counter() - waited)
         return True
+
+
+def _rows(data: object) -> int:
+    try:
+        return _containers.num_rows(data)
+    except TypeError:
+        return 1

@@ -45,7 +45,7 @@ class WorkersJoiner:
         self._n_lanes = n_worker_wrappers_to_join or 1
         self._partial: dict[int, list[Any]] = {}
         self._missing: dict[int, int] = {}
-        self._complete: dict[int, list[Any]] = {}
+        self._complete: dict[int, list[Any] | None] = {}
         self._completion_order: list[int] = []
         self._next = 0
 
@@ -64,11 +64,25 @@ class WorkersJoiner:
             self._complete[index] = self._partial.pop(index)
             self._completion_order.append(index)
 
+    @property
+    def n_lanes(self) -> int:
+        """Lanes whose results make one minibatch."""
+        return self._n_lanes
+
+    def skip(self, index: int) -> None:
+        """Minibatch ``index`` has no output (it was skipped): it pops as ``(index, None)``, in its turn."""
+        if index < self._next or index in self._complete:
+            return
+        self._partial.pop(index, None)
+        self._missing.pop(index, None)
+        self._complete[index] = None
+        self._completion_order.append(index)
+
     def fail(self, error: MinibatchError) -> None:
         """Raise the failure carried by ``error`` in the caller."""
         raise error.to_exception()
 
-    def pop_ready(self) -> Iterator[tuple[int, list[Any]]]:
+    def pop_ready(self) -> Iterator[tuple[int, list[Any] | None]]:
         """Yield the complete minibatches that are next in sequence order."""
         self._completion_order.clear()
         while self._next in self._complete:
@@ -76,7 +90,7 @@ class WorkersJoiner:
             self._next += 1
             yield index, self._complete.pop(index)
 
-    def pop_completed(self) -> Iterator[tuple[int, list[Any]]]:
+    def pop_completed(self) -> Iterator[tuple[int, list[Any] | None]]:
         """Yield every complete minibatch, in the order they completed."""
         order, self._completion_order = self._completion_order, []
         for index in order:

@@ -11,6 +11,7 @@ and never the estimator::
                                       ├─ minibatching: batch_size, last-batch rule, padding
                                       ├─ backend: process | thread | ray, start method, timeout
                                       ├─ hooks, cache store (a NullStore when memory=None)
+                                      ├─ retry policy: max_retries, retry_on, on_error, max_failures
                                       └─ routed params, trace, joins (lanes, minibatches)
 
 This is the one place that turns a description into what runs: which stages
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,7 @@ from .backends import Backend, ProcessBackend, ThreadBackend, uses_cuda
 from .caching import CacheStore, NullStore, memory_location, open_store
 from .hooks import PipelineHook, dump_hooks
 from .minibatches import Minibatching
+from .retries import RetryPolicy
 from .runtime import Runtime
 from .runtime_base import BaseRuntime
 from .savers import save_step
@@ -112,6 +115,7 @@ class Plan:
     use_savers: bool = False
     #: the fit params a pipeline's steps get transformed by the steps before them (``Pipeline``'s)
     transform_input: tuple[str, ...] | None = None
+    retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
 
     @classmethod
     def of(
@@ -137,6 +141,10 @@ class Plan:
         fit_mode: str = "full",
         use_savers: bool = False,
         transform_input: Sequence[str] | None = None,
+        max_retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (),
+        on_error: str = "raise",
+        max_failures: float | None = None,
         **described: Any,
     ) -> Plan:
         """The plan of a composite's (checked) parameters; ``batch_size`` is read here, once.
@@ -170,6 +178,11 @@ class Plan:
             fit_mode=fit_mode,
             use_savers=bool(use_savers),
             transform_input=None if transform_input is None else tuple(transform_input),
+            retry=RetryPolicy(
+                int(max_retries), tuple(retry_on), on_error,
+                max_failures if max_failures is None or isinstance(max_failures, float)
+                else (int(max_failures) if isinstance(max_failures, numbers.Integral) else float(max_failures)),
+            ),
         )
 
     # -- derived plans -------------------------------------------------------------------
@@ -177,6 +190,10 @@ class Plan:
     def with_routed(self, routed: RoutedParams) -> Plan:
         """This plan with other routed params (their ``n_samples`` known once ``X`` is read)."""
         return dataclasses.replace(self, routed=routed)
+
+    def raising(self) -> Plan:
+        """This plan with ``on_error="raise"`` (retries kept): for ``fit``, which needs every output."""
+        return dataclasses.replace(self, retry=dataclasses.replace(self.retry, on_error="raise"))
 
     def traced(self, assembler: Assembler, n_rows: int) -> Plan:
         """The plan of a traced run of the first ``n_rows`` rows.

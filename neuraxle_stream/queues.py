@@ -47,6 +47,9 @@ class Channel(ABC):
     def close(self) -> None:  # noqa: B027 - nothing to release for most channels
         """Release the parent's handles once every worker has stopped."""
 
+    def retire(self) -> None:  # noqa: B027 - nothing to release for most channels
+        """Release the parent's handles, not the run's transport: replaced queues of the run still use it."""
+
 
 class ResultChannel(ABC):
     """Many workers put; only the parent gets."""
@@ -64,6 +67,9 @@ class ResultChannel(ABC):
 
     def close(self) -> None:  # noqa: B027
         """Release the parent's handles."""
+
+    def retire(self) -> None:  # noqa: B027
+        """Release the parent's handles, not the run's transport (see :meth:`Channel.retire`)."""
 
 
 class ThreadChannel(Channel):
@@ -140,9 +146,12 @@ class ProcessChannel(Channel):
         return self._transport.loads(data)
 
     def close(self) -> None:
+        self.retire()
+        self._transport.close()
+
+    def retire(self) -> None:
         self._reader.close()
         self._writer.close()
-        self._transport.close()
 
 
 class ProcessResultChannel(ResultChannel):
@@ -183,7 +192,10 @@ class ProcessResultChannel(ResultChannel):
         return items
 
     def close(self) -> None:
+        self.retire()
+        self._transport.close()
+
+    def retire(self) -> None:
         self._reader.close()
         self._writer.close()
-        self._transport.close()
 

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -69,11 +70,18 @@ from typing import Any
 from .backends import Backend, WorkerHandle
 from .exceptions import BrokenPipelineError, PipelineStoppedError
 from .feeder import Feeder, FeederDone
-from .messages import STOP, MinibatchError, StageResult, StageStopped, WorkerLog
+from .messages import (
+    STOP,
+    MinibatchError,
+    QueuedMinibatchTask,
+    StageResult,
+    StageStopped,
+    WorkerLog,
+)
 from .queues import Channel, ResultChannel
 from .runtime_base import STOP_GRACE, BaseRuntime, Minibatch, RunFailed, RunState
 from .stages import CLOSING, IDLE_RUN, STARTING, STOPPED, StageSpec
-from .supervision import LiveStage, busy_since, death, kill_all, overdue
+from .supervision import LiveStage, busy_since, death, kill_all, overdue_worker
 from .workers import WorkerIO
 
 __all__ = ["ABORT_GRACE", "STOP_GRACE", "Runtime"]
@@ -115,6 +123,11 @@ class Runtime(BaseRuntime):
         self._run_id = IDLE_RUN
         self._stop_pending = False
         self._done_before: dict[str, tuple[int, int]] = {}
+        self._run: RunState | None = None
+        self._done_at_restart, self._restarts_in_a_row = -1, 0
+        self._retired: list[Channel | ResultChannel] = []
+        #: Retried minibatches waiting for room on the first queue of their lane.
+        self._retries: deque[tuple[int, QueuedMinibatchTask]] = deque()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -190,6 +203,7 @@ class Runtime(BaseRuntime):
                     self._abort()
                 self._join()
         finally:
+            self._retire_channels()
             for channel in self._channels:
                 channel.close()
             self._channels.clear()
@@ -311,9 +325,11 @@ class Runtime(BaseRuntime):
             run.observer.live_counts = self.done_in_run
         self._active.value = run.run_id
         firsts = [(lane[0].name, channel) for lane, channel in zip(self.lanes, self._first_channels)]
-        feeder = Feeder(source, run.run_id, firsts, self._results, run.credits, run.observer)
+        feeder = Feeder(source, run.run_id, firsts, self._results, run.credits, run.observer, run.register)
         feeder.start()
         self._run_id = run.run_id
+        self._run = run
+        self._retries.clear()
         self._feeder = feeder
         if self._stop_pending:  # stop() came while the run was starting
             self._results.put(_StopRequested(run.run_id))
@@ -324,11 +340,15 @@ class Runtime(BaseRuntime):
     def _collect(self, run: RunState) -> None:
         """Wait for results or dead workers; take each message; report a dead worker."""
         assert self._results is not None
-        messages, fired = self._results.get_ready(self._wait_timeout(), self._sentinels())
+        self._put_retries()
+        wait = self._wait_timeout()
+        if self._retries:  # waiting for room on a first queue: look again soon
+            wait = 0.02 if wait is None else min(wait, 0.02)
+        messages, fired = self._results.get_ready(wait, self._sentinels())
         for msg in messages:
             self._take(run, msg)
         if fired:
-            self._on_dead_workers(run.run_id, fired)
+            self._on_dead_workers(run, fired)
 
     def _take(self, run: RunState, msg: Any) -> None:
         """One message of the result channel: an output, a failure, a log record, the end of the source, a stop."""
@@ -338,7 +358,7 @@ class Runtime(BaseRuntime):
         elif isinstance(msg, MinibatchError):
             if msg.run_id == run.run_id:
                 run.add_records(msg.index, msg.stats, msg.trace)
-            self._on_error(msg, run.run_id)
+            self._on_error(msg, run)
         elif isinstance(msg, WorkerLog):
             msg.emit()
         elif isinstance(msg, _StopRequested) and msg.run_id == run.run_id:
@@ -350,13 +370,25 @@ class Runtime(BaseRuntime):
             run.total = msg.count
 
     def _check_timeouts(self) -> None:
-        """Raise ``TimeoutError`` for the worker that has been busy longest, if over time."""
+        """Raise ``TimeoutError`` for the worker that has been busy longest, if over time.
+
+        With retries, a minibatch that overran counts as one whose worker
+        died: the workers are replaced and it runs again.
+        """
         if self.timeout is None:
             return
-        error = overdue(self._stages, self.timeout)
-        if error is not None:
-            self.broken = True
-            raise error
+        late = overdue_worker(self._stages, self.timeout)
+        if late is None:
+            return
+        error, stage, _, current = late
+        run = self._run
+        if run is not None and run.policy.active and current >= 0:
+            fate = run.failed(stage.spec.name, current, error, died=True, stopping=self._stop_pending)
+            if fate != "raise":
+                self._restart(run)
+                return
+        self.broken = True
+        raise error
 
     def _end_run(self, run: RunState, ok: bool) -> None:
         """Retire the run's id (its tasks still queued are dropped) and stop its feeder."""
@@ -364,6 +396,8 @@ class Runtime(BaseRuntime):
         if not ok and not self.broken and self.started:
             self._active.value = IDLE_RUN
         self._stop_feeder()
+        self._run = None
+        self._retries.clear()
 
     def _stop_feeder(self) -> None:
         """End the feeder of the current run, if any (it may wait on the source)."""
@@ -371,19 +405,36 @@ class Runtime(BaseRuntime):
         if feeder is not None:
             feeder.stop()
 
-    def _on_error(self, msg: MinibatchError, run_id: int) -> None:
+    def _on_error(self, msg: MinibatchError, run: RunState) -> None:
         if msg.phase == "transform":
-            if msg.run_id != run_id:
+            if msg.run_id != run.run_id:
                 return  # from a cancelled run
-            raise RunFailed(msg.to_exception())
+            error = msg.to_exception()
+            if msg.index is not None and run.policy.active:
+                fate = run.failed(msg.step_name, msg.index, error, died=False, stopping=self._stop_pending)
+                if fate == "retry":
+                    self._retry(run, msg.index, [self._lane_of(msg.step_name)])
+                if fate != "raise":
+                    return
+            raise RunFailed(error)
         self.broken = True
         raise msg.to_exception()
 
-    def _on_dead_workers(self, run_id: int, fired: list[Any]) -> None:
-        """A worker died: report its own error if it sent one, else BrokenPipelineError."""
+    def _lane_of(self, step_name: str) -> int:
+        return next(i for i, lane in enumerate(self.lanes) if any(s.name == step_name for s in lane))
+
+    def _on_dead_workers(self, run: RunState, fired: list[Any]) -> None:
+        """A worker died: report its own error if it sent one, else BrokenPipelineError.
+
+        With retries, the workers are replaced instead (:meth:`_restart`)
+        and the minibatches in flight run again.
+        """
         assert self._results is not None
-        self.broken = True
         dead = [(s, w) for s in self._stages for w, h in enumerate(s.handles) if h.sentinel in fired]
+        if dead and run.policy.active and not self._stop_pending:
+            self._replace_dead(run, dead)
+            return
+        self.broken = True
         if not dead:
             raise BrokenPipelineError("A worker of the pipeline died; the pipeline was stopped.")
         error = death(*dead[0])  # waits for the worker to be reaped
@@ -391,9 +442,99 @@ class Runtime(BaseRuntime):
         for msg in drain() if drain is not None else ():
             if isinstance(msg, WorkerLog):
                 msg.emit()
-            if isinstance(msg, MinibatchError) and (msg.phase != "transform" or msg.run_id == run_id):
+            if isinstance(msg, MinibatchError) and (msg.phase != "transform" or msg.run_id == run.run_id):
                 raise msg.to_exception()  # it said why, before it went
         raise error
+
+    # -- long runs: replaced workers, retried minibatches (docs/reliability.md) ------
+
+    def _replace_dead(self, run: RunState, dead: list[tuple[LiveStage, int]]) -> None:
+        """Workers died: count an attempt for what each was running, then replace every worker.
+
+        A killed process may hold a queue's lock or have written half a
+        message, so no queue it touched can be trusted: the runtime replaces
+        its queues and workers together (each loads its step through its saver,
+        sets its ``worker_arguments`` and runs ``setup()``), and every minibatch
+        in flight runs again from the first stage on its original input. The
+        minibatch a dead worker was running counts one failed attempt; when
+        it has failed every attempt it is skipped or ends the run.
+        """
+        if run.done == self._done_at_restart:
+            self._restarts_in_a_row += 1
+        else:
+            self._done_at_restart, self._restarts_in_a_row = run.done, 1
+        for stage, w in dead:
+            current = stage.io.current[w]
+            error = death(stage, w)
+            if current < 0:
+                # Between minibatches, in setup() or at start-up: no minibatch to blame. A
+                # worker that dies again and again before any output comes ends the run.
+                if self._restarts_in_a_row > max(3, run.policy.max_retries + 1):
+                    self.broken = True
+                    raise error
+                continue
+            if run.failed(stage.spec.name, current, error, died=True) == "raise":
+                self.broken = True
+                raise error
+        self._restart(run)
+
+    def _restart(self, run: RunState) -> None:
+        """Replace every worker and queue, then feed the minibatches in flight again."""
+        assert self._feeder is not None
+        counts = self._count_done()
+        self._abort()
+        self._join()  # threads stuck in a step stay behind, told to exit; their outputs go nowhere
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        retired: list[Channel | ResultChannel] = [*self._channels]
+        if self._results is not None:
+            retired.append(self._results)
+        self._channels, self._first_channels = [], []
+        self.start()
+        self._active.value = run.run_id
+        # progress counts go on from where the replaced workers left them
+        self._done_before = {
+            name: (before[0] - counts.get(name, (0, 0))[0], before[1] - counts.get(name, (0, 0))[1])
+            for name, before in self._done_before.items()
+        }
+        assert self._results is not None
+        self._feeder.repoint(
+            [(lane[0].name, ch) for lane, ch in zip(self.lanes, self._first_channels)], self._results
+        )
+        # The feeder may still be putting on a retired queue: release its pipes at the next restart.
+        self._retire_channels()
+        self._retired = retired
+        if run.observer is not None:
+            for lane in self.lanes:
+                for spec in lane:
+                    run.observer.add_restarts(spec.name, spec.n_workers)
+        if self._feeder.count is not None:  # its end message may have gone to the retired channel
+            if self._feeder.error is not None:
+                raise RunFailed(self._feeder.error)
+            run.total = self._feeder.count
+        self._retries.clear()
+        for index in sorted(run.inflight):
+            self._retry(run, index, run.undelivered_lanes(index, len(self.lanes)))
+
+    def _retire_channels(self) -> None:
+        for channel in self._retired:
+            channel.retire()
+        self._retired = []
+
+    def _retry(self, run: RunState, index: int, lanes: list[int]) -> None:
+        """Feed minibatch ``index`` again, from its original input, to the first stage of ``lanes``."""
+        task = run.inflight[index].task
+        for lane in lanes:
+            self._retries.append((lane, task))
+        self._put_retries()
+
+    def _put_retries(self) -> None:
+        """Put the retried minibatches on their first queues, as long as there is room (never blocks)."""
+        while self._retries:
+            lane, task = self._retries[0]
+            if not self._first_channels[lane].put(task, timeout=0):
+                return
+            self._retries.popleft()
 
     def _sentinels(self) -> list[Any]:
         return [h.sentinel for s in self._stages for h in s.handles if h.sentinel is not None]

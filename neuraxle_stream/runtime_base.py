@@ -37,24 +37,27 @@ import itertools
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .joiner import WorkersJoiner
 from .messages import QueuedMinibatchTask, TaskRecord
 from .minibatches import Minibatch
+from .retries import Attempts, FailureRecord, RetryPolicy, warn_skipped
 from .stages import StageSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from .stats import StatsCollector
     from .tracing import Assembler, TraceCall
 
-__all__ = ["STOP_GRACE", "BaseRuntime", "Credits", "Minibatch", "RunFailed", "RunState", "minibatch_task", "next_run_id"]
+__all__ = [
+    "STOP_GRACE", "BaseRuntime", "Credits", "InFlight", "Minibatch", "RunFailed", "RunState", "minibatch_task",
+    "next_run_id",
+]
 
 #: Seconds a graceful stop waits for the workers to finish (their ``teardown()`` included).
 STOP_GRACE = 10.0
 _run_ids = itertools.count(1)
-
 
 
 def next_run_id() -> int:
@@ -109,9 +112,24 @@ class RunFailed(Exception):
         self.error = error
 
 
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A minibatch between its feeding and its output: its original task (to run it again) and where its items are."""
+
+    task: QueuedMinibatchTask
+    first_item: int
+    n_items: int
+
+
 @dataclass
 class RunState:
-    """One run of a runtime: its id, its joiner, who gets its records, how far it got."""
+    """One run of a runtime: its id, its joiner, who gets its records, how far it got.
+
+    With a :class:`~neuraxle_stream.retries.RetryPolicy` that may retry or
+    skip, it also keeps the original task of every minibatch in flight
+    (:attr:`inflight`; at most the in-flight bound of them, since each holds
+    a credit), so that a failed minibatch runs again from the first stage.
+    """
 
     run_id: int
     joiner: WorkersJoiner
@@ -119,20 +137,45 @@ class RunState:
     ordered: bool = True
     observer: StatsCollector | None = None
     tracer: Assembler | None = None
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
     #: Minibatches fed so far.
     fed: int = 0
     #: Minibatches in the run, known once the source is exhausted.
     total: int | None = None
-    #: Minibatches whose output the caller got.
+    #: Minibatches whose output the caller got (or that were skipped).
     done: int = 0
+    #: The minibatches in flight, by index (kept only when the policy may retry or skip).
+    inflight: dict[int, InFlight] = field(default_factory=dict)
+    #: ``(index, lane)`` of the outputs already joined: a late duplicate (a retried attempt) is dropped.
+    delivered: set[tuple[int, int]] = field(default_factory=set)
+    attempts: Attempts = field(default_factory=Attempts)
+    _items_fed: int = 0
+    _n_fed: int = 0
 
     @property
     def complete(self) -> bool:
         """Whether every minibatch of the source went through."""
         return self.total is not None and self.done >= self.total
 
+    @property
+    def keeps_inputs(self) -> bool:
+        """Whether the original task of each minibatch in flight is kept (the policy may retry or skip)."""
+        return self.policy.active
+
+    def register(self, task: QueuedMinibatchTask, n_items: int) -> None:
+        """Minibatch ``task`` is fed now (called before it is put on any queue)."""
+        if self.keeps_inputs:
+            self.inflight[task.index] = InFlight(task, self._items_fed, n_items)
+        self._items_fed += n_items
+        self._n_fed += 1
+
     def add_output(self, task: QueuedMinibatchTask, lane: int) -> None:
         """The last stage of ``lane`` is done with ``task``: join its output, pass on its records."""
+        if self.keeps_inputs:
+            key = (task.index, lane)
+            if task.index not in self.inflight or key in self.delivered:
+                return  # a late duplicate of a retried minibatch, or one already skipped
+            self.delivered.add(key)
         self.joiner.add(task.index, lane, task.data_inputs)
         self.add_records(task.index, task.stats, task.trace)
 
@@ -146,10 +189,61 @@ class RunState:
     def pop_ready(self) -> Iterator[tuple[int, list[Any]]]:
         """The outputs the caller may have now (in input order, or as completed), each counted as done."""
         ready = self.joiner.pop_ready() if self.ordered else self.joiner.pop_completed()
-        for item in ready:
+        for index, outputs in ready:
+            self._forget(index)
             self.done += 1
             self.credits.give()
-            yield item
+            if outputs is not None:  # None: skipped
+                yield index, outputs
+
+    def _forget(self, index: int) -> None:
+        if self.keeps_inputs:
+            self.inflight.pop(index, None)
+            for lane in range(self.joiner.n_lanes):
+                self.delivered.discard((index, lane))
+            self.attempts.done(index)
+
+    def undelivered_lanes(self, index: int, n_lanes: int) -> list[int]:
+        """The lanes that have not yet delivered minibatch ``index``."""
+        return [lane for lane in range(n_lanes) if (index, lane) not in self.delivered]
+
+    def failed(self, step: str, index: int, error: BaseException, died: bool, stopping: bool = False) -> str:
+        """Minibatch ``index`` failed in ``step`` (``died``: its worker died or timed out); decide its fate.
+
+        Returns ``"retry"`` (it runs again), ``"skip"`` (it failed every
+        attempt and is dropped: ``on_error="skip"``, within ``max_failures``),
+        ``"raise"`` (it ends the run with ``error``; for a worker that died on
+        each attempt, a note names the minibatch as the likely cause) or
+        ``"ignore"`` (it is already out: a duplicate attempt failed). No retry
+        and no skip once the run is ``stopping``.
+        """
+        if self.keeps_inputs and index not in self.inflight:
+            return "ignore"
+        n = self.attempts.fail(index, died)
+        if not stopping and self.policy.retries(None if died else error, n):
+            return "retry"
+        if died and n > 1 and self.attempts.died_each_time(index):
+            error.add_note(
+                f"Minibatch {index} was running each of the {n} times a worker died: "
+                "it is the likely cause (a 'poison' input)."
+            )
+        flight = self.inflight.get(index)
+        first, n_items = (flight.first_item, flight.n_items) if flight is not None else (-1, -1)
+        record = self.attempts.record(step, index, first, n_items, error)
+        if self.observer is not None:
+            self.observer.add_failure(record)
+        if not stopping and self.policy.skips(self.attempts.skipped + 1, self._n_fed):
+            self.attempts.skipped += 1
+            warn_skipped(record)
+            self.joiner.skip(index)
+            self._forget(index)  # a late output of it is dropped
+            return "skip"
+        return "raise"
+
+    @property
+    def failures(self) -> tuple[FailureRecord, ...]:
+        """The minibatches that were skipped or ended the run."""
+        return tuple(self.attempts.records)
 
 
 class BaseRuntime(ABC):
@@ -217,6 +311,7 @@ class BaseRuntime(ABC):
         ordered: bool = True,
         observer: StatsCollector | None = None,
         tracer: Assembler | None = None,
+        policy: RetryPolicy | None = None,
     ) -> Iterator[tuple[int, list[Any]]]:
         """Feed ``batches`` through the lanes; yield ``(index, lane_outputs)``.
 
@@ -236,6 +331,9 @@ class BaseRuntime(ABC):
             Gets the workers' stats records of each minibatch of this run.
         tracer : Assembler or None
             In a traced run, gets the trace records of each minibatch.
+        policy : RetryPolicy or None
+            What a failed minibatch becomes (run again, skipped, or the end
+            of the run: the default).
 
         Yields
         ------
@@ -247,6 +345,8 @@ class BaseRuntime(ABC):
         self._ensure_started()
         run = RunState(next_run_id(), WorkersJoiner(n_worker_wrappers_to_join=len(self.lanes)), Credits(self.max_in_flight))
         run.ordered, run.observer, run.tracer = ordered, observer, tracer
+        if policy is not None:
+            run.policy = policy
         self._begin_run(run, iter(batches))
         ok = False
         try:

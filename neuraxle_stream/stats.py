@@ -35,6 +35,7 @@ import numpy as np
 
 from .messages import TaskRecord
 from .quantiles import Durations
+from .retries import FailureRecord
 from .timeline import TaskSpan, TimelineInfo, TimelineRecorder
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,6 +81,9 @@ class StageStats:
     wall_time : float
         Duration of the runs the stage took part in, each from its first
         minibatch to its end (starting the workers is not counted).
+    num_restarts : int
+        Workers of the step replaced during the call (after a worker died or
+        overran ``timeout``, with ``max_retries``).
     """
 
     num_tasks: int = 0
@@ -93,6 +97,7 @@ class StageStats:
     get_wait: float = 0.0
     put_wait: float = 0.0
     wall_time: float = 0.0
+    num_restarts: int = 0
 
     @property
     def busy_per_worker(self) -> float:
@@ -145,6 +150,7 @@ class PipelineStats:
     wall_time: float = 0.0
     timeline: tuple[TaskSpan, ...] = field(default=(), repr=False)
     timeline_info: TimelineInfo = field(default_factory=TimelineInfo, repr=False)
+    failures: tuple[FailureRecord, ...] = ()
 
     def __getitem__(self, name: str) -> StageStats:
         return self.stages[name]
@@ -188,10 +194,15 @@ class PipelineStats:
     # -- display -------------------------------------------------------------------
 
     def _rows(self) -> tuple[list[list[str]], list[list[str]]]:
-        stage_rows = [["step", "workers", "minibatches", "items", "failures", "mean", "p90", "p99", "busy", "busy/worker"]]
+        restarts = any(s.num_restarts for s in self.stages.values())
+        stage_rows = [[
+            "step", "workers", "minibatches", "items", "failures", *(["restarts"] if restarts else []),
+            "mean", "p90", "p99", "busy", "busy/worker",
+        ]]
         for name, s in self.stages.items():
             stage_rows.append([
                 name, str(s.n_workers), str(s.num_tasks), str(s.num_items), str(s.num_failures),
+                *([str(s.num_restarts)] if restarts else []),
                 *(format_seconds(t) for t in (s.ave_time, s.p90_time, s.p99_time, s.busy_time, s.busy_per_worker)),
             ])
         queue_rows = [["queue to", "minibatches", "per second", "put wait", "get wait", "occupancy"]]
@@ -222,6 +233,10 @@ class PipelineStats:
             for row in rows:
                 cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
                 lines.append("  ".join(cells).rstrip())
+            lines.append("")
+        if self.failures:
+            lines.append(f"Failed minibatches ({len(self.failures)}):")
+            lines.extend(f"  {_describe_failure(f)}" for f in self.failures)
             lines.append("")
         lines.extend(textwrap.wrap(self._summary(), 79))  # fits a terminal, and the docs
         return "\n".join(lines)
@@ -315,6 +330,11 @@ class PipelineStats:
         return fig
 
 
+def _describe_failure(f: FailureRecord) -> str:
+    items = f"items {f.first_item}..{f.first_item + f.n_items - 1}" if f.n_items > 0 else "items ?"
+    return f"minibatch {f.minibatch} ({items}), step {f.step!r}, {f.attempts} attempt(s): {f.error_type}: {f.message}"
+
+
 def format_seconds(seconds: float) -> str:
     """``seconds`` in a readable unit: ``"12 µs"``, ``"3.4 ms"``, ``"1.25 s"``, ``"2.0 min"``."""
     if seconds < 1e-3:
@@ -338,6 +358,7 @@ class _StageTotals:
     in_put_wait: float = 0.0  # writers' puts on this stage's input queue
     in_puts: int = 0
     wall_time: float = 0.0
+    restarts: int = 0
     durations: Durations = field(default_factory=Durations)
 
 
@@ -368,6 +389,7 @@ class StatsCollector:
         self._run_first_start = math.inf
         self._in_run: list[str] = []
         self.listeners: list[Callable[[Iterable[TaskRecord]], None]] = []
+        self._failures: list[FailureRecord] = []
         #: Set by the runtime of the current run, when its workers count as they
         #: go: ``{step: (rows, minibatches)}`` finished so far (progress bars).
         self.live_counts: Callable[[], dict[str, tuple[int, int]]] | None = None
@@ -432,6 +454,18 @@ class StatsCollector:
                 totals.in_puts += 1
             self._timeline.fed(stage)
 
+    def add_failure(self, record: FailureRecord) -> None:
+        """A minibatch failed every attempt (skipped, or the end of the run)."""
+        with self._lock:
+            self._failures.append(record)
+
+    def add_restarts(self, step: str, n: int = 1) -> None:
+        """``n`` workers of ``step`` were replaced."""
+        with self._lock:
+            totals = self._stages.get(step)
+            if totals is not None:
+                totals.restarts += n
+
     def add_fit(self, step: str, seconds: float) -> None:
         """Step ``step`` has just been fitted in the parent, in ``seconds`` (for the timeline)."""
         with self._lock:
@@ -458,6 +492,7 @@ class StatsCollector:
                     get_wait=t.get_wait,
                     put_wait=t.put_wait,
                     wall_time=wall,
+                    num_restarts=t.restarts,
                 )
                 if wall > 0:
                     queues[name] = QueueStats(
@@ -474,4 +509,5 @@ class StatsCollector:
                 wall_time=time.perf_counter() - self._started,
                 timeline=self._timeline.tasks(),
                 timeline_info=self._timeline.info(),
+                failures=tuple(self._failures),
             )

@@ -18,7 +18,7 @@ from .exceptions import BrokenPipelineError
 from .stages import IDLE, SETUP, STARTING, STOPPED, TEARDOWN, StageSpec
 from .workers import WorkerIO
 
-__all__ = ["LiveStage", "busy_since", "death", "kill_all", "overdue", "where"]
+__all__ = ["LiveStage", "busy_since", "death", "kill_all", "overdue", "overdue_worker", "where"]
 
 
 @dataclass
@@ -48,6 +48,12 @@ def busy_since(stages: list[LiveStage]) -> float | None:
 
 def overdue(stages: list[LiveStage], timeout: float) -> TimeoutError | None:
     """The error for the worker busy longest, if it has been busy more than ``timeout`` seconds."""
+    late = overdue_worker(stages, timeout)
+    return None if late is None else late[0]
+
+
+def overdue_worker(stages: list[LiveStage], timeout: float) -> tuple[TimeoutError, LiveStage, int, int] | None:
+    """``(error, stage, worker, current)`` for the worker busy longest, if busy more than ``timeout`` seconds."""
     busy = _busy(stages)
     if not busy:
         return None
@@ -59,7 +65,7 @@ def overdue(stages: list[LiveStage], timeout: float) -> TimeoutError | None:
         f"Step {stage.spec.name!r} (worker {w}) spent more than {timeout} s on {doing}; the pipeline was stopped."
     )
     error.add_note(f"In the queued pipeline: step {stage.spec.name!r}, worker {w}, {doing}.")
-    return error
+    return error, stage, w, current
 
 
 def death(stage: LiveStage, w: int) -> BrokenPipelineError:

@@ -95,6 +95,10 @@ class ParallelQueuedFeatureUnion(_StepsComposite):
         ray_options: dict[str, dict[str, Any]] | None = None,
         ray_address: str | None = None,
         fit_mode: str = "full",
+        max_retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (),
+        on_error: str = "raise",
+        max_failures: float | None = None,
         transformer_weights: dict[str, float] | None = None,
         verbose_feature_names_out: bool = True,
     ) -> None:
@@ -104,6 +108,7 @@ class ParallelQueuedFeatureUnion(_StepsComposite):
             default_value_expected_outputs, backend=backend, mp_context=mp_context, hooks=hooks,
             memory=memory, output_order=output_order, progress=progress, verbose=verbose,
             timeout=timeout, ray_options=ray_options, ray_address=ray_address, fit_mode=fit_mode,
+            max_retries=max_retries, retry_on=retry_on, on_error=on_error, max_failures=max_failures,
         )
         self.transformer_weights = transformer_weights
         self.verbose_feature_names_out = verbose_feature_names_out

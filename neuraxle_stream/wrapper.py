@@ -29,6 +29,7 @@ _WRAPPER_CONSTRAINTS = {
     **{k: COMMON_CONSTRAINTS[k] for k in (
         "max_queued_minibatches", "use_processes", "use_savers", "backend",
         "mp_context", "hooks", "timeout", "ray_options", "ray_address",
+        "max_retries", "retry_on", "on_error", "max_failures",
     )},
     "batch_size": [COMMON_CONSTRAINTS["batch_size"][0], None],
 }
@@ -59,6 +60,9 @@ class ParallelWorkersWrapper(_QueuedBase, WorkersStage):
         their ``report`` is not called: the pipeline's hooks report).
     backend, mp_context, timeout, ray_address : optional
         As on :class:`SequentialQueuedPipeline`, when used on its own.
+    max_retries, retry_on, on_error, max_failures : optional
+        As on :class:`SequentialQueuedPipeline`, when used on its own (inside
+        a pipeline, the pipeline's apply).
     ray_options : dict or None, default=None
         Ray actor options of its workers (``{"num_cpus": 0.5}``), when used on
         its own with ``backend="ray"``. Inside a pipeline, the pipeline's
@@ -89,6 +93,10 @@ class ParallelWorkersWrapper(_QueuedBase, WorkersStage):
         timeout: float | None = None,
         ray_options: dict[str, Any] | None = None,
         ray_address: str | None = None,
+        max_retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (),
+        on_error: str = "raise",
+        max_failures: float | None = None,
     ) -> None:
         self.wrapped = wrapped
         self.n_workers = n_workers
@@ -102,6 +110,10 @@ class ParallelWorkersWrapper(_QueuedBase, WorkersStage):
         self.timeout = timeout
         self.ray_options = ray_options
         self.ray_address = ray_address
+        self.max_retries = max_retries
+        self.retry_on = retry_on
+        self.on_error = on_error
+        self.max_failures = max_failures
 
     @property
     def steps(self) -> list[Any]:

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     # the engine
     ("leaves", {"_version", "exceptions", "stages", "_containers", "transport", "quantiles"}),
     ("steps and messages", {"steps", "messages", "minibatches", "queues", "savers", "joiner",
-                            "trace_results", "tracing", "cache_keys", "caching", "torch_steps"}),
+                            "trace_results", "tracing", "cache_keys", "caching", "torch_steps", "retries"}),
     ("observation", {"timeline", "stats", "hooks", "otel"}),
     ("workers", {"workers", "backends", "ray_actors"}),
     ("runtimes", {"runtime_base", "feeder", "supervision", "runtime", "ray_calls", "ray_backend", "monitor"}),
