@@ -21,6 +21,7 @@ from .hooks import PipelineHook, StageInfo, TaskStatsHook
 from .joiner import WorkersJoiner
 from .messages import MinibatchError, QueuedMinibatchTask
 from .pipeline import ParallelWorkersWrapper, SequentialQueuedPipeline, StripAbsentValues
+from .retries import FailureRecord, SkippedMinibatchWarning
 from .savers import BaseSaver, CloudpickleSaver, TorchSaver
 from .stats import PipelineStats, QueueStats, StageStats
 from .steps import BaseTransformer, Identity, NonFittableMixin
@@ -50,6 +51,8 @@ __all__ = [
     "PipelineStats",
     "StageStats",
     "QueueStats",
+    "FailureRecord",
+    "SkippedMinibatchWarning",
     # tracing
     "TraceResult",
     "TraceStage",

@@ -37,7 +37,12 @@ come back with each status and are handed to the driver's handlers, once.
 Failures: a step's exception comes back as a ``MinibatchError`` status (the
 original type, the remote traceback as ``__cause__``, a note naming the step,
 the worker and the minibatch) and the actors stay usable; an actor that dies
-raises :class:`~neuraxle_stream.BrokenPipelineError` naming its step. Actors
+raises :class:`~neuraxle_stream.BrokenPipelineError` naming its step. With
+``max_retries``, a dead (or timed-out) actor is replaced instead: a new actor
+of the same step and worker index loads the step and runs ``setup()``, and the
+calls the dead one had run again on the same stage, from their input refs
+(only the stage that failed reruns; the refs are those of the calls in
+flight, so memory stays within the in-flight bound). Actors
 are killed at the end of a call (or when ``with pipeline:`` ends), and at once
 on a broken run.
 """
@@ -122,6 +127,8 @@ class RayRuntime(BaseRuntime):
         self._calls: dict[Any, RayCall] = {}
         #: Seconds ``ray.init`` took when this runtime started Ray (0 when Ray was running).
         self.connect_seconds = 0.0
+        self._run: RunState | None = None
+        self._make_actor: Any = None
 
     @property
     def actors(self) -> list[Any]:
@@ -140,15 +147,19 @@ class RayRuntime(BaseRuntime):
         options = actor_options(self.lanes, self.ray_options, ray.cluster_resources())
         remote = ray.remote(StageActor)
         levels = _parent_log_levels()
+
+        def make_actor(spec: StageSpec, w: int) -> Any:
+            opts = {**options[spec.name], "max_restarts": 0, "max_task_retries": 0}
+            return remote.options(**opts).remote(spec, w, levels)
+
+        self._make_actor = make_actor
         self.started = True
         for lane in self.lanes:
             stages = []
             for i, spec in enumerate(lane):
                 stage = RayStage(spec, last=i + 1 == len(lane))
-                opts = {**options[spec.name], "max_restarts": 0, "max_task_retries": 0}
                 for w in range(spec.n_workers):
-                    handle = remote.options(**opts).remote(spec, w, levels)
-                    stage.actors.append(RayActor(stage, w, handle))
+                    stage.actors.append(RayActor(stage, w, make_actor(spec, w)))
                 stages.append(stage)
             self._stages.append(stages)
         self._wait_ready(ray)
@@ -242,6 +253,7 @@ class RayRuntime(BaseRuntime):
         """Read the run's minibatches from ``source``, as credits allow, in the driver's thread."""
         self._source = source
         self._calls = {}
+        self._run = run
 
     def _feed(self, run: RunState) -> None:
         """Put new minibatches in the object store, within the credits; submit what has room."""
@@ -254,7 +266,9 @@ class RayRuntime(BaseRuntime):
                 run.total = run.fed
                 run.credits.give()
                 break
-            ref = ray.put(minibatch_task(batch, run.fed, run.run_id))
+            task = minibatch_task(batch, run.fed, run.run_id)
+            run.register(task, batch.rows)
+            ref = ray.put(task)
             for lane in self._stages:
                 lane[0].waiting.append((run.fed, ref))
                 if run.observer is not None:  # for the timeline: it entered the first "queue" now
@@ -277,14 +291,33 @@ class RayRuntime(BaseRuntime):
     def _finish(self, ray: Any, call: RayCall, run: RunState) -> None:
         """Take one finished call: pass its output on, join it, or raise its error."""
         actor = call.actor
+        if call not in actor.calls:
+            return  # a call of an actor already replaced: it runs again on the new one
+        head = actor.calls[0] if actor.calls else call
         actor.calls.remove(call)
         actor.head_since = time.monotonic()
         stage = actor.stage
-        failure, logs = self._get(ray, call.status, call)
+        try:
+            failure, logs = self._get(ray, call.status, call)
+        except _ActorDied as died:
+            self._replace(ray, run, actor, [call], head, died.error)
+            return
         emit(logs)
         if failure is not None:
-            run.add_records(call.index, failure.stats, failure.trace)
-            raise RunFailed(failure.to_exception())
+            error = failure.to_exception()
+            if run.policy.active:
+                run.add_records(call.index, failure.stats, ())
+                fate = run.failed(stage.spec.name, call.index, error, died=False,
+                                  stopping=self._stop_requested.is_set())
+                if fate == "retry":
+                    stage.waiting.appendleft((call.index, call.arg))
+                if fate != "raise":
+                    return
+                if run.tracer is not None:
+                    run.tracer.add(call.index, failure.trace)
+            else:
+                run.add_records(call.index, failure.stats, failure.trace)
+            raise RunFailed(error)
         if not stage.last:
             lane = self._stages[stage.spec.lane]
             lane[stage.spec.index + 1].waiting.append((call.index, call.task))
@@ -304,8 +337,12 @@ class RayRuntime(BaseRuntime):
         try:
             return ray.get(ref)
         except ray.exceptions.RayActorError as exc:
+            error = actor_died(call.actor, f"minibatch {call.index}", exc)
+            run = self._run
+            if run is not None and run.policy.active and not self._stop_requested.is_set():
+                raise _ActorDied(error) from None
             self.broken = True
-            raise actor_died(call.actor, f"minibatch {call.index}", exc) from None
+            raise error from None
         except ray.exceptions.RayTaskError as exc:
             error = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
             name = actor_of(self._stages, exc, call.actor).stage.spec.name
@@ -325,10 +362,48 @@ class RayRuntime(BaseRuntime):
         """Raise ``TimeoutError`` for the actor whose current minibatch is over time."""
         if self.timeout is None:
             return
-        error = overdue(self._stages, self.timeout)
-        if error is not None:
+        late = overdue(self._stages, self.timeout)
+        if late is None:
+            return
+        error, actor = late
+        run = self._run
+        if run is not None and run.policy.active and not self._stop_requested.is_set():
+            ray = import_ray()
+            with contextlib.suppress(Exception):
+                ray.kill(actor.handle, no_restart=True)
+            self._replace(ray, run, actor, [], actor.calls[0], error)
+            return
+        self.broken = True
+        raise error
+
+    def _replace(
+        self, ray: Any, run: RunState, actor: RayActor, taken: list[RayCall], head: RayCall, error: BaseException,
+    ) -> None:
+        """``actor`` died (or overran ``timeout``) running ``head``: replace it and run its calls again.
+
+        ``head`` counts a failed attempt (its worker died); the other calls
+        the actor had (and ``taken``, already popped) go back, in order, to the
+        front of their stage's waiting line, with their input refs.
+        """
+        dead = [*taken, *actor.calls]
+        actor.calls.clear()
+        for call in dead:
+            self._calls.pop(call.status, None)
+        fate = run.failed(actor.stage.spec.name, head.index, error, died=True)
+        if fate == "raise":
             self.broken = True
             raise error
+        with contextlib.suppress(Exception):  # already dead
+            ray.kill(actor.handle, no_restart=True)
+        spec = actor.stage.spec
+        actor.handle = self._make_actor(spec, actor.worker)
+        if run.observer is not None:
+            run.observer.add_restarts(spec.name)
+        self._wait_all(ray, {actor.handle.ping.remote(): actor}, PLACEMENT_TIMEOUT, "placed")
+        self._wait_all(ray, {actor.handle.setup.remote(): actor}, self.timeout, "setup()")
+        again = sorted((c for c in dead if c is not head or fate == "retry"), key=lambda c: c.index, reverse=True)
+        for call in again:
+            actor.stage.waiting.appendleft((call.index, call.arg))
 
     def _wait_timeout(self) -> float:
         oldest = busy_since(self._stages)
@@ -339,6 +414,7 @@ class RayRuntime(BaseRuntime):
     def _end_run(self, run: RunState, ok: bool) -> None:
         """After a failed or closed run: cancel its queued calls and clear its waiting minibatches."""
         self._stop_requested.clear()
+        self._run = None
         calls, self._calls, self._source = self._calls, {}, iter(())
         if ok:
             return
@@ -351,6 +427,14 @@ class RayRuntime(BaseRuntime):
         for lane in self._stages:
             for stage in lane:
                 stage.waiting.clear()
+
+
+class _ActorDied(Exception):
+    """An actor died during a run that may retry: the runtime replaces it (the error, if not)."""
+
+    def __init__(self, error: BrokenPipelineError) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 def _next_batch(source: Iterator[Minibatch], count: int) -> Minibatch | None:

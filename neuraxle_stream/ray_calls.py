@@ -69,6 +69,8 @@ class RayCall:
     actor: RayActor
     status: Any
     task: Any
+    #: The ref of its input (the stage's input for this minibatch), to run it again on a replaced actor.
+    arg: Any = None
 
 
 def all_actors(lanes: list[list[RayStage]]) -> list[RayActor]:
@@ -93,7 +95,7 @@ def dispatch(lanes: list[list[RayStage]], calls: dict[Any, RayCall]) -> None:
                 status, task = actor.handle.run.options(num_returns=2).remote(ref)
                 if not actor.calls:
                     actor.head_since = now
-                call = RayCall(index, actor, status, task)
+                call = RayCall(index, actor, status, task, ref)
                 actor.calls.append(call)
                 calls[status] = call
 
@@ -103,8 +105,8 @@ def busy_since(lanes: list[list[RayStage]]) -> float | None:
     return min((a.head_since for a in all_actors(lanes) if a.calls), default=None)
 
 
-def overdue(lanes: list[list[RayStage]], timeout: float) -> TimeoutError | None:
-    """The error for the first actor whose current minibatch has run more than ``timeout`` seconds."""
+def overdue(lanes: list[list[RayStage]], timeout: float) -> tuple[TimeoutError, RayActor] | None:
+    """The error for the first actor whose current minibatch has run more than ``timeout`` seconds, and the actor."""
     now = time.monotonic()
     for actor in all_actors(lanes):
         if actor.calls and now - actor.head_since > timeout:
@@ -114,7 +116,7 @@ def overdue(lanes: list[list[RayStage]], timeout: float) -> TimeoutError | None:
                 f"on minibatch {index}; the pipeline was stopped."
             )
             error.add_note(f"In the queued pipeline: step {name!r}, worker {actor.worker}, minibatch {index}.")
-            return error
+            return error, actor
     return None
 
 

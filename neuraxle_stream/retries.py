@@ -78,7 +78,8 @@ class RetryPolicy:
         ``"skip"``: a minibatch that failed every attempt is dropped (``stream`` only).
     max_failures : int, float or None, default=None
         With ``"skip"``: the skipped minibatches allowed (an int count, or a
-        float fraction of the minibatches seen); ``None``: no limit.
+        float fraction of the minibatches fed so far, at least one for any
+        fraction above 0); ``None``: no limit.
     """
 
     max_retries: int = 0
@@ -105,7 +106,9 @@ class RetryPolicy:
         if budget is None:
             return True
         if isinstance(budget, float):
-            return skipped <= budget * max(seen, 1)
+            # a fraction above 0 allows one skip whatever was seen: a failure in the
+            # first minibatches does not end the run on its own
+            return budget > 0 and skipped <= max(1.0, budget * seen)
         return skipped <= budget
 
 

@@ -357,7 +357,8 @@ class Runtime(BaseRuntime):
                 run.add_output(msg.task, msg.lane)
         elif isinstance(msg, MinibatchError):
             if msg.run_id == run.run_id:
-                run.add_records(msg.index, msg.stats, msg.trace)
+                # with retries, the trace keeps the attempt that produced the output (or ended the run)
+                run.add_records(msg.index, msg.stats, () if run.policy.active else msg.trace)
             self._on_error(msg, run)
         elif isinstance(msg, WorkerLog):
             msg.emit()
@@ -416,6 +417,10 @@ class Runtime(BaseRuntime):
                     self._retry(run, msg.index, [self._lane_of(msg.step_name)])
                 if fate != "raise":
                     return
+                if self._stop_pending:  # it would have run again: the stop is why the run ends
+                    raise RunFailed(PipelineStoppedError("The call was stopped by stop()."))
+                if run.tracer is not None:
+                    run.tracer.add(msg.index, msg.trace)
             raise RunFailed(error)
         self.broken = True
         raise msg.to_exception()
