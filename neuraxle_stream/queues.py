@@ -116,7 +116,9 @@ class ProcessChannel(Channel):
     """A bounded pipe shared by the processes of two stages.
 
     Writers take a free slot, then write one encoded message under the writer
-    lock; readers read one message under the reader lock, then free the slot.
+    lock; readers wait until a message is there, read it under the reader
+    lock, then free the slot. No lock is held while waiting, so a worker
+    killed while it waits for input blocks no other.
     """
 
     def __init__(self, ctx: BaseContext, maxsize: int, transport: Transport | None = None) -> None:
@@ -140,10 +142,16 @@ class ProcessChannel(Channel):
         return True
 
     def get(self) -> Any:
-        with self._rlock:
-            data = self._reader.recv_bytes()
-        self._slots.release()
-        return self._transport.loads(data)
+        while True:
+            # Wait without the reader lock: a reader killed while it waits (SIGKILL, OOM)
+            # leaves the lock free for the others; the lock is held only to read a message.
+            wait([self._reader])
+            with self._rlock:
+                if not self._reader.poll(0):
+                    continue  # another reader took it
+                data = self._reader.recv_bytes()
+            self._slots.release()
+            return self._transport.loads(data)
 
     def close(self) -> None:
         self.retire()

@@ -80,7 +80,7 @@ from .messages import (
 )
 from .queues import Channel, ResultChannel
 from .runtime_base import STOP_GRACE, BaseRuntime, Minibatch, RunFailed, RunState
-from .stages import CLOSING, IDLE_RUN, STARTING, STOPPED, StageSpec
+from .stages import CLOSING, IDLE, IDLE_RUN, STARTING, STOPPED, StageSpec
 from .supervision import LiveStage, busy_since, death, kill_all, overdue_worker
 from .workers import WorkerIO
 
@@ -88,6 +88,8 @@ __all__ = ["ABORT_GRACE", "STOP_GRACE", "Runtime"]
 
 #: Seconds an abort waits for worker threads (which cannot be killed) to exit.
 ABORT_GRACE = 0.5
+#: Seconds without output, after a worker died, while every worker waits, that make a stall.
+_STALL = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,7 @@ class Runtime(BaseRuntime):
         self._run: RunState | None = None
         self._done_at_restart, self._restarts_in_a_row = -1, 0
         self._retired: list[Channel | ResultChannel] = []
+        self._last_output, self._died_since_output = 0.0, False
         #: Retried minibatches waiting for room on the first queue of their lane.
         self._retries: deque[tuple[int, QueuedMinibatchTask]] = deque()
 
@@ -137,6 +140,7 @@ class Runtime(BaseRuntime):
         self._results = results = backend.result_channel()
         self._active = backend.shared_int(-1, lock=False)
         handles: list[WorkerHandle] = []
+        self._handles = handles
         self._finalizer = weakref.finalize(self, kill_all, handles)
         shm_prefix = getattr(getattr(backend, "transport", None), "prefix", None)
         self.started = True
@@ -288,6 +292,12 @@ class Runtime(BaseRuntime):
                 stage.io.inbox.put(STOP, timeout=0)  # no room: its workers are not waiting
             alive[0][1].join(timeout=0.02)
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """The process ids of the live worker processes (empty on threads), e.g. to test that a run survives kills."""
+        pids = [getattr(getattr(h, "process", None), "pid", None) for s in self._stages for h in s.handles]
+        return [pid for pid in pids if pid is not None]
+
     def _count_done(self) -> dict[str, tuple[int, int]]:
         counts: dict[str, tuple[int, int]] = {}
         for stage in self._stages:
@@ -344,17 +354,22 @@ class Runtime(BaseRuntime):
         wait = self._wait_timeout()
         if self._retries:  # waiting for room on a first queue: look again soon
             wait = 0.02 if wait is None else min(wait, 0.02)
+        if self._died_since_output:  # watch for a stall (see _check_stall)
+            wait = _STALL / 4 if wait is None else min(wait, _STALL / 4)
         messages, fired = self._results.get_ready(wait, self._sentinels())
         for msg in messages:
             self._take(run, msg)
         if fired:
             self._on_dead_workers(run, fired)
+        elif self._died_since_output:
+            self._check_stall(run)
 
     def _take(self, run: RunState, msg: Any) -> None:
         """One message of the result channel: an output, a failure, a log record, the end of the source, a stop."""
         if isinstance(msg, StageResult):
             if msg.task.run_id == run.run_id:
                 run.add_output(msg.task, msg.lane)
+                self._last_output, self._died_since_output = time.monotonic(), False
         elif isinstance(msg, MinibatchError):
             if msg.run_id == run.run_id:
                 # with retries, the trace keeps the attempt that produced the output (or ended the run)
@@ -454,21 +469,20 @@ class Runtime(BaseRuntime):
     # -- long runs: replaced workers, retried minibatches (docs/reliability.md) ------
 
     def _replace_dead(self, run: RunState, dead: list[tuple[LiveStage, int]]) -> None:
-        """Workers died: count an attempt for what each was running, then replace every worker.
+        """Workers died: count an attempt for what each was running, then replace them.
 
-        A killed process may hold a queue's lock or have written half a
-        message, so no queue it touched can be trusted: the runtime replaces
-        its queues and workers together (each loads its step through its saver,
-        sets its ``worker_arguments`` and runs ``setup()``), and every minibatch
-        in flight runs again from the first stage on its original input. The
-        minibatch a dead worker was running counts one failed attempt; when
-        it has failed every attempt it is skipped or ends the run.
+        The minibatch a dead worker was running counts one failed attempt;
+        when it has failed every attempt it is skipped or ends the run. A
+        dead process is replaced by a new one (its step loaded through its
+        saver, ``worker_arguments`` set, ``setup()`` run), and every minibatch
+        in flight runs again from the first stage on its original input. Worker
+        threads are replaced with their queues (:meth:`_restart`).
         """
-        if run.done == self._done_at_restart:
-            self._restarts_in_a_row += 1
-        else:
-            self._done_at_restart, self._restarts_in_a_row = run.done, 1
         for stage, w in dead:
+            if run.done == self._done_at_restart:
+                self._restarts_in_a_row += 1
+            else:
+                self._done_at_restart, self._restarts_in_a_row = run.done, 1
             current = stage.io.current[w]
             error = death(stage, w)
             if current < 0:
@@ -481,7 +495,43 @@ class Runtime(BaseRuntime):
             if run.failed(stage.spec.name, current, error, died=True) == "raise":
                 self.broken = True
                 raise error
+        if not self.backend.portable:
+            self._restart(run)  # worker threads: replaced with their queues (see _restart)
+            return
+        if not self._died_since_output:
+            self._died_since_output, self._last_output = True, time.monotonic()
+        for stage, w in dead:
+            self._replace_worker(run, stage, w)
+        # A killed worker may have held a minibatch it had taken, or an output it was
+        # putting on the next queue: every minibatch in flight runs again (the run drops
+        # the outputs that come twice).
+        self._retries.clear()
+        for index in sorted(run.inflight):
+            self._retry(run, index, run.undelivered_lanes(index, len(self.lanes)))
+
+    def _check_stall(self, run: RunState) -> None:
+        """After a death, no output for :data:`_STALL` s while every worker waits: replace the queues too.
+
+        A process killed in the instant it read or wrote a message can leave a
+        queue's lock held or half a message in its pipe; the queues it used then
+        stall. Replacing every worker and queue (:meth:`_restart`) clears them.
+        """
+        if not run.inflight or time.monotonic() - self._last_output < _STALL:
+            return
+        if any(stage.io.current[w] != IDLE for stage in self._stages for w in range(stage.spec.n_workers)):
+            return  # busy, starting or in setup(): not a stall
         self._restart(run)
+        self._died_since_output, self._last_output = True, time.monotonic()
+
+    def _replace_worker(self, run: RunState, stage: LiveStage, w: int) -> None:
+        """Start a new worker ``w`` of ``stage`` in place of the dead one (its step loaded again, ``setup()`` run)."""
+        stage.handles[w].join(timeout=1.0)
+        stage.io.current[w] = STARTING
+        handle = self.backend.start_worker(stage.spec, w, stage.io)
+        stage.handles[w] = handle
+        self._handles.append(handle)
+        if run.observer is not None:
+            run.observer.add_restarts(stage.spec.name)
 
     def _restart(self, run: RunState) -> None:
         """Replace every worker and queue, then feed the minibatches in flight again."""
