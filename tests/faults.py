@@ -20,6 +20,7 @@ import resource
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from neuraxle_stream import BaseTransformer, NonFittableMixin
@@ -29,11 +30,13 @@ __all__ = [
     "BadInitError",
     "BlocksAt",
     "BlocksInSetup",
+    "CorruptItems",
     "DiesAt",
     "ExitsAt",
     "ExitsInTeardown",
     "FailsToPickle",
     "FailsToUnpickle",
+    "FlakyAt",
     "KillsItselfAt",
     "MultiArgError",
     "OutOfMemoryAt",
@@ -386,3 +389,42 @@ class ExitsInTeardown(NonFittableMixin, BaseTransformer):
 
     def transform(self, data_inputs: Any) -> Any:
         return data_inputs
+
+
+# -- long runs: failures that a retry or a skip gets past --------------------
+
+
+class FlakyAt(NonFittableMixin, BaseTransformer):
+    """Fails the first ``times`` times it sees item ``at`` (counted in files, across workers and processes)."""
+
+    def __init__(self, folder: str = "", at: int = 13, times: int = 1, how: str = "raise",
+                 error: type[BaseException] = ConnectionError, seconds: float = 3.0) -> None:
+        self.folder, self.at, self.times, self.how, self.error, self.seconds = folder, at, times, how, error, seconds
+
+    def transform(self, data_inputs: Any) -> Any:
+        items = list(data_inputs)
+        if self.at in items and len(os.listdir(self.folder)) < self.times:
+            Path(self.folder, f"attempt-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}").touch()
+            if self.how == "raise":
+                raise self.error(f"flaky at {self.at}")
+            if self.how == "exit":
+                os._exit(7)
+            if self.how == "sleep":
+                time.sleep(self.seconds)
+        return [x + 1 for x in items]
+
+
+class CorruptItems(NonFittableMixin, BaseTransformer):
+    """Fails on every minibatch holding an item in ``bad``."""
+
+    def __init__(self, bad: tuple[int, ...] = (13,), how: str = "raise") -> None:
+        self.bad, self.how = bad, how
+
+    def transform(self, data_inputs: Any) -> Any:
+        items = list(data_inputs)
+        hit = [x for x in items if x in self.bad]
+        if hit:
+            if self.how == "exit":
+                os._exit(9)
+            raise ValueError(f"corrupt item {hit[0]}")
+        return [x * 10 for x in items]

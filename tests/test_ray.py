@@ -30,7 +30,9 @@ from doubles import (
 )
 from faults import (
     BlocksAt,
+    CorruptItems,
     ExitsAt,
+    FlakyAt,
     MultiArgError,
     RaisesAt,
     RaisesInSetup,
@@ -507,3 +509,56 @@ def test_wrapper_on_its_own_takes_its_actor_options(ray_session) -> None:
 
     w = ParallelWorkersWrapper(AddConstant(1), n_workers=2, backend="ray", ray_options={"num_cpus": 0.1})
     assert w.transform([1, 2, 3]) == [2, 3, 4]
+
+
+# -- long runs: replaced actors, retried and skipped minibatches ---------------------
+
+
+def test_a_killed_actor_is_replaced_and_its_minibatches_run_again(ray_session, monkeypatch, tmp_path) -> None:
+    made = _spy_runtimes(monkeypatch)
+    started, release = tmp_path / "started", tmp_path / "release"
+    step = TouchesThenWaits(str(started), str(release), seconds=20)
+    p = SequentialQueuedPipeline([("first", AddConstant(1)), ("slow", 1, step), ("last", AddConstant(2))],
+                                 batch_size=2, backend="ray", max_retries=2)
+
+    def kill_when_busy() -> None:
+        if wait_for_file(started, timeout=60):
+            killed = made[0].started_actors[1]
+            ray.kill(killed)
+            release.touch()  # the replacement does not wait
+
+    killer = threading.Thread(target=kill_when_busy)
+    killer.start()
+    try:
+        out = p.transform(list(range(10)))
+    finally:
+        release.touch()
+        killer.join()
+    assert out == [x + 3 for x in range(10)]
+    assert p.stats_["slow"].num_restarts == 1
+    assert p.stats_.failures == ()
+    _assert_dead(made[0].started_actors)
+
+
+def test_a_step_error_in_retry_on_runs_again_on_ray(ray_session, tmp_path) -> None:
+    p = SequentialQueuedPipeline([("a", AddConstant(1)), ("flaky", 2, FlakyAt(str(tmp_path), at=14, times=2))],
+                                 batch_size=3, backend="ray", max_retries=2, retry_on=(ConnectionError,))
+    assert p.transform(list(range(30))) == [x + 2 for x in range(30)]
+    assert len(os.listdir(tmp_path)) == 2
+
+
+def test_an_actor_dying_on_every_attempt_names_the_poison_minibatch_on_ray(ray_session) -> None:
+    p = SequentialQueuedPipeline([("dies", CorruptItems(bad=(7,), how="exit"))], batch_size=3, backend="ray",
+                                 max_retries=1)
+    with pytest.raises(BrokenPipelineError, match=r"step 'dies' \(a Ray actor\) died") as info:
+        p.transform(list(range(12)))
+    assert any("Minibatch 2 was running each of the 2 times a worker died" in n for n in info.value.__notes__)
+    assert [(r.minibatch, r.first_item, r.attempts) for r in p.stats_.failures] == [(2, 6, 2)]
+
+
+def test_skip_on_ray(ray_session) -> None:
+    p = SequentialQueuedPipeline([("bad", 2, CorruptItems(bad=(7,)))], batch_size=3, backend="ray",
+                                 on_error="skip")
+    with pytest.warns(UserWarning, match="Skipped minibatch 2"):
+        out = list(p.stream(range(12)))
+    assert out == [x * 10 for x in range(12) if not 6 <= x < 9]

@@ -11,18 +11,15 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from faults import PassThrough, shm_segments
+from faults import CorruptItems, FlakyAt, PassThrough, shm_segments
 
 from neuraxle_stream import (
-    BaseTransformer,
     BrokenPipelineError,
     FailureRecord,
     InvalidParameterError,
-    NonFittableMixin,
     ParallelQueuedFeatureUnion,
     ParallelWorkersWrapper,
     PipelineStoppedError,
@@ -37,45 +34,6 @@ N = 60
 def no_shm_left():
     yield
     assert shm_segments() == []
-
-
-# -- test doubles (module level: they pickle by reference) -----------------------
-
-
-class Once(NonFittableMixin, BaseTransformer):
-    """Fails the first ``times`` times it sees item ``at`` (counted in files, across workers and processes)."""
-
-    def __init__(self, folder: str = "", at: int = 13, times: int = 1, how: str = "raise",
-                 error: type[BaseException] = ConnectionError, seconds: float = 3.0) -> None:
-        self.folder, self.at, self.times, self.how, self.error, self.seconds = folder, at, times, how, error, seconds
-
-    def transform(self, data_inputs: Any) -> Any:
-        items = list(data_inputs)
-        if self.at in items and len(os.listdir(self.folder)) < self.times:
-            Path(self.folder, f"attempt-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}").touch()
-            if self.how == "raise":
-                raise self.error(f"flaky at {self.at}")
-            if self.how == "exit":
-                os._exit(7)
-            if self.how == "sleep":
-                time.sleep(self.seconds)
-        return [x + 1 for x in items]
-
-
-class Always(NonFittableMixin, BaseTransformer):
-    """Fails on every minibatch holding an item in ``bad``."""
-
-    def __init__(self, bad: tuple[int, ...] = (13,), how: str = "raise") -> None:
-        self.bad, self.how = bad, how
-
-    def transform(self, data_inputs: Any) -> Any:
-        items = list(data_inputs)
-        hit = [x for x in items if x in self.bad]
-        if hit:
-            if self.how == "exit":
-                os._exit(9)
-            raise ValueError(f"corrupt item {hit[0]}")
-        return [x * 10 for x in items]
 
 
 def attempts(folder: Path) -> int:
@@ -144,7 +102,7 @@ def test_the_parameters_clone_and_default() -> None:
 def test_a_step_error_in_retry_on_runs_the_minibatch_again(backend: str, tmp_path: Path) -> None:
     X = list(range(N))
     p = SequentialQueuedPipeline(
-        [("a", 2, PassThrough()), ("flaky", 2, Once(str(tmp_path), times=2)), ("b", PassThrough())],
+        [("a", 2, PassThrough()), ("flaky", 2, FlakyAt(str(tmp_path), times=2)), ("b", PassThrough())],
         batch_size=4, backend=backend, max_retries=2, retry_on=(ConnectionError,),
     )
     assert p.transform(X) == [x + 1 for x in X]
@@ -154,7 +112,7 @@ def test_a_step_error_in_retry_on_runs_the_minibatch_again(backend: str, tmp_pat
 
 
 def test_an_error_not_in_retry_on_ends_the_run_at_once(backend: str, tmp_path: Path) -> None:
-    p = SequentialQueuedPipeline([("flaky", Once(str(tmp_path), error=KeyError))], batch_size=4, backend=backend,
+    p = SequentialQueuedPipeline([("flaky", FlakyAt(str(tmp_path), error=KeyError))], batch_size=4, backend=backend,
                                  max_retries=3, retry_on=(ConnectionError,))
     with pytest.raises(KeyError, match="flaky at 13"):
         p.transform(list(range(N)))
@@ -164,7 +122,7 @@ def test_an_error_not_in_retry_on_ends_the_run_at_once(backend: str, tmp_path: P
 
 
 def test_a_minibatch_failing_every_attempt_ends_the_run(backend: str) -> None:
-    p = SequentialQueuedPipeline([("bad", 2, Always())], batch_size=5, backend=backend, max_retries=2,
+    p = SequentialQueuedPipeline([("bad", 2, CorruptItems())], batch_size=5, backend=backend, max_retries=2,
                                  retry_on=(ValueError,))
     with pytest.raises(ValueError, match="corrupt item 13"):
         p.transform(list(range(N)))
@@ -176,7 +134,7 @@ def test_a_minibatch_failing_every_attempt_ends_the_run(backend: str) -> None:
 def test_a_dead_worker_is_replaced_and_its_minibatch_runs_again(tmp_path: Path) -> None:
     X = list(range(N))
     p = SequentialQueuedPipeline(
-        [("a", 2, PassThrough()), ("dies", 2, Once(str(tmp_path), how="exit", times=2)), ("b", PassThrough())],
+        [("a", 2, PassThrough()), ("dies", 2, FlakyAt(str(tmp_path), how="exit", times=2)), ("b", PassThrough())],
         batch_size=3, backend="process", max_retries=2,
     )
     assert p.transform(X) == [x + 1 for x in X]
@@ -186,7 +144,7 @@ def test_a_dead_worker_is_replaced_and_its_minibatch_runs_again(tmp_path: Path) 
 
 
 def test_a_worker_dying_on_every_attempt_names_the_poison_minibatch() -> None:
-    p = SequentialQueuedPipeline([("a", PassThrough()), ("dies", 2, Always(how="exit"))], batch_size=4,
+    p = SequentialQueuedPipeline([("a", PassThrough()), ("dies", 2, CorruptItems(how="exit"))], batch_size=4,
                                  backend="process", max_retries=2)
     with pytest.raises(BrokenPipelineError, match=r"Worker . of step 'dies' exited with code 9") as info:
         p.transform(list(range(N)))
@@ -198,7 +156,7 @@ def test_a_worker_dying_on_every_attempt_names_the_poison_minibatch() -> None:
 
 
 def test_without_retries_a_dead_worker_ends_the_run_as_before() -> None:
-    p = SequentialQueuedPipeline([("dies", Always(how="exit"))], batch_size=4, backend="process")
+    p = SequentialQueuedPipeline([("dies", CorruptItems(how="exit"))], batch_size=4, backend="process")
     with pytest.raises(BrokenPipelineError, match="step 'dies'"):
         p.transform(list(range(N)))
     assert p.stats_.failures == ()
@@ -208,7 +166,7 @@ def test_a_timed_out_minibatch_counts_as_a_worker_death(backend: str, tmp_path: 
     X = list(range(40))
     # a replaced process imports and loads its step within the timeout, even on a loaded machine
     timeout, seconds = (0.5, 2.0) if backend == "thread" else (3.0, 8.0)
-    p = SequentialQueuedPipeline([("slow", 2, Once(str(tmp_path), how="sleep", seconds=seconds))], batch_size=4,
+    p = SequentialQueuedPipeline([("slow", 2, FlakyAt(str(tmp_path), how="sleep", seconds=seconds))], batch_size=4,
                                  backend=backend, timeout=timeout, max_retries=1)
     assert p.transform(X) == [x + 1 for x in X]
     assert p.stats_["slow"].num_restarts >= 1
@@ -217,7 +175,7 @@ def test_a_timed_out_minibatch_counts_as_a_worker_death(backend: str, tmp_path: 
 def test_a_union_reruns_only_the_branch_that_failed(backend: str, tmp_path: Path) -> None:
     X = np.arange(40)
     union = ParallelQueuedFeatureUnion(
-        [("same", Always(bad=())), ("flaky", 2, Once(str(tmp_path)))], batch_size=4, backend=backend,
+        [("same", CorruptItems(bad=())), ("flaky", 2, FlakyAt(str(tmp_path)))], batch_size=4, backend=backend,
         max_retries=1, retry_on=(ConnectionError,),
     )
     out = union.transform(X)
@@ -225,13 +183,13 @@ def test_a_union_reruns_only_the_branch_that_failed(backend: str, tmp_path: Path
 
 
 def test_stream_in_completion_order_with_retries(backend: str, tmp_path: Path) -> None:
-    p = SequentialQueuedPipeline([("flaky", 2, Once(str(tmp_path), times=1))], batch_size=2, backend=backend,
+    p = SequentialQueuedPipeline([("flaky", 2, FlakyAt(str(tmp_path), times=1))], batch_size=2, backend=backend,
                                  max_retries=1, retry_on=(ConnectionError,), output_order="completion")
     assert sorted(p.stream(range(N))) == [x + 1 for x in range(N)]
 
 
 def test_no_retry_after_stop(backend: str) -> None:
-    p = SequentialQueuedPipeline([("slow", Always(bad=tuple(range(0, 10_000, 2))))], batch_size=1, backend=backend,
+    p = SequentialQueuedPipeline([("slow", CorruptItems(bad=tuple(range(0, 10_000, 2))))], batch_size=1, backend=backend,
                                  max_retries=1_000_000, retry_on=(ValueError,))
     timer = threading.Timer(0.5, p.stop)
     timer.start()
@@ -248,7 +206,7 @@ def test_no_retry_after_stop(backend: str) -> None:
 
 
 def test_skip_drops_the_minibatch_warns_and_goes_on(backend: str) -> None:
-    p = SequentialQueuedPipeline([("a", PassThrough()), ("bad", 2, Always(bad=(13, 41)))], batch_size=4,
+    p = SequentialQueuedPipeline([("a", PassThrough()), ("bad", 2, CorruptItems(bad=(13, 41)))], batch_size=4,
                                  backend=backend, on_error="skip", max_failures=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -264,7 +222,7 @@ def test_skip_drops_the_minibatch_warns_and_goes_on(backend: str) -> None:
 
 
 def test_skip_after_retries_counts_every_attempt(backend: str) -> None:
-    p = SequentialQueuedPipeline([("bad", Always())], batch_size=4, backend=backend, on_error="skip",
+    p = SequentialQueuedPipeline([("bad", CorruptItems())], batch_size=4, backend=backend, on_error="skip",
                                  max_retries=2, retry_on=(ValueError,))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -274,7 +232,7 @@ def test_skip_after_retries_counts_every_attempt(backend: str) -> None:
 
 
 def test_a_count_budget_ends_the_run_with_the_last_error(backend: str) -> None:
-    p = SequentialQueuedPipeline([("bad", Always(bad=(5, 13, 21)))], batch_size=4, backend=backend,
+    p = SequentialQueuedPipeline([("bad", CorruptItems(bad=(5, 13, 21)))], batch_size=4, backend=backend,
                                  on_error="skip", max_failures=2)
     got: list[int] = []
     with warnings.catch_warnings():
@@ -288,26 +246,26 @@ def test_a_count_budget_ends_the_run_with_the_last_error(backend: str) -> None:
 
 def test_a_fraction_budget_counts_the_minibatches_seen(backend: str) -> None:
     bad = (13, 181)  # minibatches 3 and 45 of 50 (batch_size 4): 1 skip allowed at first, 2 of 46 within 5%
-    p = SequentialQueuedPipeline([("bad", Always(bad=bad))], batch_size=4, backend=backend, on_error="skip",
+    p = SequentialQueuedPipeline([("bad", CorruptItems(bad=bad))], batch_size=4, backend=backend, on_error="skip",
                                  max_failures=0.05, max_queued_minibatches=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = list(p.stream(range(200)))
     assert out == [x * 10 for x in range(200) if not (12 <= x < 16 or 180 <= x < 184)]
-    tight = SequentialQueuedPipeline([("bad", Always(bad=(1, 5)))], batch_size=4, backend=backend, on_error="skip",
+    tight = SequentialQueuedPipeline([("bad", CorruptItems(bad=(1, 5)))], batch_size=4, backend=backend, on_error="skip",
                                      max_failures=0.01, max_queued_minibatches=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="corrupt item 5"):
             list(tight.stream(range(200)))
-    none = SequentialQueuedPipeline([("bad", Always(bad=(1,)))], batch_size=4, backend=backend, on_error="skip",
+    none = SequentialQueuedPipeline([("bad", CorruptItems(bad=(1,)))], batch_size=4, backend=backend, on_error="skip",
                                     max_failures=0.0)
     with pytest.raises(ValueError, match="corrupt item 1"):
         list(none.stream(range(200)))
 
 
 def test_skip_with_dead_workers_on_processes() -> None:
-    p = SequentialQueuedPipeline([("a", 2, PassThrough()), ("dies", 2, Always(bad=(13,), how="exit"))],
+    p = SequentialQueuedPipeline([("a", 2, PassThrough()), ("dies", 2, CorruptItems(bad=(13,), how="exit"))],
                                  batch_size=4, backend="process", on_error="skip", max_retries=1)
     with pytest.warns(UserWarning, match="step 'dies' raised BrokenPipelineError"):
         out = list(p.stream(range(N)))
@@ -322,7 +280,7 @@ def test_a_retried_minibatch_is_cached_once(backend: str, tmp_path: Path) -> Non
     flags, cache = tmp_path / "flags", tmp_path / "cache"
     flags.mkdir()
     X = list(range(N))
-    p = SequentialQueuedPipeline([("flaky", 2, Once(str(flags)))], batch_size=4, backend=backend, memory=str(cache),
+    p = SequentialQueuedPipeline([("flaky", 2, FlakyAt(str(flags)))], batch_size=4, backend=backend, memory=str(cache),
                                  max_retries=1, retry_on=(ConnectionError,))
     assert p.transform(X) == [x + 1 for x in X]
     outputs = [f for f in cache.rglob("*") if f.is_file() and "/out/" in f.as_posix()]
@@ -332,7 +290,7 @@ def test_a_retried_minibatch_is_cached_once(backend: str, tmp_path: Path) -> Non
 
 
 def test_a_trace_records_the_attempt_that_produced_the_output(backend: str, tmp_path: Path) -> None:
-    p = SequentialQueuedPipeline([("flaky", Once(str(tmp_path), at=5))], batch_size=2, backend=backend,
+    p = SequentialQueuedPipeline([("flaky", FlakyAt(str(tmp_path), at=5))], batch_size=2, backend=backend,
                                  max_retries=1, retry_on=(ConnectionError,))
     result = p.transform(list(range(10)), trace=10)
     calls = result["flaky"]
@@ -341,7 +299,7 @@ def test_a_trace_records_the_attempt_that_produced_the_output(backend: str, tmp_
 
 
 def test_the_timeline_has_every_attempt(backend: str, tmp_path: Path) -> None:
-    p = SequentialQueuedPipeline([("flaky", Once(str(tmp_path)))], batch_size=4, backend=backend,
+    p = SequentialQueuedPipeline([("flaky", FlakyAt(str(tmp_path)))], batch_size=4, backend=backend,
                                  max_retries=1, retry_on=(ConnectionError,))
     p.transform(list(range(N)))
     stats = p.stats_
