@@ -94,6 +94,24 @@ class SequentialQueuedPipeline(_StepsComposite):
         As ``sklearn.pipeline.Pipeline``'s (metadata routing only): the fit
         params named here (``X_val``...) reach each step transformed by the
         steps before it, fitted (a tuple of arrays: each of them).
+    max_retries : int, default=0
+        Times a minibatch runs again after its worker died (killed, crashed,
+        out of memory, or over ``timeout``: the worker is replaced) or its
+        step raised an exception of a type in ``retry_on``. A minibatch that
+        fails every attempt ends the call (see ``on_error``); when its worker
+        died each time, the ``BrokenPipelineError`` names it as the likely cause.
+    retry_on : tuple of exception types, default=()
+        The step errors worth another attempt (``(ConnectionError,)``).
+    on_error : {"raise", "skip"}, default="raise"
+        ``"skip"`` (``stream`` only): a minibatch that failed every attempt is
+        dropped with a :class:`~neuraxle_stream.SkippedMinibatchWarning` and
+        recorded in ``stats_.failures``; the stream goes on. ``transform`` and
+        ``fit_transform`` refuse it (they return one output per input).
+    max_failures : int, float or None, default=None
+        With ``on_error="skip"``: the skipped minibatches allowed, as a count
+        or a fraction of the minibatches fed so far (at least one for any
+        fraction above 0); past it, the call ends with the last error.
+        ``None``: no limit. See ``docs/reliability.md`` ("Long runs").
 
     Examples
     --------

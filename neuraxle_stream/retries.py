@@ -19,14 +19,10 @@ that was skipped or ended the run.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass, field
 
-__all__ = ["Attempts", "FailureRecord", "RetryPolicy", "SkippedMinibatchWarning"]
-
-logger = logging.getLogger("neuraxle_stream")
-
+__all__ = ["Attempts", "FailureRecord", "RetryPolicy", "SkippedMinibatchWarning", "warn_skipped"]
 
 class SkippedMinibatchWarning(UserWarning):
     """A minibatch failed every attempt and was skipped (``on_error="skip"``)."""
@@ -151,11 +147,13 @@ class Attempts:
 
 
 def warn_skipped(record: FailureRecord) -> None:
-    """Say that ``record``'s minibatch was skipped: a warning (and a log record) naming the step, minibatch and error."""
+    """Say that ``record``'s minibatch was skipped: a :class:`SkippedMinibatchWarning` naming the step, minibatch and error.
+
+    ``logging.captureWarnings(True)`` sends it to the ``py.warnings`` logger.
+    """
     text = (
         f"Skipped minibatch {record.minibatch} (items {record.first_item}.."
         f"{record.first_item + max(record.n_items, 1) - 1}) after {record.attempts} attempt(s): "
         f"step {record.step!r} raised {record.error_type}: {record.message}"
     )
-    logger.warning(text)
     warnings.warn(text, SkippedMinibatchWarning, stacklevel=2)
