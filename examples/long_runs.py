@@ -57,7 +57,7 @@ class Decode(NonFittableMixin, BaseTransformer):
             (checksum,) = struct.unpack("<I", blob[:4])
             body = blob[4:]
             values = np.frombuffer(body, dtype=np.float32)
-            if self.killed_flag and int(round(values[0] * 64)) == KILLED_AT and not os.path.exists(self.killed_flag):
+            if self.killed_flag and round(float(values[0]) * 64) == KILLED_AT and not os.path.exists(self.killed_flag):
                 Path(self.killed_flag).touch()
                 os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
             if zlib.crc32(body) != checksum:
