@@ -150,6 +150,10 @@ class SequentialQueuedPipeline(_StepsComposite):
         ray_address: str | None = None,
         fit_mode: str = "full",
         transform_input: list[str] | None = None,
+        max_retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (),
+        on_error: str = "raise",
+        max_failures: float | None = None,
     ) -> None:
         super().__init__(
             steps, batch_size, n_workers_per_step, max_queued_minibatches, data_joiner,
@@ -157,6 +161,7 @@ class SequentialQueuedPipeline(_StepsComposite):
             default_value_expected_outputs, backend=backend, mp_context=mp_context, hooks=hooks,
             memory=memory, output_order=output_order, progress=progress, verbose=verbose,
             timeout=timeout, ray_options=ray_options, ray_address=ray_address, fit_mode=fit_mode,
+            max_retries=max_retries, retry_on=retry_on, on_error=on_error, max_failures=max_failures,
         )
         self.transform_input = transform_input
 
