@@ -56,13 +56,19 @@ An abort kills worker processes at once; worker threads, which cannot be
 killed, get STOP on every queue and see ``active_run == CLOSING`` as soon as
 their step returns. A worker process watches its parent and exits (unlinking
 the run's shared memory) if the parent dies.
+
+With ``max_retries`` or ``on_error="skip"`` (long runs), a failed minibatch
+may run again instead (``RunState.failed`` decides): a dead worker process is
+replaced alone and every minibatch in flight is fed again
+(:mod:`~neuraxle_stream.replacement`); worker threads, and processes whose
+queues stalled, are replaced with all their queues (``_restart``). Over ~400
+lines on purpose: those verbs extend the supervisor's and read best beside them.
 """
 
 from __future__ import annotations
 
 import time
 import weakref
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -73,14 +79,14 @@ from .feeder import Feeder, FeederDone
 from .messages import (
     STOP,
     MinibatchError,
-    QueuedMinibatchTask,
     StageResult,
     StageStopped,
     WorkerLog,
 )
 from .queues import Channel, ResultChannel
+from .replacement import DeathWatch, Refeed
 from .runtime_base import STOP_GRACE, BaseRuntime, Minibatch, RunFailed, RunState
-from .stages import CLOSING, IDLE, IDLE_RUN, STARTING, STOPPED, StageSpec
+from .stages import CLOSING, IDLE_RUN, STARTING, STOPPED, StageSpec
 from .supervision import LiveStage, busy_since, death, kill_all, overdue_worker
 from .workers import WorkerIO
 
@@ -88,8 +94,6 @@ __all__ = ["ABORT_GRACE", "STOP_GRACE", "Runtime"]
 
 #: Seconds an abort waits for worker threads (which cannot be killed) to exit.
 ABORT_GRACE = 0.5
-#: Seconds without output, after a worker died, while every worker waits, that make a stall.
-_STALL = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +130,10 @@ class Runtime(BaseRuntime):
         self._stop_pending = False
         self._done_before: dict[str, tuple[int, int]] = {}
         self._run: RunState | None = None
-        self._done_at_restart, self._restarts_in_a_row = -1, 0
+        #: Long runs (see replacement.py): what to feed again, deaths and stalls, queues replaced.
+        self._refeed = Refeed()
+        self._deaths = DeathWatch()
         self._retired: list[Channel | ResultChannel] = []
-        self._last_output, self._died_since_output = 0.0, False
-        #: Retried minibatches waiting for room on the first queue of their lane.
-        self._retries: deque[tuple[int, QueuedMinibatchTask]] = deque()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -339,7 +342,7 @@ class Runtime(BaseRuntime):
         feeder.start()
         self._run_id = run.run_id
         self._run = run
-        self._retries.clear()
+        self._refeed.clear()
         self._feeder = feeder
         if self._stop_pending:  # stop() came while the run was starting
             self._results.put(_StopRequested(run.run_id))
@@ -350,26 +353,26 @@ class Runtime(BaseRuntime):
     def _collect(self, run: RunState) -> None:
         """Wait for results or dead workers; take each message; report a dead worker."""
         assert self._results is not None
-        self._put_retries()
-        wait = self._wait_timeout()
-        if self._retries:  # waiting for room on a first queue: look again soon
+        self._refeed.put(self._first_channels)
+        wait = self._deaths.wait(self._wait_timeout())
+        if self._refeed:  # waiting for room on a first queue: look again soon
             wait = 0.02 if wait is None else min(wait, 0.02)
-        if self._died_since_output:  # watch for a stall (see _check_stall)
-            wait = _STALL / 4 if wait is None else min(wait, _STALL / 4)
         messages, fired = self._results.get_ready(wait, self._sentinels())
         for msg in messages:
             self._take(run, msg)
         if fired:
             self._on_dead_workers(run, fired)
-        elif self._died_since_output:
-            self._check_stall(run)
+        elif self._deaths.stalled(self._stages, run):
+            # a process killed as it read or wrote a message left a queue stuck: replace them all
+            self._restart(run)
+            self._deaths.restarted()
 
     def _take(self, run: RunState, msg: Any) -> None:
         """One message of the result channel: an output, a failure, a log record, the end of the source, a stop."""
         if isinstance(msg, StageResult):
             if msg.task.run_id == run.run_id:
                 run.add_output(msg.task, msg.lane)
-                self._last_output, self._died_since_output = time.monotonic(), False
+                self._deaths.output()
         elif isinstance(msg, MinibatchError):
             if msg.run_id == run.run_id:
                 # with retries, the trace keeps the attempt that produced the output (or ended the run)
@@ -413,7 +416,7 @@ class Runtime(BaseRuntime):
             self._active.value = IDLE_RUN
         self._stop_feeder()
         self._run = None
-        self._retries.clear()
+        self._refeed.clear()
 
     def _stop_feeder(self) -> None:
         """End the feeder of the current run, if any (it may wait on the source)."""
@@ -429,7 +432,8 @@ class Runtime(BaseRuntime):
             if msg.index is not None and run.policy.active:
                 fate = run.failed(msg.step_name, msg.index, error, died=False, stopping=self._stop_pending)
                 if fate == "retry":
-                    self._retry(run, msg.index, [self._lane_of(msg.step_name)])
+                    self._refeed.add(run.inflight[msg.index].task, [self._lane_of(msg.step_name)])
+                    self._refeed.put(self._first_channels)
                 if fate != "raise":
                     return
                 if self._stop_pending:  # it would have run again: the stop is why the run ends
@@ -479,16 +483,13 @@ class Runtime(BaseRuntime):
         threads are replaced with their queues (:meth:`_restart`).
         """
         for stage, w in dead:
-            if run.done == self._done_at_restart:
-                self._restarts_in_a_row += 1
-            else:
-                self._done_at_restart, self._restarts_in_a_row = run.done, 1
+            deaths = self._deaths.died(run)
             current = stage.io.current[w]
             error = death(stage, w)
             if current < 0:
                 # Between minibatches, in setup() or at start-up: no minibatch to blame. A
                 # worker that dies again and again before any output comes ends the run.
-                if self._restarts_in_a_row > max(3, run.policy.max_retries + 1):
+                if deaths > max(3, run.policy.max_retries + 1):
                     self.broken = True
                     raise error
                 continue
@@ -498,30 +499,13 @@ class Runtime(BaseRuntime):
         if not self.backend.portable:
             self._restart(run)  # worker threads: replaced with their queues (see _restart)
             return
-        if not self._died_since_output:
-            self._died_since_output, self._last_output = True, time.monotonic()
         for stage, w in dead:
             self._replace_worker(run, stage, w)
         # A killed worker may have held a minibatch it had taken, or an output it was
         # putting on the next queue: every minibatch in flight runs again (the run drops
         # the outputs that come twice).
-        self._retries.clear()
-        for index in sorted(run.inflight):
-            self._retry(run, index, run.undelivered_lanes(index, len(self.lanes)))
-
-    def _check_stall(self, run: RunState) -> None:
-        """After a death, no output for :data:`_STALL` s while every worker waits: replace the queues too.
-
-        A process killed in the instant it read or wrote a message can leave a
-        queue's lock held or half a message in its pipe; the queues it used then
-        stall. Replacing every worker and queue (:meth:`_restart`) clears them.
-        """
-        if not run.inflight or time.monotonic() - self._last_output < _STALL:
-            return
-        if any(stage.io.current[w] != IDLE for stage in self._stages for w in range(stage.spec.n_workers)):
-            return  # busy, starting or in setup(): not a stall
-        self._restart(run)
-        self._died_since_output, self._last_output = True, time.monotonic()
+        self._refeed.everything_in_flight(run, len(self.lanes))
+        self._refeed.put(self._first_channels)
 
     def _replace_worker(self, run: RunState, stage: LiveStage, w: int) -> None:
         """Start a new worker ``w`` of ``stage`` in place of the dead one (its step loaded again, ``setup()`` run)."""
@@ -567,29 +551,13 @@ class Runtime(BaseRuntime):
             if self._feeder.error is not None:
                 raise RunFailed(self._feeder.error)
             run.total = self._feeder.count
-        self._retries.clear()
-        for index in sorted(run.inflight):
-            self._retry(run, index, run.undelivered_lanes(index, len(self.lanes)))
+        self._refeed.everything_in_flight(run, len(self.lanes))
+        self._refeed.put(self._first_channels)
 
     def _retire_channels(self) -> None:
         for channel in self._retired:
             channel.retire()
         self._retired = []
-
-    def _retry(self, run: RunState, index: int, lanes: list[int]) -> None:
-        """Feed minibatch ``index`` again, from its original input, to the first stage of ``lanes``."""
-        task = run.inflight[index].task
-        for lane in lanes:
-            self._retries.append((lane, task))
-        self._put_retries()
-
-    def _put_retries(self) -> None:
-        """Put the retried minibatches on their first queues, as long as there is room (never blocks)."""
-        while self._retries:
-            lane, task = self._retries[0]
-            if not self._first_channels[lane].put(task, timeout=0):
-                return
-            self._retries.popleft()
 
     def _sentinels(self) -> list[Any]:
         return [h.sentinel for s in self._stages for h in s.handles if h.sentinel is not None]
