@@ -322,7 +322,11 @@ class RayRuntime(BaseRuntime):
             lane = self._stages[stage.spec.lane]
             lane[stage.spec.index + 1].waiting.append((call.index, call.task))
             return
-        result: QueuedMinibatchTask = self._get(ray, call.task, call)
+        try:
+            result: QueuedMinibatchTask = self._get(ray, call.task, call)
+        except _ActorDied as died:  # it died as its output was being fetched: run it again
+            self._replace(ray, run, actor, [call], call, died.error)
+            return
         run.add_output(result, stage.spec.lane)
 
     def _get(self, ray: Any, ref: Any, call: RayCall) -> Any:
