@@ -562,3 +562,12 @@ def test_skip_on_ray(ray_session) -> None:
     with pytest.warns(UserWarning, match="Skipped minibatch 2"):
         out = list(p.stream(range(12)))
     assert out == [x * 10 for x in range(12) if not 6 <= x < 9]
+
+
+def test_a_timed_out_actor_is_replaced_on_ray(ray_session, tmp_path) -> None:
+    p = SequentialQueuedPipeline([("slow", FlakyAt(str(tmp_path), at=4, how="sleep", seconds=30))], batch_size=2,
+                                 backend="ray", timeout=5.0, max_retries=1)
+    started = time.monotonic()
+    assert p.transform(list(range(10))) == [x + 1 for x in range(10)]
+    assert p.stats_["slow"].num_restarts == 1
+    assert time.monotonic() - started < 30
