@@ -1,4 +1,4 @@
-"""Run the performance suite: ``python -m benchmarks [--quick] [--only NAMES] [--out DIR]``.
+"""Run the performance suite: ``python -m benchmarks [--quick] [--check] [--only NAMES] [--out DIR]``.
 
 Sections, each task in its own fresh interpreter (see ``_child.py``):
 
@@ -284,7 +284,7 @@ def _run_one(
     meta = reference.ROWS_BY_NAME.get(spec["name"]) if section == "reference" else None
     missing = None
     if meta is not None:
-        row.update(group=meta.group, description=meta.description, pip=meta.pip)
+        row.update(group=meta.group, kind=meta.kind, description=meta.description, pip=meta.pip)
         missing = _missing_module(meta.requires)
         spec = dict(spec, sums_path=str(work / f"{index}.sums.npy"))
     elif section == "overhead" and spec["impl"] != "ours":
@@ -397,6 +397,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="before each task, wait up to this many seconds for the machine to be idle "
         "(under 15%% CPU): for shared machines; default 0",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="end with every DESIGN.md section 4 target: measured value, met / NOT MET, "
+        "or 'not run'; exit status 1 when a measured target is not met",
     )
     parser.add_argument("--list", action="store_true", help="list the tasks and exit")
     args = parser.parse_args(argv)
@@ -519,8 +525,9 @@ def main(argv: list[str] | None = None) -> int:
             "4. Memory: endless stream() through 3 stages\n"
             + report.memory_table(results["memory"])
         )
-    if checks:
-        sections_text.append("Targets\n" + report.targets_table(checks))
+    measured = [t for t in checks if t["value"] is not None or t["met"] is not None]
+    if measured and not args.check:
+        sections_text.append("Targets\n" + report.targets_table(measured))
     noise = float(np.median(all_loads)) if all_loads else 0.0
     if noise >= 0.05:
         sections_text.append(
@@ -528,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
             "ran (column 'other load'); timings and ratios from this run are unreliable. "
             "Re-run on a quiet machine, or re-run the affected rows with --only."
         )
+    if args.check:
+        sections_text.append("Targets (DESIGN.md section 4)\n" + report.targets_table(checks))
     text = "\n\n".join(sections_text)
     print("\n" + text)
 
@@ -550,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "results.txt").write_text(text + "\n")
     written = [out_dir / "results.json", out_dir / "results.txt", *plots]
     print(f"\n{total_s:.0f} s; wrote " + ", ".join(str(p) for p in written))
+    if args.check and any(t["met"] is False for t in checks):
+        return 1
     return 0
 
 

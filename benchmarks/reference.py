@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .steps import Build, Compute
+from .steps import Build, BuildHalf, Compute, ComputeHalf
 from .workload import (
     ITEM_SIZE,
     SIDE,
@@ -52,6 +52,7 @@ class Row:
     requires: tuple[str, ...] = ()  # importable modules the row needs
     returns_sums: bool = False
     pip: str = ""
+    kind: str = ""  # "process" or "thread": which peers a target compares it with
 
 
 def _cpu_count() -> int:
@@ -153,13 +154,18 @@ def _ceiling_shared_output(n_items: int, batch_size: int) -> Iterator[Runner]:
 # -- ours ---------------------------------------------------------------------------
 
 
-def _ours(backend: str, build_workers: int, compute_workers: int) -> Callable[[int, int], Any]:
+def _ours(
+    backend: str, build_workers: int, compute_workers: int, balanced: bool = False
+) -> Callable[[int, int], Any]:
+    """Ours as a user writes it; ``balanced``: W2, the rounds split 5 + 5 between the stages."""
+
     @contextmanager
     def setup(n_items: int, batch_size: int) -> Iterator[Runner]:
         from neuraxle_stream import SequentialQueuedPipeline
 
+        first, second = (BuildHalf(), ComputeHalf()) if balanced else (Build(), Compute())
         pipe = SequentialQueuedPipeline(
-            [("build", build_workers, Build()), ("compute", compute_workers, Compute())],
+            [("build", build_workers, first), ("compute", compute_workers, second)],
             batch_size=batch_size,
             backend=backend,
         )
@@ -235,6 +241,19 @@ def _futures(n_items: int, batch_size: int) -> Iterator[Runner]:
         def run(n: int) -> np.ndarray:
             starts, stops = zip(*batch_bounds(n, batch_size))
             return np.concatenate(list(pool.map(run_range, starts, stops, chunksize=4)))
+
+        yield run
+
+
+@contextmanager
+def _futures_thread(n_items: int, batch_size: int) -> Iterator[Runner]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+
+        def run(n: int) -> np.ndarray:
+            starts, stops = zip(*batch_bounds(n, batch_size))
+            return np.concatenate(list(pool.map(run_range, starts, stops)))
 
         yield run
 
@@ -391,11 +410,18 @@ ROWS: list[Row] = [
         _ours("process", 1, 2),
     ),
     Row(
+        "ours-process-balanced-1x1",
+        "ours",
+        "W2: stages balanced (build + 5 rounds, then 5 rounds; ~0.25 ms each), 1 + 1 process workers",
+        _ours("process", 1, 1, balanced=True),
+    ),
+    Row(
         "joblib-loky",
         "peer",
         "joblib.Parallel(n_jobs=2, backend='loky'), one task per minibatch",
         _joblib("loky"),
         requires=("joblib",),
+        kind="process",
     ),
     Row(
         "joblib-threading",
@@ -403,12 +429,21 @@ ROWS: list[Row] = [
         "joblib.Parallel(n_jobs=2, backend='threading')",
         _joblib("threading"),
         requires=("joblib",),
+        kind="thread",
     ),
     Row(
         "futures-process",
         "peer",
         "concurrent.futures.ProcessPoolExecutor(2).map, chunksize=4",
         _futures,
+        kind="process",
+    ),
+    Row(
+        "futures-thread",
+        "peer",
+        "concurrent.futures.ThreadPoolExecutor(2).map, one task per minibatch",
+        _futures_thread,
+        kind="thread",
     ),
     Row(
         "mpire",
@@ -417,6 +452,7 @@ ROWS: list[Row] = [
         _mpire,
         requires=("mpire",),
         pip="pip install mpire",
+        kind="process",
     ),
     Row(
         "torch-dataloader",
@@ -425,6 +461,7 @@ ROWS: list[Row] = [
         _dataloader,
         requires=("torch",),
         pip="pip install torch==2.13.0",
+        kind="process",
     ),
     Row(
         "spdl",
@@ -433,6 +470,7 @@ ROWS: list[Row] = [
         _spdl,
         requires=("spdl.pipeline",),
         pip="pip install spdl_core",
+        kind="process",
     ),
     Row(
         "neuraxle-0.8.1-thread",
@@ -441,6 +479,7 @@ ROWS: list[Row] = [
         _neuraxle(False),
         requires=("neuraxle",),
         pip="pip install --no-deps neuraxle==0.8.1",
+        kind="thread",
     ),
     Row(
         "neuraxle-0.8.1-process",
@@ -449,6 +488,7 @@ ROWS: list[Row] = [
         _neuraxle(True),
         requires=("neuraxle",),
         pip="pip install --no-deps neuraxle==0.8.1",
+        kind="process",
     ),
 ]
 

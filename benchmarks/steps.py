@@ -8,7 +8,7 @@ import numpy as np
 
 from neuraxle_stream import BaseTransformer, NonFittableMixin
 
-from .workload import build, compute, item_sums
+from .workload import build, build_half, compute, compute_half, item_sums
 
 
 class Build(NonFittableMixin, BaseTransformer):
@@ -25,6 +25,22 @@ class Compute(NonFittableMixin, BaseTransformer):
     def transform(self, data_inputs: Any) -> np.ndarray:
         """Apply ``tanh(y @ M)`` ten times to each item."""
         return compute(data_inputs)
+
+
+class BuildHalf(NonFittableMixin, BaseTransformer):
+    """W2's stage 1: build, then half of the rounds."""
+
+    def transform(self, data_inputs: Any) -> np.ndarray:
+        """Build one row per int and apply the first half of the rounds."""
+        return build_half(data_inputs)
+
+
+class ComputeHalf(NonFittableMixin, BaseTransformer):
+    """W2's stage 2: the other half of the rounds."""
+
+    def transform(self, data_inputs: Any) -> np.ndarray:
+        """Apply the second half of the rounds."""
+        return compute_half(data_inputs)
 
 
 class Noop(NonFittableMixin, BaseTransformer):
