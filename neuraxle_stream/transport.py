@@ -16,7 +16,10 @@ import mmap
 import os
 import pickle
 import sys
+import threading
+import weakref
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -93,14 +96,23 @@ class SharedMemoryTransport(Transport):
 
     Messages are pickled with protocol 5. Every out-of-band buffer of at least
     ``threshold`` bytes (NumPy arrays, CPU torch tensors) is copied into a
-    segment of the sender's pool (a file under ``/dev/shm``); the receiver
-    copies it out into an ordinary buffer and marks the segment free in its
-    8-byte header, so the sender reuses it without new page faults: two memory
-    copies per hop, no pickling of the data, nothing large on the pipe.
+    segment of the sender's pool (a file under ``/dev/shm``): one memory copy
+    per hop, no pickling of the data, nothing large on the pipe.
+
+    The receiver does not copy: the arrays it gets are views of the segment,
+    which it keeps mapped, and the segment is *leased* to them. When the last
+    of those arrays is garbage, the receiver marks the segment free in its
+    8-byte header and the sender writes the next message into it. Both sides
+    touch only pages they touched before: no page faults per message once the
+    pool is warm. A receiver that keeps its arrays (a step that stores its
+    input, a caller that keeps every output of ``stream()``) keeps their
+    segments; the sender then makes new ones, so shared memory grows with
+    what is kept, as private memory would.
 
     Segment names start with ``prefix``; whoever owns the run unlinks what is
     left under it when it closes (the segments of a killed worker, messages
-    never read), so no segment outlives a run.
+    never read), so no segment outlives a run. An array still leased then
+    stays valid: an unlinked file's memory lives as long as it is mapped.
 
     Parameters
     ----------
@@ -112,7 +124,7 @@ class SharedMemoryTransport(Transport):
 
     #: Free segments a process keeps for reuse.
     max_free_segments = 16
-    #: Segments of other processes a process keeps mapped.
+    #: Segments of other processes a process keeps mapped (least recently used go first).
     max_mapped = 64
 
     def __init__(self, prefix: str, threshold: int = 1 << 16) -> None:
@@ -120,7 +132,8 @@ class SharedMemoryTransport(Transport):
         self.threshold = threshold
         self._counter = itertools.count()
         self._pool: list[_Segment] = []  # segments this process writes
-        self._mapped: dict[str, mmap.mmap] = {}  # segments this process reads
+        self._pool_lock = threading.Lock()  # the feeder and the supervisor may both send
+        self._mapped: OrderedDict[str, mmap.mmap] = OrderedDict()  # segments this process reads
 
     def __getstate__(self) -> dict[str, Any]:
         return {"prefix": self.prefix, "threshold": self.threshold}
@@ -130,10 +143,11 @@ class SharedMemoryTransport(Transport):
 
     def dumps(self, obj: Any) -> bytes:
         large: list[memoryview] = []
+        threshold = self.threshold
 
         def keep_large(buffer: pickle.PickleBuffer) -> bool:
             raw = buffer.raw()
-            if raw.nbytes < self.threshold:
+            if raw.nbytes < threshold:
                 return True  # in band
             large.append(raw)
             return False
@@ -145,8 +159,8 @@ class SharedMemoryTransport(Transport):
         try:
             for raw in large:
                 segment = self._segment_for(raw.nbytes)
-                segment.write(raw)
                 used.append(segment)
+                segment.write(raw)
         except BaseException:
             for segment in used:
                 segment.release()
@@ -158,28 +172,34 @@ class SharedMemoryTransport(Transport):
         if not data.startswith(_SHM_MAGIC):
             return pickle.loads(data)
         header, payload = pickle.loads(memoryview(data)[len(_SHM_MAGIC) :])
-        buffers = [self._read(name, size, nbytes) for name, size, nbytes in header]
+        buffers = [self._lease(name, size, nbytes) for name, size, nbytes in header]
         return pickle.loads(payload, buffers=buffers)
 
     def _segment_for(self, nbytes: int) -> _Segment:
-        best = None
-        for segment in self._pool:
-            fits = nbytes <= segment.capacity <= 4 * nbytes + (1 << 20)
-            if fits and segment.is_free() and (best is None or segment.capacity < best.capacity):
-                best = segment
-        if best is not None:
-            best.mark_busy()
-            return best
-        free = [seg for seg in self._pool if seg.is_free()]
-        for segment in free[: max(0, len(free) + 1 - self.max_free_segments)]:
-            segment.destroy()
-            self._pool.remove(segment)
-        name = f"{self.prefix}-{os.getpid()}-{next(self._counter)}"
-        segment = _Segment.create(name, _round_up(nbytes))
-        self._pool.append(segment)
-        return segment
+        with self._pool_lock:
+            best = None
+            n_free = 0
+            for segment in self._pool:
+                if not segment.is_free():
+                    continue
+                n_free += 1
+                fits = nbytes <= segment.capacity <= 4 * nbytes + (1 << 20)
+                if fits and (best is None or segment.capacity < best.capacity):
+                    best = segment
+            if best is not None:
+                best.mark_busy()
+                return best
+            if n_free >= self.max_free_segments:  # free, but of the wrong sizes: make room
+                for segment in [seg for seg in self._pool if seg.is_free()][: n_free + 1 - self.max_free_segments]:
+                    segment.destroy()
+                    self._pool.remove(segment)
+            name = f"{self.prefix}-{os.getpid()}-{next(self._counter)}"
+            segment = _Segment.create(name, _round_up(nbytes))
+            self._pool.append(segment)
+            return segment
 
-    def _read(self, name: str, size: int, nbytes: int) -> Any:
+    def _lease(self, name: str, size: int, nbytes: int) -> np.ndarray:
+        """A view of segment ``name``'s data that frees the segment when it is garbage."""
         mapped = self._mapped.get(name)
         if mapped is None:
             fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
@@ -188,22 +208,36 @@ class SharedMemoryTransport(Transport):
             finally:
                 os.close(fd)
             if len(self._mapped) >= self.max_mapped:
-                self._mapped.pop(next(iter(self._mapped))).close()
+                _close_mapping(self._mapped.popitem(last=False)[1])
             self._mapped[name] = mapped
-        # numpy's allocator reuses freed memory without zeroing it, unlike bytearray.
-        out = np.empty(nbytes, dtype=np.uint8)
-        np.copyto(out, np.frombuffer(mapped, np.uint8, nbytes, _HEADER))
-        mapped[0:_HEADER] = _FREE  # the sender may reuse the segment now
-        return out
+        else:
+            self._mapped.move_to_end(name)
+        view = np.frombuffer(mapped, np.uint8, nbytes, _HEADER)
+        # Every array unpickled from ``view`` holds it (as its base, or its base's).
+        weakref.finalize(view, _free, mapped)
+        return view
 
     def close(self) -> None:
-        for segment in self._pool:
-            segment.destroy()
-        self._pool.clear()
+        with self._pool_lock:
+            for segment in self._pool:
+                segment.destroy()
+            self._pool.clear()
         for mapped in self._mapped.values():
-            mapped.close()
+            _close_mapping(mapped)
         self._mapped.clear()
         unlink_segments(self.prefix)
+
+
+def _free(mapped: mmap.mmap) -> None:
+    """Mark a received segment free: its sender may write the next message into it."""
+    with contextlib.suppress(ValueError):  # closed: the run is over and nobody reuses it
+        mapped[0:_HEADER] = _FREE
+
+
+def _close_mapping(mapped: mmap.mmap) -> None:
+    """Unmap a segment, unless arrays still view it (then it is unmapped with the last one)."""
+    with contextlib.suppress(BufferError):
+        mapped.close()
 
 
 def _round_up(nbytes: int) -> int:
@@ -256,7 +290,7 @@ class _Segment:
         self.mapped[0:_HEADER] = _FREE
 
     def destroy(self) -> None:
-        self.mapped.close()
+        _close_mapping(self.mapped)
         _unlink(self.name)
 
 

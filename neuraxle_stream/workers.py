@@ -200,13 +200,18 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
     clock = time.perf_counter
     #: (run id, seconds) of this worker's last put on the next queue, not yet reported.
     last_put: tuple[int, float] | None = None
+    item: Any
+    task: QueuedMinibatchTask
+    result: QueuedMinibatchTask
     while io.active_run.value != CLOSING:
+        # Drop the last minibatch before waiting: its arrays may lease the sender's shared memory.
+        item = task = result = None  # type: ignore[assignment]
         waited = clock()
         item = io.inbox.get()
         got = clock()
         if item is STOP:
             break
-        task: QueuedMinibatchTask = item
+        task = item
         if task.run_id != io.active_run.value:
             continue  # a task of a cancelled run: drop it
         io.started[worker_index] = time.monotonic()

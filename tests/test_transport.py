@@ -160,3 +160,85 @@ def test_killed_worker_leaks_no_segment() -> None:
     with pytest.raises(BrokenPipelineError):
         p.transform(X)
     assert segments() == before
+
+
+def test_received_arrays_view_the_segment_and_free_it_when_dropped(pair) -> None:
+    sender, receiver = pair
+    a = np.arange(100_000, dtype=np.float32)
+    b = receiver.loads(sender.dumps(a))
+    (segment,) = sender._pool
+    assert not segment.is_free(), "the receiver's array leases the segment"
+    view = b[10:20]
+    del b
+    assert not segment.is_free(), "a view of the received array keeps the lease"
+    np.testing.assert_array_equal(view, a[10:20])
+    del view
+    assert segment.is_free()
+
+
+def test_the_same_segments_carry_every_message(pair) -> None:
+    sender, receiver = pair
+    names = set()
+    for i in range(20):
+        out = receiver.loads(sender.dumps({"x": np.full(50_000, i), "y": np.full((300, 300), -i)}))
+        assert out["x"][0] == i and out["y"][-1, -1] == -i
+        del out
+        names.update(seg.name for seg in sender._pool)
+    assert len(names) == 2, "one segment per buffer, reused across messages"
+    assert len(receiver._mapped) == 2
+
+
+def test_kept_arrays_make_the_pool_grow_and_survive_close(pair) -> None:
+    sender, receiver = pair
+    kept = [receiver.loads(sender.dumps(np.full(100_000, i))) for i in range(5)]
+    assert len(sender._pool) == 5
+    sender.close()
+    receiver.close()
+    assert segments(sender.prefix) == []
+    for i, arr in enumerate(kept):  # unlinked files stay valid while mapped
+        assert (arr == i).all()
+
+
+def test_object_arrays_travel_in_the_pickle(pair) -> None:
+    sender, receiver = pair
+    a = np.array([{"k": i} for i in range(20_000)], dtype=object)
+    b = receiver.loads(sender.dumps(a))
+    assert b.dtype == object and list(b[:3]) == [{"k": 0}, {"k": 1}, {"k": 2}]
+    assert sender._pool == []
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["transform", "stream"])
+def test_large_arrays_through_two_process_stages_equal_the_sequential_reference(method: str) -> None:
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    before = segments()
+    X = np.random.default_rng(3).random((12, 512 * 1024)).astype(np.float32)  # 2 MB rows
+    steps = [FunctionTransformer(np.negative), FunctionTransformer(np.sqrt)]
+    expected = make_pipeline(*steps).fit_transform(-X)
+    pipe = SequentialQueuedPipeline([("neg", 2, steps[0]), ("sqrt", steps[1])], batch_size=2, backend="process")
+    with pipe:
+        for _ in range(2):  # the second call reuses the pools of the first
+            if method == "transform":
+                out = pipe.transform(-X)
+            else:
+                out = np.stack(list(pipe.stream(row for row in -X)))
+            np.testing.assert_array_equal(out, expected)
+    assert segments() == before
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_step_with_large_arrays_leaks_no_segment() -> None:
+    before = segments()
+    X = np.random.default_rng(4).random((20, 50_000))
+
+    def fail_late(x):
+        if x[0] == X[12, 0]:  # a per-item function: x is one row
+            raise ValueError("boom")
+        return x
+
+    p = SequentialQueuedPipeline([("a", lambda x: x * 1), ("b", fail_late)], batch_size=2, backend="process")
+    with pytest.raises(ValueError, match="boom"):
+        p.transform(X)
+    assert segments() == before
