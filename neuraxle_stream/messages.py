@@ -7,10 +7,11 @@ sentinels with a ``repr``, never bare tuples or ``None``.
 from __future__ import annotations
 
 import logging
+import operator
 import pickle
 import traceback
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple, TypeVar
 
 import cloudpickle
 
@@ -40,6 +41,32 @@ class _Sentinel:
 
     def __repr__(self) -> str:
         return f"<{self.name}>"
+
+
+_T = TypeVar("_T")
+
+
+def _pickled_as_a_call(cls: type[_T]) -> type[_T]:
+    """Pickle instances of the dataclass ``cls`` as ``cls(*fields)``.
+
+    A slotted dataclass pickles through Python code that walks its fields on
+    both ends; a call with one tuple costs a few microseconds less per
+    message, on every hop of every minibatch.
+    """
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    getter = operator.attrgetter(*names)
+    if len(names) == 1:
+
+        def __reduce__(self: Any) -> tuple[Any, ...]:
+            return type(self), (getter(self),)
+
+    else:
+
+        def __reduce__(self: Any) -> tuple[Any, ...]:
+            return type(self), getter(self)
+
+    cls.__reduce__ = __reduce__  # type: ignore[method-assign]
+    return cls
 
 
 #: Put on a stage's input queue to tell one worker to finish and exit.
@@ -96,6 +123,7 @@ class TaskRecord(NamedTuple):
     began: float = float("nan")
 
 
+@_pickled_as_a_call
 @dataclass(frozen=True, slots=True)
 class QueuedMinibatchTask:
     """A minibatch on its way through the stages.
@@ -132,6 +160,7 @@ class QueuedMinibatchTask:
     params: dict[str, dict[str, Any]] | None = None
 
 
+@_pickled_as_a_call
 @dataclass(frozen=True, slots=True)
 class StageResult:
     """A task that left the last stage of a lane, sent to the parent."""

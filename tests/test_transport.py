@@ -242,3 +242,27 @@ def test_a_failing_step_with_large_arrays_leaks_no_segment() -> None:
     with pytest.raises(ValueError, match="boom"):
         p.transform(X)
     assert segments() == before
+
+
+@pytest.mark.parametrize("dtype", ["bool", "int8", "uint64", "float16", "float64", "complex64", ">i4", "<f8"])
+@pytest.mark.parametrize("shape", [(), (0,), (1,), (3, 4)])
+def test_small_arrays_take_the_short_path_and_come_back_writable(dtype: str, shape: tuple[int, ...]) -> None:
+    a = (np.arange(int(np.prod(shape))) % 5).astype(dtype).reshape(shape)
+    for transport in (PickleTransport(), SharedMemoryTransport(f"nxs-test-{os.getpid()}-small")):
+        b = transport.loads(transport.dumps(a))
+        assert_same_array(a, b)
+        assert b.dtype.str == a.dtype.str and b.flags.writeable
+        transport.close()
+
+
+def test_messages_pickle_with_every_field() -> None:
+    import dataclasses
+
+    from neuraxle_stream.messages import QueuedMinibatchTask, StageResult, TaskRecord
+
+    record = TaskRecord("s", 1, 2, 3.0, 4.0, 5.0, None, False, 6, 7.0)
+    task = QueuedMinibatchTask(3, np.arange(4), [1, 2], 9, (record,), ("t",), {"s": {"w": 1}})
+    back = PickleTransport().loads(PickleTransport().dumps(StageResult(2, task)))
+    assert back.lane == 2
+    for f in dataclasses.fields(QueuedMinibatchTask):
+        assert repr(getattr(back.task, f.name)) == repr(getattr(task, f.name)), f.name
