@@ -264,7 +264,7 @@ def targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
     def ratio_target(name: str, value: float | None, goal: float, detail: str) -> None:
         if value is None:
-            add(name, None, f">= {goal:g}", None, detail or "not run")
+            add(name, None, f">= {goal:g}", None, detail)
         else:
             add(name, value, f">= {goal:g}", value >= goal, detail)
 
@@ -278,7 +278,7 @@ def targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         row, peer = ref.get(row_name), best_peer(kind)
         if row is None or peer is None:
             missing = row_name if row is None else f"any {kind} peer"
-            ratio_target(name, None, goal, f"not run ({missing})")
+            ratio_target(name, None, goal, f"no {missing}")
         else:
             ratio = row["items_per_s"] / peer["items_per_s"]
             ratio_target(name, ratio, goal, f"{row_name} vs {peer['name']}")
@@ -288,7 +288,7 @@ def targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         "W1 processes (2 + 2) vs no-transfer ceiling",
         w1.get("x_ceiling") if w1 else None,
         TARGET_CEILING_RATIO,
-        "" if w1 else f"not run ({W1_PROCESS_ROW})",
+        "" if w1 else f"no row {W1_PROCESS_ROW}",
     )
     vs_peer("W1 processes vs best process peer", W1_PROCESS_ROW, "process", TARGET_PROCESS_PEER_RATIO)
     vs_peer("W1 processes vs best thread peer", W1_PROCESS_ROW, "thread", TARGET_THREAD_PEER_RATIO)
@@ -298,7 +298,7 @@ def targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         "W2 balanced, 1 + 1 processes, vs ceiling",
         w2.get("x_ceiling") if w2 else None,
         TARGET_BALANCED_CEILING_RATIO,
-        "" if w2 else f"not run ({W2_ROW})",
+        "" if w2 else f"no row {W2_ROW}",
     )
 
     # W3: parent -> stage -> stage -> parent, transform() (hops and join) against the same
@@ -311,13 +311,13 @@ def targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         f"W3 {W3_SIZE_MB} MB arrays through 2 process stages, transform() (GB/s)",
         w3["mb_per_s"] / 1000 if w3 else None,
         TARGET_TRANSPORT_GBPS,
-        "" if w3 else "not run",
+        "",
     )
     ratio_target(
         f"W3 {W3_SIZE_MB} MB, transform() vs multiprocessing.Queue chain",
         w3.get("x_mpqueue_chain") if w3 else None,
         TARGET_TRANSPORT_RATIO,
-        "" if w3 and w3.get("x_mpqueue_chain") else "not run",
+        "",
     )
     w3s = transport.get(("ours-process-stream", W3_SIZE_MB))
     if w3s:
@@ -335,7 +335,7 @@ def targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for backend, goal in TARGET_OVERHEAD_US.items():
         rows = [r for r in overhead if r["backend"] == backend]
         if not rows:
-            add(f"per-minibatch overhead, {backend} (us)", None, f"< {goal:g}", None, "not run")
+            add(f"per-minibatch overhead, {backend} (us)", None, f"< {goal:g}", None)
         for r in rows:
             add(
                 f"per-minibatch overhead, {backend}, batch {r['batch_size']} (us, all-in)",
@@ -353,14 +353,14 @@ def targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         fixed,
         f"< {TARGET_W4_FIXED_MS:g}",
         None if fixed is None else fixed < TARGET_W4_FIXED_MS,
-        "" if fixed is not None else "not run",
+        "",
     )
     add(
         "W4 GridSearchCV: grid on processes / on threads",
         grid,
         f"<= {TARGET_W4_THREAD_RATIO:g}",
         None if grid is None else grid <= TARGET_W4_THREAD_RATIO,
-        "" if grid is not None else "not run",
+        "",
     )
     startup = next(
         (r["first_call_s"] for r in results.get("startup", []) if r.get("first_call_s") is not None),
@@ -371,7 +371,7 @@ def targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         startup,
         f"< {TARGET_STARTUP_S:g}",
         None if startup is None else startup < TARGET_STARTUP_S,
-        "" if startup is not None else "not run",
+        "",
     )
 
     memory = results.get("memory", [])
@@ -393,7 +393,7 @@ def targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
                 f"{r.get('status')}: {r.get('error', '')}",
             )
     if not memory:
-        add("endless stream through 3 stages: flat RSS", None, "flat", None, "not run")
+        add("endless stream through 3 stages: flat RSS", None, "flat", None)
     return out
 
 

@@ -20,9 +20,11 @@ minibatches are in flight, so it never holds more than that bound.
 
 from __future__ import annotations
 
+import math
 import queue
+import select
 from abc import ABC, abstractmethod
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -162,18 +164,52 @@ class ProcessChannel(Channel):
         self._writer.close()
 
 
+class _Poller:
+    """``multiprocessing.connection.wait`` on one pipe and the workers' sentinels,
+    with the ``poll`` set kept between calls (``wait`` builds a selector each
+    time: several microseconds on every minibatch); remade when a sentinel
+    comes or goes."""
+
+    def __init__(self, reader: Connection, sentinels: list[Any]) -> None:
+        self.sentinels = list(sentinels)
+        self._reader_fd = reader.fileno()
+        self._poll = select.poll()
+        self._poll.register(self._reader_fd, select.POLLIN)
+        self._by_fd: dict[int, Any] = {}
+        for sentinel in self.sentinels:
+            fd = sentinel if isinstance(sentinel, int) else sentinel.fileno()
+            self._by_fd[fd] = sentinel
+            self._poll.register(fd, select.POLLIN)
+
+    def wait(self, timeout: float | None) -> tuple[bool, list[Any]]:
+        """Whether the pipe has data, and the sentinels that fired, within ``timeout`` seconds."""
+        events = self._poll.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
+        has_data = False
+        fired = []
+        for fd, _ in events:
+            if fd == self._reader_fd:
+                has_data = True
+            else:
+                fired.append(self._by_fd[fd])
+        return has_data, fired
+
+
 class ProcessResultChannel(ResultChannel):
     """An unbounded pipe from every worker to the parent.
 
     The parent blocks on the pipe *and* on the workers' process sentinels at
-    once (``multiprocessing.connection.wait``), so a dead worker is noticed
-    the moment it dies, without polling.
+    once (one ``poll`` on all of them, as ``multiprocessing.connection.wait``
+    does), so a dead worker is noticed the moment it dies, without polling.
     """
 
     def __init__(self, ctx: BaseContext, transport: Transport | None = None) -> None:
         self._reader, self._writer = ctx.Pipe(duplex=False)
         self._wlock = ctx.Lock()
         self._transport = transport or PickleTransport()
+        self._poller: _Poller | None = None  # the parent's, made on its first wait
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_poller": None}
 
     def put(self, item: Any) -> None:
         data = self._transport.dumps(item)
@@ -182,14 +218,16 @@ class ProcessResultChannel(ResultChannel):
 
     def get_ready(self, timeout: float | None, sentinels: list[Any]) -> tuple[list[Any], list[Any]]:
         reader: Connection = self._reader
-        ready = wait([reader, *sentinels], timeout)
+        poller = self._poller
+        if poller is None or poller.sentinels != sentinels:
+            poller = self._poller = _Poller(reader, sentinels)
+        has_data, fired = poller.wait(timeout)
         items = []
-        if reader in ready:
+        if has_data:
             while True:
                 items.append(self._transport.loads(reader.recv_bytes()))
                 if not reader.poll(0):
                     break
-        fired = [s for s in ready if s is not reader]
         return items, fired
 
     def drain(self) -> list[Any]:
