@@ -2,7 +2,7 @@
 
 Two families, one interface:
 
-- :class:`ThreadChannel` is a ``queue.Queue`` of Python objects: nothing is
+- :class:`ThreadChannel` is a bounded FIFO of Python objects: nothing is
   copied or pickled between threads.
 - :class:`ProcessChannel` is a pipe guarded by a reader lock, a writer lock and
   a semaphore of free slots. Each message is encoded once by a
@@ -75,21 +75,33 @@ class ResultChannel(ABC):
 
 
 class ThreadChannel(Channel):
-    """A bounded ``queue.Queue``; items are passed by reference."""
+    """A bounded FIFO of items passed by reference.
+
+    Like :class:`ProcessChannel`, a writer first takes a free slot, and a
+    reader gives it back: the items and the free slots are two
+    ``queue.SimpleQueue`` (C calls, where ``queue.Queue`` runs Python code and
+    conditions on every put and get).
+    """
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(maxsize):
+            self._slots.put(None)
 
     def put(self, item: Any, timeout: float | None = None) -> bool:
         try:
-            self._queue.put(item, timeout=timeout)
-        except queue.Full:
+            self._slots.get(timeout=timeout)
+        except queue.Empty:
             return False
+        self._queue.put(item)
         return True
 
     def get(self) -> Any:
-        return self._queue.get()
+        item = self._queue.get()
+        self._slots.put(None)
+        return item
 
 
 class ThreadResultChannel(ResultChannel):

@@ -34,7 +34,7 @@ generator leaves it usable too; anything else marks it ``broken``.
 from __future__ import annotations
 
 import itertools
-import threading
+import queue
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -88,20 +88,29 @@ class Credits:
 
     def __init__(self, bound: int) -> None:
         self.bound = bound
-        self._free = threading.Semaphore(bound)
+        # A queue of tokens rather than a threading.Semaphore: its get and put are
+        # C calls, where the semaphore runs Python code (and makes a lock per wait)
+        # on every minibatch.
+        self._free: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(bound):
+            self._free.put(None)
 
     def take(self, blocking: bool = True) -> bool:
         """Take a credit; without ``blocking``, return ``False`` when none is free."""
-        return self._free.acquire(blocking)
+        try:
+            self._free.get(blocking)
+        except queue.Empty:
+            return False
+        return True
 
     def give(self) -> None:
         """Give a credit back."""
-        self._free.release()
+        self._free.put(None)
 
     def release_waiters(self) -> None:
         """Wake whoever waits for a credit: the run is ending."""
         for _ in range(self.bound + 1):
-            self._free.release()
+            self._free.put(None)
 
 
 class RunFailed(Exception):
