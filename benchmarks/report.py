@@ -277,7 +277,7 @@ def targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     def vs_peer(name: str, row_name: str, kind: str, goal: float) -> None:
         row, peer = ref.get(row_name), best_peer(kind)
         if row is None or peer is None:
-            missing = row_name if row is None else f"any {kind} peer"
+            missing = f"row {row_name}" if row is None else f"{kind} peer"
             ratio_target(name, None, goal, f"no {missing}")
         else:
             ratio = row["items_per_s"] / peer["items_per_s"]

@@ -43,6 +43,15 @@ _FREE = b"\x00" * _HEADER
 _BUSY = b"\x01" + b"\x00" * (_HEADER - 1)
 
 
+def shm_size() -> int:
+    """Bytes of ``/dev/shm`` (0 where there is none)."""
+    try:
+        stat = os.statvfs(SHM_DIR)
+    except OSError:
+        return 0
+    return stat.f_frsize * stat.f_blocks
+
+
 class Transport(ABC):
     """Encodes messages to bytes and back; one instance per process side."""
 
@@ -153,6 +162,8 @@ class SharedMemoryTransport(Transport):
     max_free_segments = 16
     #: Segments of other processes a process keeps mapped (least recently used go first).
     max_mapped = 64
+    #: Most bytes a process keeps leased: 256 MiB, or an eighth of ``/dev/shm`` if smaller.
+    lease_budget = min(256 << 20, shm_size() // 8)
 
     def __init__(self, prefix: str, threshold: int = 1 << 16) -> None:
         self.prefix = prefix
@@ -161,6 +172,8 @@ class SharedMemoryTransport(Transport):
         self._pool: list[_Segment] = []  # segments this process writes
         self._pool_lock = threading.Lock()  # the feeder and the supervisor may both send
         self._mapped: OrderedDict[str, mmap.mmap] = OrderedDict()  # segments this process reads
+        self._leased = 0  # bytes of received segments that arrays still view
+        self._lease_lock = threading.Lock()  # leases end in whichever thread drops the last array
 
     def __getstate__(self) -> dict[str, Any]:
         return {"prefix": self.prefix, "threshold": self.threshold}
@@ -226,7 +239,8 @@ class SharedMemoryTransport(Transport):
             return segment
 
     def _lease(self, name: str, size: int, nbytes: int) -> np.ndarray:
-        """A view of segment ``name``'s data that frees the segment when it is garbage."""
+        """A view of segment ``name``'s data that frees the segment when it is garbage
+        (a copy, and the segment freed now, when this process is over its lease budget)."""
         mapped = self._mapped.get(name)
         if mapped is None:
             fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
@@ -240,9 +254,24 @@ class SharedMemoryTransport(Transport):
         else:
             self._mapped.move_to_end(name)
         view = np.frombuffer(mapped, np.uint8, nbytes, _HEADER)
+        with self._lease_lock:
+            over = self._leased + nbytes > self.lease_budget
+            if not over:
+                self._leased += nbytes
+        if over:
+            out = np.empty(nbytes, dtype=np.uint8)
+            np.copyto(out, view)
+            del view
+            _free(mapped)
+            return out
         # Every array unpickled from ``view`` holds it (as its base, or its base's).
-        weakref.finalize(view, _free, mapped)
+        weakref.finalize(view, self._end_lease, mapped, nbytes)
         return view
+
+    def _end_lease(self, mapped: mmap.mmap, nbytes: int) -> None:
+        with self._lease_lock:
+            self._leased -= nbytes
+        _free(mapped)
 
     def close(self) -> None:
         with self._pool_lock:

@@ -266,3 +266,22 @@ def test_messages_pickle_with_every_field() -> None:
     assert back.lane == 2
     for f in dataclasses.fields(QueuedMinibatchTask):
         assert repr(getattr(back.task, f.name)) == repr(getattr(task, f.name)), f.name
+
+
+def test_a_receiver_over_its_lease_budget_copies_and_frees_at_once(pair) -> None:
+    sender, receiver = pair
+    receiver.lease_budget = 3 * 800_000
+    kept = [receiver.loads(sender.dumps(np.full(100_000, i))) for i in range(5)]  # 800 kB each
+    assert [seg.is_free() for seg in sender._pool] == [False, False, False, True]
+    assert all((arr == i).all() for i, arr in enumerate(kept))
+    assert receiver._leased == 3 * 800_000
+    del kept
+    assert receiver._leased == 0 and all(seg.is_free() for seg in sender._pool)
+
+
+def test_evicting_a_mapping_that_arrays_still_view_keeps_them_valid(pair) -> None:
+    sender, receiver = pair
+    receiver.max_mapped = 1
+    kept = [receiver.loads(sender.dumps(np.full(100_000, i))) for i in range(3)]
+    assert len(receiver._mapped) == 1
+    assert all((arr == i).all() for i, arr in enumerate(kept))
