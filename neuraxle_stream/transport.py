@@ -142,8 +142,11 @@ class SharedMemoryTransport(Transport):
     touch only pages they touched before: no page faults per message once the
     pool is warm. A receiver that keeps its arrays (a step that stores its
     input, a caller that keeps every output of ``stream()``) keeps their
-    segments; the sender then makes new ones, so shared memory grows with
-    what is kept, as private memory would.
+    segments, and the sender makes new ones. So that shared memory, often
+    smaller than the rest (64 MB by default in a Docker container), never
+    holds more than :attr:`lease_budget` of what one process keeps, a
+    receiver over its budget copies the data out and frees the segment at
+    once.
 
     Segment names start with ``prefix``; whoever owns the run unlinks what is
     left under it when it closes (the segments of a killed worker, messages
