@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import queue
 import select
+import threading
 from abc import ABC, abstractmethod
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
@@ -142,6 +143,10 @@ class ProcessChannel(Channel):
         self._wlock = ctx.Lock()
         self._slots = ctx.BoundedSemaphore(maxsize)
         self._transport = transport or PickleTransport()
+        self._polls: dict[int, Any] = {}  # a poll set of the reader per reading thread of this process
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_polls": {}}
 
     def put(self, item: Any, timeout: float | None = None) -> bool:
         if not self._slots.acquire(timeout=timeout):
@@ -159,13 +164,23 @@ class ProcessChannel(Channel):
         while True:
             # Wait without the reader lock: a reader killed while it waits (SIGKILL, OOM)
             # leaves the lock free for the others; the lock is held only to read a message.
-            wait([self._reader])
+            self._wait_readable()
             with self._rlock:
                 if not self._reader.poll(0):
                     continue  # another reader took it
                 data = self._reader.recv_bytes()
             self._slots.release()
             return self._transport.loads(data)
+
+    def _wait_readable(self) -> None:
+        """Block until the pipe has a message (``connection.wait``, with the poll set kept:
+        one poll object cannot be waited on by two threads at once)."""
+        thread = threading.get_ident()
+        poll = self._polls.get(thread)
+        if poll is None:
+            poll = self._polls[thread] = select.poll()
+            poll.register(self._reader.fileno(), select.POLLIN)
+        poll.poll()
 
     def close(self) -> None:
         self.retire()
@@ -184,6 +199,7 @@ class _Poller:
 
     def __init__(self, reader: Connection, sentinels: list[Any]) -> None:
         self.sentinels = list(sentinels)
+        self.thread = threading.get_ident()  # one poll object cannot be waited on by two threads at once
         self._reader_fd = reader.fileno()
         self._poll = select.poll()
         self._poll.register(self._reader_fd, select.POLLIN)
@@ -231,7 +247,7 @@ class ProcessResultChannel(ResultChannel):
     def get_ready(self, timeout: float | None, sentinels: list[Any]) -> tuple[list[Any], list[Any]]:
         reader: Connection = self._reader
         poller = self._poller
-        if poller is None or poller.sentinels != sentinels:
+        if poller is None or poller.sentinels != sentinels or poller.thread != threading.get_ident():
             poller = self._poller = _Poller(reader, sentinels)
         has_data, fired = poller.wait(timeout)
         items = []
