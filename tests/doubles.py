@@ -324,6 +324,18 @@ def wait_for_file(path: str | Path, timeout: float = 30.0) -> bool:
     return True
 
 
+def wait_for_events(log_dir: str | Path, event: str, n: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """The ``event`` records of :class:`LifecycleRecorder` once there are ``n`` (``timeout`` at most).
+
+    A worker that started late may run its ``setup()`` after the others
+    served a whole call: wait for its record rather than count too early.
+    """
+    deadline = time.monotonic() + timeout
+    while len(records := read_events(log_dir, event)) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return records
+
+
 class TouchesThenWaits(NonFittableMixin, BaseTransformer):
     """On each minibatch: create ``started`` (a signal file), then wait for ``release``.
 

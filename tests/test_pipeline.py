@@ -40,6 +40,7 @@ from doubles import (
     describe_item,
     read_events,
     square,
+    wait_for_events,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -326,7 +327,7 @@ def test_with_block_keeps_workers_across_calls(backend: str, tmp_path: Any) -> N
         assert entered is pipeline
         first = {who[:2] for who in pipeline.transform(list(range(10)))}
         second = {who[:2] for who in pipeline.transform(list(range(10)))}
-        assert len(read_events(tmp_path, "setup")) == 2  # each worker set up once
+        assert len(wait_for_events(tmp_path, "setup", 2)) == 2  # each worker set up once
         assert read_events(tmp_path, "teardown") == []
         assert len(first | second) <= 2  # the same two copies of "who" served both calls
     assert len(read_events(tmp_path, "teardown")) == 2
