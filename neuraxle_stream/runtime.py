@@ -165,6 +165,7 @@ class Runtime(BaseRuntime):
                     portable=backend.portable,
                     shm_prefix=shm_prefix,
                     done=backend.shared_array("q", 2 * spec.n_workers),
+                    step_at=backend.shared_array("q", spec.n_workers) if spec.chained else None,
                 )
                 stage = LiveStage(spec, io, [])
                 self._stages.append(stage)
@@ -305,8 +306,9 @@ class Runtime(BaseRuntime):
         counts: dict[str, tuple[int, int]] = {}
         for stage in self._stages:
             done = stage.io.done
-            rows, tasks = counts.get(stage.spec.name, (0, 0))
-            counts[stage.spec.name] = (rows + sum(done[0::2]), tasks + sum(done[1::2]))
+            for step in stage.spec.steps:  # a chain's steps finish each minibatch together
+                rows, tasks = counts.get(step.name, (0, 0))
+                counts[step.name] = (rows + sum(done[0::2]), tasks + sum(done[1::2]))
         return counts
 
     def done_in_run(self) -> dict[str, tuple[int, int]]:

@@ -153,6 +153,7 @@ def test_hook_calls_per_stage_and_worker_equal_the_minibatches(backend: str, tmp
         batch_size=5,
         backend=backend,
         hooks=[FileRecordingHook(str(hooks_dir))],
+        chain=False,  # the workers as written (tests/test_chaining.py: chained)
     )
     assert pipeline.transform(ITEMS) == [i + 1 for i in ITEMS]
     records = read_records(hooks_dir)

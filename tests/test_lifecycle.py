@@ -313,7 +313,8 @@ _PARENT_KILLED = """
     if __name__ == "__main__":
         streams = []
         for method in sys.argv[1].split(","):
-            p = SequentialQueuedPipeline([big_slow_items, ("b", 2, PassThrough())], batch_size=1, mp_context=method)
+            p = SequentialQueuedPipeline([big_slow_items, ("b", 2, PassThrough())], batch_size=1, mp_context=method,
+                                         chain=False)
             stream = p.stream(itertools.count())
             next(stream)
             streams.append(stream)

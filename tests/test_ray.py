@@ -571,3 +571,14 @@ def test_a_timed_out_actor_is_replaced_on_ray(ray_session, tmp_path) -> None:
     assert p.transform(list(range(10))) == [x + 1 for x in range(10)]
     assert p.stats_["slow"].num_restarts == 1
     assert time.monotonic() - started < 30
+# -- chained stages ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chain", ["auto", False])
+def test_chained_stages_on_ray(ray_session, chain: object) -> None:
+    X = np.random.RandomState(0).rand(23, 3)
+    steps = [("add", 1, AddConstant(1.0)), ("double", 1, MultiplyBy(2.0))]
+    p = SequentialQueuedPipeline(steps, batch_size=4, backend="ray", chain=chain)
+    np.testing.assert_allclose(p.transform(X), (X + 1.0) * 2.0)
+    assert p.stats_.plan == ((("add", "double"),) if chain == "auto" else (("add",), ("double",)))
+    assert [p.stats_[name].num_tasks for name in ("add", "double")] == [6, 6]
