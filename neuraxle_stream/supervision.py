@@ -19,7 +19,7 @@ from .stages import IDLE, SETUP, STARTING, STOPPED, TEARDOWN, StageSpec
 from .workers import WorkerIO
 
 __all__ = [
-    "LiveStage", "busy_since", "death", "kill_all", "overdue", "overdue_worker", "step_name", "where",
+    "LiveStage", "busy_since", "death", "kill_all", "overdue", "overdue_worker", "stage_of", "step_name", "where",
 ]
 
 
@@ -37,6 +37,18 @@ def step_name(stage: LiveStage, w: int) -> str:
     steps = stage.spec.steps
     at = stage.io.step_at[w] if stage.io.step_at is not None else 0
     return steps[at].name if 0 <= at < len(steps) else stage.spec.name
+
+
+def stage_of(stages: list[LiveStage], step: str, lane: int | None = None) -> LiveStage | None:
+    """The stage that runs step ``step`` (a chained step runs in its chain's stage), if any.
+
+    A minibatch that failed in a chained step is run again from its chain's
+    first step, on the input the stage got: the task on this stage's inbox.
+    """
+    for stage in stages:
+        if (lane is None or stage.spec.lane == lane) and any(s.name == step for s in stage.spec.steps):
+            return stage
+    return None
 
 
 def _busy(stages: list[LiveStage]) -> list[tuple[float, LiveStage, int, int]]:

@@ -16,8 +16,12 @@ results channel. When its stage spec says ``trace``, it records every call its
 step receives (:mod:`~neuraxle_stream.tracing`) and appends those records to
 the task in the same way.
 
-A little over ~400 lines, on purpose: the worker loop, the step runner it
-shares with the Ray actors and the stop protocol are one story, read in order.
+A chained stage's worker runs several steps on each minibatch, one after
+another in its memory (:class:`ChainRunner`, a :class:`StepRunner` per step):
+each step keeps its own hooks, trace, record and error reports.
+
+Over ~400 lines, on purpose: the worker loop, the step runners it shares
+with the Ray actors and the stop protocol are one story, read in order.
 """
 
 from __future__ import annotations
