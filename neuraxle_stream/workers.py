@@ -34,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
@@ -223,7 +224,7 @@ class ChainRunner:
 
     def run(
         self, task: QueuedMinibatchTask, get_wait: float, put_wait: float | None,
-        on_step: Any = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> tuple[QueuedMinibatchTask, BaseException | None, str]:
         """Run ``task`` through every step; the task to pass on, the error if any, and the last step run.
 
@@ -253,13 +254,15 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
     report = _Reporter(spec, worker_index, io)
     io.started[worker_index] = time.monotonic()
     io.current[worker_index] = SETUP
-    on_step = None
+    on_step: Callable[[int], None] | None = None
     if io.step_at is not None:
         io.step_at[worker_index] = 0
 
-        def on_step(position: int) -> None:
+        def at_step(position: int) -> None:
             io.step_at[worker_index] = position
             io.started[worker_index] = time.monotonic()
+
+        on_step = at_step
 
     try:
         runner = ChainRunner(spec, worker_index, io.thread_limit)
