@@ -26,15 +26,20 @@ tuple sets nothing for them alone (no ``worker_arguments``, no explicit
 workers, each running the steps one after another on its minibatch, in its
 own memory: the data never cross a queue (nor a process boundary) between
 them. A chain of steps with ``n_1 ... n_m`` workers gets
-``k = min(n_1 + ... + n_m, cores)`` workers (no cap on Ray), and a fittable
-(stateful) step joins a chain only if ``k <= n_i`` of that step, so no fitted
-step ever has more copies than its ``n_workers``. Why never slower: with
-per-step times ``c_i``, the unchained stages pass at most
-``min(min_i n_i / c_i, cores / sum c_i)`` minibatches per second; the chain
-passes ``k / sum c_i``, which is at least that since ``sum n_i >= t sum c_i``
-for ``t = min_i n_i / c_i``; and it pays no hop between its steps. So the
-2 + 2 workers of W1 on 2 cores become one chain of 2 workers, and the 1 + 1
-workers of a balanced W2 one chain of 2 workers, both cores busy.
+``k = n_1 + ... + n_m`` workers on threads and Ray, and on processes
+``k = min(n_1 + ... + n_m, max(cores, n_1, ..., n_m))``: no more processes
+than the cores, unless a step asked for more itself. A fittable (stateful)
+step joins a chain only if ``k <= n_i`` of that step, so no fitted step ever
+has more copies than its ``n_workers``. Why never slower: with per-step
+times ``c_i``, the unchained stages pass at most
+``min(min_i n_i / c_i, cores / sum c_i)`` minibatches per second (the second
+bound for work that keeps a core busy); the chain passes ``k / sum c_i``,
+which is at least that, since ``sum n_i >= t sum c_i`` for
+``t = min_i n_i / c_i``; and it pays no hop between its steps. (Process steps
+that mostly wait, on I/O say, are the exception the core cap can slow down, by
+at most the share of the chain's other steps: give them ``chain=False``.) So
+the 2 + 2 process workers of W1 on 2 cores become one chain of 2 workers, and
+the 1 + 1 workers of a balanced W2 one chain of 2, both cores busy.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ from .stages import StageSpec
 from .steps import is_fittable
 from .tracing import Assembler
 
-__all__ = ["BackendChoice", "Plan", "chain_groups", "first_output", "layout", "runtime_key"]
+__all__ = ["BackendChoice", "Plan", "chain_groups", "chainable", "first_output", "runtime_key"]
 
 #: Composite parameters a plan takes through its ``stages`` (parsed steps) and ``join``.
 _DESCRIBED_BY_STAGES = frozenset({
@@ -129,10 +134,10 @@ def chainable(desc: StageDesc, ray_options: dict[str, dict[str, Any]] | None = N
     )
 
 
-def _chain_workers(group: Sequence[StageDesc], cap: int | None) -> int | None:
+def _chain_workers(group: Sequence[StageDesc], cores: int | None) -> int | None:
     """The workers of a chain of ``group`` (see the module docstring), ``None`` when it may not be chained."""
     total = sum(d.n_workers for d in group)
-    k = total if cap is None else min(total, cap)
+    k = total if cores is None else min(total, max(cores, *(d.n_workers for d in group)))
     if any(d.n_workers < k and is_fittable(d.runnable) for d in group):
         return None  # a fitted step would get more copies than its n_workers
     return k
@@ -146,9 +151,11 @@ def chain_groups(
 
     ``chain=False``: one group per step, with its own ``n_workers``. Else
     consecutive :func:`chainable` steps join a chain while
-    ``_chain_workers`` allows it.
+    ``_chain_workers`` allows it; ``cores`` (processes only) defaults to the
+    cores this process may use.
     """
-    cap = None if backend == "ray" else (cores if cores is not None else _cores())
+    # processes cost start-up and memory each, and busy cores gain nothing from more of them
+    cap = (cores if cores is not None else _cores()) if backend == "process" else None
     groups: list[tuple[tuple[StageDesc, ...], int]] = []
     for d in lane:
         if chain is not False and groups and chainable(d, ray_options):
@@ -159,11 +166,6 @@ def chain_groups(
                 continue
         groups.append(((d,), d.n_workers))
     return groups
-
-
-def layout(specs: list[list[StageSpec]]) -> tuple[tuple[str, ...], ...]:
-    """The groups of step names that share workers, in lane order (``stats_.plan``)."""
-    return tuple(tuple(s.name for s in spec.steps) for lane in specs for spec in lane)
 
 
 def runtime_key(choice: BackendChoice, specs: list[list[StageSpec]]) -> tuple[str, str, str]:

@@ -89,16 +89,23 @@ def test_steps_with_settings_of_their_own_are_never_chained() -> None:
     assert layout(steps[4:], ray_options={"e": {"num_cpus": 1}}) == [(("e",), 1), (("f",), 1)]
 
 
-def test_ray_chains_are_not_capped_by_local_cores() -> None:
-    assert layout([("a", 2, add_one), ("b", 3, square)], backend="ray", cores=2) == [(("a", "b"), 5)]
+def test_only_process_chains_are_capped_by_the_cores() -> None:
+    steps = [("a", 2, add_one), ("b", 3, square)]
+    assert layout(steps, cores=2) == [(("a", "b"), 3)]  # no fewer than a step asked for
+    assert layout(steps, cores=4) == [(("a", "b"), 4)]
+    assert layout(steps, backend="thread", cores=2) == [(("a", "b"), 5)]
+    assert layout(steps, backend="ray", cores=2) == [(("a", "b"), 5)]
 
 
 flags = st.tuples(st.integers(1, 4), st.booleans(), st.sampled_from(["plain", "args", "queue"]))
 
 
 @settings(max_examples=200, deadline=None)
-@given(spec=st.lists(flags, min_size=1, max_size=6), cores=st.integers(1, 8), chain=st.sampled_from(CHAINS))
-def test_hypothesis_rule_keeps_the_contract(spec: list[tuple[int, bool, str]], cores: int, chain: Any) -> None:
+@given(spec=st.lists(flags, min_size=1, max_size=6), cores=st.integers(1, 8), chain=st.sampled_from(CHAINS),
+       backend=st.sampled_from(["process", "thread"]))
+def test_hypothesis_rule_keeps_the_contract(
+    spec: list[tuple[int, bool, str]], cores: int, chain: Any, backend: str,
+) -> None:
     steps: list[Any] = []
     for i, (n, fitted, kind) in enumerate(spec):
         step = StandardScaler() if fitted else AddConstant()
@@ -108,7 +115,7 @@ def test_hypothesis_rule_keeps_the_contract(spec: list[tuple[int, bool, str]], c
             steps.append((f"s{i}", n, 2, step))
         else:
             steps.append((f"s{i}", n, step))
-    groups = layout(steps, chain, cores)
+    groups = layout(steps, chain, cores, backend)
     assert [name for group, _ in groups for name in group] == [f"s{i}" for i in range(len(spec))]
     for group, k in groups:
         members = [spec[int(name[1:])] for name in group]
@@ -117,7 +124,9 @@ def test_hypothesis_rule_keeps_the_contract(spec: list[tuple[int, bool, str]], c
             continue
         assert chain == "auto"
         assert all(kind == "plain" for _, _, kind in members)
-        assert k == min(sum(n for n, _, _ in members), cores)
+        total, most = sum(n for n, _, _ in members), max(n for n, _, _ in members)
+        assert k == (min(total, max(cores, most)) if backend == "process" else total)
+        assert k >= most  # no step has fewer workers than it asked for
         assert all(n >= k for n, fitted, _ in members if fitted)  # no fitted step gets more copies
 
 

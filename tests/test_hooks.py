@@ -240,7 +240,9 @@ def test_hooks_run_in_union_branches_and_in_a_wrapper(tmp_path: Path) -> None:
     nested = ParallelWorkersWrapper(
         AddConstant(1), n_workers=2, hooks=[FileRecordingHook(str(tmp_path / "nested"))]
     )
-    pipeline = SequentialQueuedPipeline([("first", AddConstant(1)), ("w", nested)], batch_size=5, backend="thread")
+    pipeline = SequentialQueuedPipeline(
+        [("first", AddConstant(1)), ("w", nested)], batch_size=5, backend="thread", chain=False,
+    )
     assert pipeline.transform(ITEMS) == [i + 2 for i in ITEMS]
     records = read_records(tmp_path / "nested")
     assert {(r["stage"], r["position"], r["n_workers"]) for r in records} == {("w", 1, 2)}
