@@ -23,6 +23,7 @@ import pytest
 from doubles import AddConstant, MultiplyBy, add_one, square
 from faults import (
     BlocksAt,
+    FlakyAt,
     KillsItselfAt,
     PassThrough,
     RaisesAt,
@@ -354,3 +355,24 @@ def test_a_dead_worker_names_the_step_of_the_chain() -> None:
     pipeline = chained_three(KillsItselfAt(5), "process")
     with pytest.raises(BrokenPipelineError, match=r"^Worker \d of step 'fault' "):
         pipeline.transform(list(range(12)))
+
+
+# -- retries: a chained minibatch runs again from the chain's first step --------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_step_error_in_retry_on_reruns_the_chain(backend: str, tmp_path: Path) -> None:
+    steps = [("first", 1, add_one), ("flaky", 1, FlakyAt(str(tmp_path), at=14, times=1))]
+    p = SequentialQueuedPipeline(steps, batch_size=3, backend=backend, max_retries=1, retry_on=(ConnectionError,))
+    assert p.transform(list(range(30))) == [x + 2 for x in range(30)]
+    assert p.stats_.plan == (("first", "flaky"),)
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_chained_worker_that_dies_is_replaced_with_every_step(tmp_path: Path) -> None:
+    steps = [("first", 1, add_one), ("dies", 1, FlakyAt(str(tmp_path), at=14, times=1, how="exit"))]
+    p = SequentialQueuedPipeline(steps, batch_size=3, backend="process", max_retries=1)
+    assert p.transform(list(range(30))) == [x + 2 for x in range(30)]
+    assert p.stats_.plan == (("first", "dies"),)
+    assert p.stats_["first"].num_restarts == p.stats_["dies"].num_restarts == 1
