@@ -155,7 +155,7 @@ def _ceiling_shared_output(n_items: int, batch_size: int) -> Iterator[Runner]:
 
 
 def _ours(
-    backend: str, build_workers: int, compute_workers: int, balanced: bool = False
+    backend: str, build_workers: int, compute_workers: int, balanced: bool = False, chain: Any = "auto",
 ) -> Callable[[int, int], Any]:
     """Ours as a user writes it; ``balanced``: W2, the rounds split 5 + 5 between the stages."""
 
@@ -168,6 +168,7 @@ def _ours(
             [("build", build_workers, first), ("compute", compute_workers, second)],
             batch_size=batch_size,
             backend=backend,
+            chain=chain,
         )
         with pipe:
             yield lambda n: pipe.transform(np.arange(n))
@@ -404,6 +405,18 @@ ROWS: list[Row] = [
         _ours("process", 2, 2),
     ),
     Row(
+        "ours-thread-2x2-unchained",
+        "ours",
+        "SequentialQueuedPipeline, threads, 2 workers per step, chain=False",
+        _ours("thread", 2, 2, chain=False),
+    ),
+    Row(
+        "ours-process-2x2-unchained",
+        "ours",
+        "SequentialQueuedPipeline, processes, 2 workers per step, chain=False",
+        _ours("process", 2, 2, chain=False),
+    ),
+    Row(
         "ours-process-1x2",
         "ours",
         "SequentialQueuedPipeline, processes, 1 build + 2 compute workers",
@@ -414,6 +427,12 @@ ROWS: list[Row] = [
         "ours",
         "W2: stages balanced (build + 5 rounds, then 5 rounds; ~0.25 ms each), 1 + 1 process workers",
         _ours("process", 1, 1, balanced=True),
+    ),
+    Row(
+        "ours-process-balanced-1x1-unchained",
+        "ours",
+        "W2 with chain=False: 1 + 1 process workers, one per step as written",
+        _ours("process", 1, 1, balanced=True, chain=False),
     ),
     Row(
         "joblib-loky",

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, overload
 
+from sklearn.utils._param_validation import Options, StrOptions
+
 from . import _containers, _sklearn_output, tracing
 from ._composition import Composition
 from ._fitting import resolve as resolve_source
@@ -364,7 +366,11 @@ def _refuse_skip(plan: Plan, method: str) -> None:
             "output per input; on_error='skip' applies to stream(). Got 'skip' instead."
         )
 
-_SEQUENTIAL_CONSTRAINTS = {"steps": [list, tuple], **COMMON_CONSTRAINTS}
+_SEQUENTIAL_CONSTRAINTS = {
+    "steps": [list, tuple],
+    **COMMON_CONSTRAINTS,
+    "chain": [StrOptions({"auto"}), Options(bool, {False})],  # see plan.chain_groups
+}
 
 
 class _StepsComposite(_QueuedBase):
@@ -400,6 +406,7 @@ class _StepsComposite(_QueuedBase):
         retry_on: tuple[type[BaseException], ...] = (),
         on_error: str = "raise",
         max_failures: float | None = None,
+        chain: bool | str = "auto",
     ) -> None:
         self.steps = steps
         self.batch_size = batch_size
@@ -426,3 +433,4 @@ class _StepsComposite(_QueuedBase):
         self.retry_on = retry_on
         self.on_error = on_error
         self.max_failures = max_failures
+        self.chain = chain

@@ -50,6 +50,7 @@ from . import _containers
 from ._branches import prefixed
 from ._validation import StageDesc
 from .exceptions import InvalidParameterError
+from .plan import chain_groups
 
 __all__ = [
     "check_transformer_weights",
@@ -380,26 +381,44 @@ def check_transformer_weights(union: Union, names: list[str]) -> None:
 # -- notebook diagram --------------------------------------------------------------------------
 
 
-def _label(d: StageDesc) -> str:
+def _label(d: StageDesc, group: tuple[str, ...], n_workers: int) -> str:
     if d.kind != "step":
         return f"{d.name}: {d.kind}"
     what = getattr(d.step, "__name__", None) or type(d.step).__name__
-    plural = "" if d.n_workers == 1 else "s"
+    plural = "" if n_workers == 1 else "s"
     # "name: ..." keeps scikit-learn's parameter prefixes (it reads the name up to the colon)
-    return f"{d.name}: {what} × {d.n_workers} worker{plural}"
+    label = f"{d.name}: {what} × {n_workers} worker{plural}"
+    return label if len(group) < 2 else f"{label}, chained ({'+'.join(group)})"
 
 
-def _details(d: StageDesc) -> str:
+def _details(d: StageDesc, group: tuple[str, ...], n_workers: int) -> str:
     if d.kind != "step":
         return d.kind
-    queue = d.max_queue_size if d.max_queue_size is not None else 2 * d.n_workers
-    plural = "" if d.n_workers == 1 else "s"
-    return f"{d.n_workers} worker{plural}, input queue of {queue} minibatches\n{d.step!r}"
+    plural = "" if n_workers == 1 else "s"
+    if len(group) > 1 and d.name != group[0]:
+        others = ", ".join(repr(g) for g in group if g != d.name)
+        return f"{n_workers} worker{plural} shared with {others}, no queue of its own\n{d.step!r}"
+    queue = d.max_queue_size if d.max_queue_size is not None else 2 * n_workers
+    shared = "" if len(group) < 2 else " shared with " + ", ".join(repr(g) for g in group[1:])
+    return f"{n_workers} worker{plural}{shared}, input queue of {queue} minibatches\n{d.step!r}"
+
+
+def _chains(composite: Composite, descs: list[StageDesc], kind: str) -> dict[str, tuple[tuple[str, ...], int]]:
+    """For each step of a pipeline, the chain it runs in and its workers (as ``Plan.specs`` decides)."""
+    steps = [d for d in descs if d.kind == "step"]
+    chain = getattr(composite, "chain", False) if kind == "serial" else False
+    backend = getattr(composite, "backend", None)
+    if backend is None:
+        backend = "process" if getattr(composite, "use_processes", True) else "thread"
+    groups = chain_groups(steps, chain, backend, getattr(composite, "ray_options", None))
+    return {d.name: (tuple(g.name for g in group), k) for group, k in groups for d in group}
 
 
 def visual_block(composite: Composite, kind: str) -> _VisualBlock:
     """The composite's diagram: its stages in series (``kind="serial"``) or side by side."""
     descs = composite._stage_descs()
+    chains = _chains(composite, descs, kind)
+    shown = [chains.get(d.name, ((d.name,), d.n_workers)) for d in descs]
     estimators: list[Any] = [d.step if d.kind == "step" else d.kind for d in descs]
     if kind == "serial":
         # a stage's label is shown only around a block, so each stage is a block of one step
@@ -407,7 +426,7 @@ def visual_block(composite: Composite, kind: str) -> _VisualBlock:
     return _VisualBlock(
         kind,
         estimators,
-        names=[_label(d) for d in descs],
-        name_details=[_details(d) for d in descs],
+        names=[_label(d, *chain) for d, chain in zip(descs, shown)],
+        name_details=[_details(d, *chain) for d, chain in zip(descs, shown)],
         dash_wrapped=False,
     )

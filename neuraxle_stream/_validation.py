@@ -149,6 +149,8 @@ class StageDesc:
     #: ``"step"``; ``"passthrough"`` (``"passthrough"`` or ``None`` in ``steps``: the
     #: identity, run by no worker in a pipeline); ``"drop"`` (a union branch left out)
     kind: str = "step"
+    #: Whether the step's tuple (or its wrapper) set its queue bound: such a step is never chained.
+    own_queue: bool = False
 
     @property
     def runnable(self) -> Any:
@@ -304,6 +306,7 @@ def parse_steps(
         where = f"at position {position}"
         name: str | None = None
         n_workers, max_queue, worker_args = n_workers_per_step, max_queued, None
+        own_queue = False
         if isinstance(entry, tuple):
             if not 2 <= len(entry) <= 5:
                 raise _bad(
@@ -322,6 +325,7 @@ def parse_steps(
                 max_queue = middle[-1]
                 if not _is_int(max_queue) or max_queue < 1:
                     raise _bad(caller, f"max_queue_size of step {name!r}", "an int in the range [1, inf)", max_queue)
+                own_queue = True
             if len(middle) == 3:
                 worker_args = _worker_args(caller, name, middle[1], int(n_workers))
         else:
@@ -347,8 +351,10 @@ def parse_steps(
                 n_workers = step.n_workers
                 if step.max_queued_minibatches is not None:
                     max_queue = step.max_queued_minibatches
+                    own_queue = True
             step = step.wrapped
-        stages.append(StageDesc(name or "", step, int(n_workers), max_queue, worker_args or [], owner))
+        stages.append(StageDesc(name or "", step, int(n_workers), max_queue, worker_args or [], owner,
+                                own_queue=own_queue))
     _name_stages(stages, caller)
     return stages
 

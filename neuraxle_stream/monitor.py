@@ -81,7 +81,7 @@ class CallMonitor:
             self._progress.begin_run()
             specs = [spec for lane in lanes for spec in lane]
             n_workers = sum(spec.n_workers for spec in specs)
-            steps = ", ".join(f"{spec.name} x{spec.n_workers}" for spec in specs)
+            steps = ", ".join(f"{'+'.join(s.name for s in spec.steps)} x{spec.n_workers}" for spec in specs)
             self._progress.start(f"starting {n_workers} worker{'s' * (n_workers != 1)} ({steps})...")
 
     def end_run(self, lanes: list[list[StageSpec]], ok: bool) -> None:
@@ -91,7 +91,8 @@ class CallMonitor:
             stats = self.collector.snapshot()
             for lane in lanes:
                 for spec in lane:
-                    self._print_step("Processing", spec.name, stats.stages[spec.name].busy_time)
+                    for step in spec.steps:
+                        self._print_step("Processing", step.name, stats.stages[step.name].busy_time)
 
     def fitted(self, name: str, seconds: float) -> None:
         """Step ``name`` was fitted in the parent in ``seconds``."""

@@ -112,6 +112,14 @@ class SequentialQueuedPipeline(_StepsComposite):
         or a fraction of the minibatches fed so far (at least one for any
         fraction above 0); past it, the call ends with the last error.
         ``None``: no limit. See ``docs/reliability.md`` ("Long runs").
+    chain : {"auto", False}, default="auto"
+        ``"auto"``: consecutive steps that set nothing of their own (no
+        ``worker_arguments``, explicit ``max_queue_size``, Ray options or CUDA
+        device) share workers, each running them one after another on its
+        minibatch, with no queue or process hop between them; a fitted step
+        never gets more copies than its ``n_workers``. ``False``: one set of
+        workers per step, as written. ``stats_.plan`` shows the layout; see
+        "Chained stages" in ``docs/performance.md``.
 
     Examples
     --------
@@ -154,6 +162,7 @@ class SequentialQueuedPipeline(_StepsComposite):
         retry_on: tuple[type[BaseException], ...] = (),
         on_error: str = "raise",
         max_failures: float | None = None,
+        chain: bool | str = "auto",
     ) -> None:
         super().__init__(
             steps, batch_size, n_workers_per_step, max_queued_minibatches, data_joiner,
@@ -162,6 +171,7 @@ class SequentialQueuedPipeline(_StepsComposite):
             memory=memory, output_order=output_order, progress=progress, verbose=verbose,
             timeout=timeout, ray_options=ray_options, ray_address=ray_address, fit_mode=fit_mode,
             max_retries=max_retries, retry_on=retry_on, on_error=on_error, max_failures=max_failures,
+            chain=chain,
         )
         self.transform_input = transform_input
 

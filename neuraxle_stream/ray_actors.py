@@ -14,7 +14,7 @@ from typing import Any
 from .exceptions import InvalidParameterError
 from .messages import MinibatchError, QueuedMinibatchTask
 from .stages import StageSpec
-from .workers import StepRunner, _portable_record
+from .workers import ChainRunner, StepFailed, _portable_record
 
 __all__ = ["DRIVER_CPUS", "StageActor", "actor_options", "check_ray_options", "connect", "import_ray"]
 
@@ -175,7 +175,7 @@ class StageActor:
         for name, level in log_levels.items():
             logging.getLogger(name or None).setLevel(level)
         root.addHandler(self.logs)
-        self.runner: StepRunner | None = None
+        self.runner: ChainRunner | None = None
         self.last = time.perf_counter()
 
     def ping(self) -> bool:
@@ -185,15 +185,17 @@ class StageActor:
     def setup(self) -> tuple[MinibatchError | None, list[logging.LogRecord]]:
         """Load the step and run its ``setup()``; return the error, if any, and the logs so far."""
         try:
-            self.runner = StepRunner(self.spec, self.worker_index)
-        except BaseException as exc:
-            return self._capture(exc, None, 0, "setup"), self.logs.take()
+            self.runner = ChainRunner(self.spec, self.worker_index)
+        except StepFailed as failed:
+            return self._capture(failed.error, None, 0, "setup", step=failed.step), self.logs.take()
         self.last = time.perf_counter()
         return None, self.logs.take()
 
-    def _capture(self, exc: BaseException, index: int | None, run_id: int, phase: str, **kw: Any) -> MinibatchError:
+    def _capture(
+        self, exc: BaseException, index: int | None, run_id: int, phase: str, step: str | None = None, **kw: Any,
+    ) -> MinibatchError:
         return MinibatchError.capture(
-            exc, step_name=self.spec.name, worker_index=self.worker_index, index=index,
+            exc, step_name=self.spec.name if step is None else step, worker_index=self.worker_index, index=index,
             run_id=run_id, phase=phase, portable=True, **kw,
         )
 
@@ -201,10 +203,12 @@ class StageActor:
         """Transform one minibatch: ``((error or None, log records), task for the next stage)``."""
         assert self.runner is not None, "run() on an actor whose setup failed"
         idle = time.perf_counter() - self.last  # as a worker waiting on its input queue
-        result, error = self.runner.run(task, idle, None)
+        result, error, step = self.runner.run(task, idle, None)
         self.last = time.perf_counter()
         if error is not None:
-            failure = self._capture(error, task.index, task.run_id, "transform", stats=result.stats, trace=result.trace)
+            failure = self._capture(
+                error, task.index, task.run_id, "transform", step=step, stats=result.stats, trace=result.trace,
+            )
             return (failure, self.logs.take()), None
         return (None, self.logs.take()), result
 
@@ -212,6 +216,6 @@ class StageActor:
         """Run the stage hooks' exit and the step's ``teardown()``; return their errors and the logs."""
         errors = [] if self.runner is None else self.runner.teardown()
         self.runner = None
-        return [self._capture(e, None, 0, "teardown") for e in errors], self.logs.take()
+        return [self._capture(e, None, 0, "teardown", step=name) for name, e in errors], self.logs.take()
 
 

@@ -307,7 +307,7 @@ class RayRuntime(BaseRuntime):
             error = failure.to_exception()
             if run.policy.active:
                 run.add_records(call.index, failure.stats, ())
-                fate = run.failed(stage.spec.name, call.index, error, died=False,
+                fate = run.failed(failure.step_name, call.index, error, died=False,
                                   stopping=self._stop_requested.is_set())
                 if fate == "retry":
                     stage.waiting.appendleft((call.index, call.arg))
@@ -402,7 +402,8 @@ class RayRuntime(BaseRuntime):
         spec = actor.stage.spec
         actor.handle = self._make_actor(spec, actor.worker)
         if run.observer is not None:
-            run.observer.add_restarts(spec.name)
+            for step in spec.steps:  # a chained actor held a copy of each step
+                run.observer.add_restarts(step.name)
         self._wait_all(ray, {actor.handle.ping.remote(): actor}, PLACEMENT_TIMEOUT, "placed")
         self._wait_all(ray, {actor.handle.setup.remote(): actor}, self.timeout, "setup()")
         again = sorted((c for c in dead if c is not head or fate == "retry"), key=lambda c: c.index, reverse=True)

@@ -87,7 +87,7 @@ from .queues import Channel, ResultChannel
 from .replacement import DeathWatch, Refeed
 from .runtime_base import STOP_GRACE, BaseRuntime, Minibatch, RunFailed, RunState
 from .stages import CLOSING, IDLE_RUN, STARTING, STOPPED, StageSpec
-from .supervision import LiveStage, busy_since, death, kill_all, overdue_worker
+from .supervision import LiveStage, busy_since, death, kill_all, overdue_worker, step_name
 from .workers import WorkerIO
 
 __all__ = ["ABORT_GRACE", "STOP_GRACE", "Runtime"]
@@ -165,6 +165,7 @@ class Runtime(BaseRuntime):
                     portable=backend.portable,
                     shm_prefix=shm_prefix,
                     done=backend.shared_array("q", 2 * spec.n_workers),
+                    step_at=backend.shared_array("q", spec.n_workers) if spec.chained else None,
                 )
                 stage = LiveStage(spec, io, [])
                 self._stages.append(stage)
@@ -305,8 +306,9 @@ class Runtime(BaseRuntime):
         counts: dict[str, tuple[int, int]] = {}
         for stage in self._stages:
             done = stage.io.done
-            rows, tasks = counts.get(stage.spec.name, (0, 0))
-            counts[stage.spec.name] = (rows + sum(done[0::2]), tasks + sum(done[1::2]))
+            for step in stage.spec.steps:  # a chain's steps finish each minibatch together
+                rows, tasks = counts.get(step.name, (0, 0))
+                counts[step.name] = (rows + sum(done[0::2]), tasks + sum(done[1::2]))
         return counts
 
     def done_in_run(self) -> dict[str, tuple[int, int]]:
@@ -399,10 +401,10 @@ class Runtime(BaseRuntime):
         late = overdue_worker(self._stages, self.timeout)
         if late is None:
             return
-        error, stage, _, current = late
+        error, stage, w, current = late
         run = self._run
         if run is not None and run.policy.active and current >= 0:
-            fate = run.failed(stage.spec.name, current, error, died=True, stopping=self._stop_pending)
+            fate = run.failed(step_name(stage, w), current, error, died=True, stopping=self._stop_pending)
             if fate != "raise":
                 self._restart(run)
                 return
@@ -445,7 +447,8 @@ class Runtime(BaseRuntime):
         raise msg.to_exception()
 
     def _lane_of(self, step_name: str) -> int:
-        return next(i for i, lane in enumerate(self.lanes) if any(s.name == step_name for s in lane))
+        # a chained step runs in its chain's stage: its minibatch runs again from the chain's first step
+        return next(i for i, lane in enumerate(self.lanes) if any(t.name == step_name for s in lane for t in s.steps))
 
     def _on_dead_workers(self, run: RunState, fired: list[Any]) -> None:
         """A worker died: report its own error if it sent one, else BrokenPipelineError.
@@ -493,7 +496,7 @@ class Runtime(BaseRuntime):
                     self.broken = True
                     raise error
                 continue
-            if run.failed(stage.spec.name, current, error, died=True) == "raise":
+            if run.failed(step_name(stage, w), current, error, died=True) == "raise":
                 self.broken = True
                 raise error
         if not self.backend.portable:
@@ -515,7 +518,8 @@ class Runtime(BaseRuntime):
         stage.handles[w] = handle
         self._handles.append(handle)
         if run.observer is not None:
-            run.observer.add_restarts(stage.spec.name)
+            for step in stage.spec.steps:  # a chained worker held a copy of each step
+                run.observer.add_restarts(step.name)
 
     def _restart(self, run: RunState) -> None:
         """Replace every worker and queue, then feed the minibatches in flight again."""
@@ -546,7 +550,8 @@ class Runtime(BaseRuntime):
         if run.observer is not None:
             for lane in self.lanes:
                 for spec in lane:
-                    run.observer.add_restarts(spec.name, spec.n_workers)
+                    for step in spec.steps:
+                        run.observer.add_restarts(step.name, spec.n_workers)
         if self._feeder.count is not None:  # its end message may have gone to the retired channel
             if self._feeder.error is not None:
                 raise RunFailed(self._feeder.error)

@@ -68,6 +68,11 @@ class StageSpec:
     trace : bool, default=False
         Whether the workers record every call their step receives and send
         the records back with each minibatch (a traced call).
+    chained : tuple of StageSpec, default=()
+        The steps chained after this one (see ``Plan.specs``): the same
+        workers run them, one after another, on each minibatch, in their own
+        memory. Each keeps its own name, hooks, trace and stats; their
+        ``n_workers`` is this stage's.
     """
 
     name: str
@@ -85,10 +90,24 @@ class StageSpec:
     #: The caller's ``sklearn.get_config()`` when the call began: the workers run under it
     #: (``transform_output``, ``enable_metadata_routing``, ...), as joblib's sklearn workers do.
     sklearn_config: dict[str, Any] = field(default_factory=dict)
+    #: The steps that run after this one in the same workers (a chained stage).
+    chained: tuple[StageSpec, ...] = ()
     #: A digest of ``payload`` and ``hooks``, so that the repr (a key of kept runtimes) changes with them.
     digest: str = field(init=False, default="")
+
+    @property
+    def steps(self) -> tuple[StageSpec, ...]:
+        """The steps this stage's workers run on each minibatch, in order: itself, then its chained steps."""
+        return (self, *self.chained)
+
+    @property
+    def last(self) -> StageSpec:
+        """The step whose output this stage passes on."""
+        return self.chained[-1] if self.chained else self
 
     def __post_init__(self) -> None:
         digest = hashlib.blake2b(self.payload, digest_size=8)
         digest.update(self.hooks)
+        for step in self.chained:
+            digest.update(step.digest.encode())
         object.__setattr__(self, "digest", digest.hexdigest())

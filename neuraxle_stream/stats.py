@@ -151,6 +151,9 @@ class PipelineStats:
     timeline: tuple[TaskSpan, ...] = field(default=(), repr=False)
     timeline_info: TimelineInfo = field(default_factory=TimelineInfo, repr=False)
     failures: tuple[FailureRecord, ...] = ()
+    #: The layout the call ran with: groups of the steps that shared workers, in
+    #: lane order, e.g. ``(("make", "mix"),)`` chained, ``(("make",), ("mix",))`` not.
+    plan: tuple[tuple[str, ...], ...] = ()
 
     def __getitem__(self, name: str) -> StageStats:
         return self.stages[name]
@@ -199,9 +202,13 @@ class PipelineStats:
             "step", "workers", "minibatches", "items", "failures", *(["restarts"] if restarts else []),
             "mean", "p90", "p99", "busy", "busy/worker",
         ]]
+        shared = {name: group for group in self.plan if len(group) > 1 for name in group}
         for name, s in self.stages.items():
+            group = shared.get(name)
+            # chained steps share their workers: "2 (make+mix)"
+            workers = str(s.n_workers) if group is None else f"{s.n_workers} ({'+'.join(group)})"
             stage_rows.append([
-                name, str(s.n_workers), str(s.num_tasks), str(s.num_items), str(s.num_failures),
+                name, workers, str(s.num_tasks), str(s.num_items), str(s.num_failures),
                 *([str(s.num_restarts)] if restarts else []),
                 *(format_seconds(t) for t in (s.ave_time, s.p90_time, s.p99_time, s.busy_time, s.busy_per_worker)),
             ])
@@ -388,6 +395,8 @@ class StatsCollector:
         self._run_started_wall = self._started_wall
         self._run_first_start = math.inf
         self._in_run: list[str] = []
+        self._plan: dict[tuple[str, ...], None] = {}  # the groups of every run, in order
+        self._chained: set[str] = set()  # steps that ran after another in its workers: no queue of their own
         self.listeners: list[Callable[[Iterable[TaskRecord]], None]] = []
         self._failures: list[FailureRecord] = []
         #: Set by the runtime of the current run, when its workers count as they
@@ -398,13 +407,16 @@ class StatsCollector:
         """A run of these stages starts now."""
         with self._lock:
             self._run_started_wall, self._run_first_start = time.time(), math.inf
-            self._in_run = [spec.name for lane in lanes for spec in lane]
+            self._in_run = [step.name for lane in lanes for spec in lane for step in spec.steps]
             self._timeline.begin_run(lanes)
             for lane in lanes:
                 for spec, following in itertools.pairwise(lane):
-                    self._next[spec.name] = following.name
+                    self._next[spec.last.name] = following.name
                 for spec in lane:
-                    self._stages.setdefault(spec.name, _StageTotals(spec.n_workers))
+                    self._plan.setdefault(tuple(step.name for step in spec.steps), None)
+                    self._chained.update(step.name for step in spec.chained)
+                    for step in spec.steps:
+                        self._stages.setdefault(step.name, _StageTotals(spec.n_workers)).n_workers = spec.n_workers
 
     def end_run(self) -> None:
         """The run started by :meth:`begin_run` has ended."""
@@ -494,7 +506,7 @@ class StatsCollector:
                     wall_time=wall,
                     num_restarts=t.restarts,
                 )
-                if wall > 0:
+                if wall > 0 and name not in self._chained:
                     queues[name] = QueueStats(
                         num_items=n,
                         qps=n / wall,
@@ -510,4 +522,5 @@ class StatsCollector:
                 timeline=self._timeline.tasks(),
                 timeline_info=self._timeline.info(),
                 failures=tuple(self._failures),
+                plan=tuple(self._plan),
             )

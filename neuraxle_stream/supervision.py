@@ -18,7 +18,9 @@ from .exceptions import BrokenPipelineError
 from .stages import IDLE, SETUP, STARTING, STOPPED, TEARDOWN, StageSpec
 from .workers import WorkerIO
 
-__all__ = ["LiveStage", "busy_since", "death", "kill_all", "overdue", "overdue_worker", "where"]
+__all__ = [
+    "LiveStage", "busy_since", "death", "kill_all", "overdue", "overdue_worker", "stage_of", "step_name", "where",
+]
 
 
 @dataclass
@@ -28,6 +30,25 @@ class LiveStage:
     spec: StageSpec
     io: WorkerIO
     handles: list[WorkerHandle]
+
+
+def step_name(stage: LiveStage, w: int) -> str:
+    """The step worker ``w`` of ``stage`` runs (or ran last): in a chained stage, the one it is at."""
+    steps = stage.spec.steps
+    at = stage.io.step_at[w] if stage.io.step_at is not None else 0
+    return steps[at].name if 0 <= at < len(steps) else stage.spec.name
+
+
+def stage_of(stages: list[LiveStage], step: str, lane: int | None = None) -> LiveStage | None:
+    """The stage that runs step ``step`` (a chained step runs in its chain's stage), if any.
+
+    A minibatch that failed in a chained step is run again from its chain's
+    first step, on the input the stage got: the task on this stage's inbox.
+    """
+    for stage in stages:
+        if (lane is None or stage.spec.lane == lane) and any(s.name == step for s in stage.spec.steps):
+            return stage
+    return None
 
 
 def _busy(stages: list[LiveStage]) -> list[tuple[float, LiveStage, int, int]]:
@@ -61,10 +82,11 @@ def overdue_worker(stages: list[LiveStage], timeout: float) -> tuple[TimeoutErro
     if time.monotonic() - started <= timeout:
         return None
     doing = where(current)
+    name = step_name(stage, w)
     error = TimeoutError(
-        f"Step {stage.spec.name!r} (worker {w}) spent more than {timeout} s on {doing}; the pipeline was stopped."
+        f"Step {name!r} (worker {w}) spent more than {timeout} s on {doing}; the pipeline was stopped."
     )
-    error.add_note(f"In the queued pipeline: step {stage.spec.name!r}, worker {w}, {doing}.")
+    error.add_note(f"In the queued pipeline: step {name!r}, worker {w}, {doing}.")
     return error, stage, w, current
 
 
@@ -73,11 +95,12 @@ def death(stage: LiveStage, w: int) -> BrokenPipelineError:
     handle = stage.handles[w]
     handle.join(timeout=1.0)  # its sentinel fires as it exits, a moment before it can be reaped
     current = stage.io.current[w]
+    name = step_name(stage, w)
     error = BrokenPipelineError(
-        f"Worker {w} of step {stage.spec.name!r} {handle.describe_exit()} "
+        f"Worker {w} of step {name!r} {handle.describe_exit()} "
         f"{_during(current)}; the pipeline was stopped."
     )
-    error.add_note(f"In the queued pipeline: step {stage.spec.name!r}, worker {w}, {where(current)}.")
+    error.add_note(f"In the queued pipeline: step {name!r}, worker {w}, {where(current)}.")
     if current == STARTING and getattr(getattr(handle, "process", None), "exitcode", None) == 1:
         error.add_note(
             "A worker process that exits with code 1 at start-up usually failed to import "

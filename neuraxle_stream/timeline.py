@@ -199,10 +199,12 @@ class TimelineRecorder:
         for lane in lanes:
             upstream: str | None = None
             for spec in lane:
-                self._lanes[spec.name] = spec.lane
+                for step in spec.steps:
+                    self._lanes[step.name] = spec.lane
+                # a chain has one input queue, its first step's, written by the last step before it
                 key = (self._run, spec.name)
                 self._queues[key] = QueueInfo(spec.name, spec.lane, spec.max_queue_size, upstream, self._run)
-                upstream = spec.name
+                upstream = spec.last.name
 
     def add(self, r: TaskRecord) -> None:
         """Keep the record of one task, of the current run."""

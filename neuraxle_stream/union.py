@@ -99,6 +99,7 @@ class ParallelQueuedFeatureUnion(_StepsComposite):
         retry_on: tuple[type[BaseException], ...] = (),
         on_error: str = "raise",
         max_failures: float | None = None,
+        chain: bool | str = "auto",
         transformer_weights: dict[str, float] | None = None,
         verbose_feature_names_out: bool = True,
     ) -> None:
@@ -109,6 +110,7 @@ class ParallelQueuedFeatureUnion(_StepsComposite):
             memory=memory, output_order=output_order, progress=progress, verbose=verbose,
             timeout=timeout, ray_options=ray_options, ray_address=ray_address, fit_mode=fit_mode,
             max_retries=max_retries, retry_on=retry_on, on_error=on_error, max_failures=max_failures,
+            chain=chain,
         )
         self.transformer_weights = transformer_weights
         self.verbose_feature_names_out = verbose_feature_names_out

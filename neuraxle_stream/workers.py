@@ -16,8 +16,12 @@ results channel. When its stage spec says ``trace``, it records every call its
 step receives (:mod:`~neuraxle_stream.tracing`) and appends those records to
 the task in the same way.
 
-A little over ~400 lines, on purpose: the worker loop, the step runner it
-shares with the Ray actors and the stop protocol are one story, read in order.
+A chained stage's worker runs several steps on each minibatch, one after
+another in its memory (:class:`ChainRunner`, a :class:`StepRunner` per step):
+each step keeps its own hooks, trace, record and error reports.
+
+Over ~400 lines, on purpose: the worker loop, the step runners it shares
+with the Ray actors and the stop protocol are one story, read in order.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
@@ -51,7 +56,7 @@ from .stages import CLOSING, IDLE, SETUP, STOPPED, TEARDOWN, StageSpec
 from .steps import call_hook
 from .transport import unlink_segments
 
-__all__ = ["StepRunner", "WorkerIO", "process_main", "worker_loop"]
+__all__ = ["ChainRunner", "StepFailed", "StepRunner", "WorkerIO", "process_main", "worker_loop"]
 
 #: Seconds between two checks for CLOSING while a worker thread waits on a full queue.
 _PUT_CHECK = 0.1
@@ -87,6 +92,9 @@ class WorkerIO:
     #: Two slots per worker: rows and minibatches it finished, read by the
     #: parent's progress bars while the results are still on their way.
     done: Any = None
+    #: A chained stage: one slot per worker, the position in the chain of the
+    #: step it runs now, so that a timeout or a death names that step.
+    step_at: Any = None
 
 
 class StepRunner:
@@ -185,15 +193,81 @@ class StepRunner:
         return errors
 
 
+class StepFailed(Exception):
+    """A step of a chain failed to load, in ``setup()`` or in its stage hooks: which one, and why."""
+
+    def __init__(self, step: str, error: BaseException) -> None:
+        super().__init__(step, error)
+        self.step, self.error = step, error
+
+
+class ChainRunner:
+    """A worker's copies of the steps of its stage (one, or a chain), each in its own :class:`StepRunner`.
+
+    Each minibatch goes through the steps one after another, in this
+    worker's memory; each step keeps its own hooks, trace and
+    :class:`~neuraxle_stream.messages.TaskRecord`. The waits on the input
+    queue are the first step's, the wait for room downstream the last's.
+    Creating it raises :class:`StepFailed` naming the step that failed to
+    set up (the steps already set up are torn down).
+    """
+
+    def __init__(self, spec: StageSpec, worker_index: int, thread_limit: int | None = None) -> None:
+        self.spec = spec
+        self.runners: list[StepRunner] = []
+        for step in spec.steps:
+            try:
+                self.runners.append(StepRunner(step, worker_index, thread_limit))
+            except BaseException as exc:
+                self.teardown()
+                raise StepFailed(step.name, exc) from exc
+
+    def run(
+        self, task: QueuedMinibatchTask, get_wait: float, put_wait: float | None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> tuple[QueuedMinibatchTask, BaseException | None, str]:
+        """Run ``task`` through every step; the task to pass on, the error if any, and the last step run.
+
+        ``on_step(position)`` is called before each step after the first (a
+        worker resets its busy clock there: ``timeout`` is per step).
+        """
+        runners = self.runners
+        last = len(runners) - 1
+        result, error = task, None
+        for position, runner in enumerate(runners):
+            if position and on_step is not None:
+                on_step(position)
+            result, error = runner.run(
+                result, get_wait if position == 0 else 0.0, put_wait if position == last else None,
+            )
+            if error is not None:
+                return result, error, runner.spec.name
+        return result, None, runners[last].spec.name
+
+    def teardown(self) -> list[tuple[str, BaseException]]:
+        """Tear every step down, in order; ``(step, error)`` for each that raised."""
+        return [(r.spec.name, e) for r in self.runners for e in r.teardown()]
+
+
 def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
     """Run one worker until it is told to stop (or its runtime is aborted)."""
     report = _Reporter(spec, worker_index, io)
     io.started[worker_index] = time.monotonic()
     io.current[worker_index] = SETUP
+    on_step: Callable[[int], None] | None = None
+    if io.step_at is not None:
+        io.step_at[worker_index] = 0
+
+        def at_step(position: int) -> None:
+            io.step_at[worker_index] = position
+            io.started[worker_index] = time.monotonic()
+
+        on_step = at_step
+
     try:
-        runner = StepRunner(spec, worker_index, io.thread_limit)
-    except BaseException as exc:
-        report.failure(exc, None, io.active_run.value, "setup")
+        runner = ChainRunner(spec, worker_index, io.thread_limit)
+    except StepFailed as failed:
+        report.failure(failed.error, None, io.active_run.value, "setup", step=failed.step)
         _stopped(spec, worker_index, io)
         return
     io.current[worker_index] = IDLE
@@ -215,16 +289,18 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
         if task.run_id != io.active_run.value:
             continue  # a task of a cancelled run: drop it
         io.started[worker_index] = time.monotonic()
+        if io.step_at is not None:
+            io.step_at[worker_index] = 0
         io.current[worker_index] = task.index
         put_wait = last_put[1] if last_put is not None and last_put[0] == task.run_id else None
         last_put = None
         try:
-            result, error = runner.run(task, got - waited, put_wait)
+            result, error, step_name = runner.run(task, got - waited, put_wait, on_step)
         finally:
             # Waiting for room downstream is backpressure, not this step's time.
             io.current[worker_index] = IDLE
         if error is not None:
-            report.failure(error, task.index, task.run_id, "transform", result.stats, result.trace)
+            report.failure(error, task.index, task.run_id, "transform", result.stats, result.trace, step=step_name)
             continue
         if io.done is not None:  # only this worker writes its slots: no lock
             io.done[2 * worker_index] += result.stats[-1].n_items
@@ -237,11 +313,11 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
             else:
                 io.results.put(StageResult(spec.lane, result))
         except Exception as exc:  # the output cannot be encoded: say whose output it is
-            exc.add_note(f"Raised sending the output of step {spec.name!r} for minibatch {task.index}.")
+            exc.add_note(f"Raised sending the output of step {step_name!r} for minibatch {task.index}.")
             report.failure(exc, task.index, task.run_id, "transform", result.stats)  # no trace: it may be the cause
     io.current[worker_index] = TEARDOWN
-    for failure in runner.teardown():
-        report.failure(failure, None, io.active_run.value, "teardown")
+    for name, failure in runner.teardown():
+        report.failure(failure, None, io.active_run.value, "teardown", step=name)
     _stopped(spec, worker_index, io)
 
 
@@ -300,11 +376,12 @@ class _Reporter:
 
     def failure(
         self, exc: BaseException, index: int | None, run_id: int, phase: str,
-        stats: tuple[TaskRecord, ...] = (), trace: tuple[Any, ...] = (),
+        stats: tuple[TaskRecord, ...] = (), trace: tuple[Any, ...] = (), step: str | None = None,
     ) -> None:
+        step_name = self.spec.name if step is None else step
         message = MinibatchError.capture(
             exc,
-            step_name=self.spec.name,
+            step_name=step_name,
             worker_index=self.worker_index,
             index=index,
             run_id=run_id,
@@ -317,7 +394,7 @@ class _Reporter:
             self.io.results.put(message)
         except BaseException as send_exc:  # the error itself cannot travel: describe it
             fallback = MinibatchError.capture(
-                send_exc, step_name=self.spec.name, worker_index=self.worker_index,
+                send_exc, step_name=step_name, worker_index=self.worker_index,
                 index=index, run_id=run_id, phase=phase, portable=True, stats=stats,
             )
             self.io.results.put(fallback)

@@ -153,6 +153,7 @@ def test_hook_calls_per_stage_and_worker_equal_the_minibatches(backend: str, tmp
         batch_size=5,
         backend=backend,
         hooks=[FileRecordingHook(str(hooks_dir))],
+        chain=False,  # the workers as written (tests/test_chaining.py: chained)
     )
     assert pipeline.transform(ITEMS) == [i + 1 for i in ITEMS]
     records = read_records(hooks_dir)
@@ -239,7 +240,9 @@ def test_hooks_run_in_union_branches_and_in_a_wrapper(tmp_path: Path) -> None:
     nested = ParallelWorkersWrapper(
         AddConstant(1), n_workers=2, hooks=[FileRecordingHook(str(tmp_path / "nested"))]
     )
-    pipeline = SequentialQueuedPipeline([("first", AddConstant(1)), ("w", nested)], batch_size=5, backend="thread")
+    pipeline = SequentialQueuedPipeline(
+        [("first", AddConstant(1)), ("w", nested)], batch_size=5, backend="thread", chain=False,
+    )
     assert pipeline.transform(ITEMS) == [i + 2 for i in ITEMS]
     records = read_records(tmp_path / "nested")
     assert {(r["stage"], r["position"], r["n_workers"]) for r in records} == {("w", 1, 2)}

@@ -92,6 +92,7 @@ def test_spans_per_run_stage_and_minibatch_in_one_trace(
         batch_size=3,
         backend=backend,
         hooks=[OpenTelemetryHook(provider)],
+        chain=False,  # a stage span per worker as written
     )
     X = np.arange(20.0).reshape(10, 2)
     np.testing.assert_array_equal(pipeline.transform(X), X + 1)

@@ -322,6 +322,7 @@ def test_with_block_keeps_workers_across_calls(backend: str, tmp_path: Any) -> N
         [("rec", 2, LifecycleRecorder(str(tmp_path))), ("who", 2, WorkerIdentity(delay=0.002))],
         batch_size=1,
         backend=backend,
+        chain=False,  # 2 copies of each step, as written
     )
     with pipeline as entered:
         assert entered is pipeline

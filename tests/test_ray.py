@@ -186,7 +186,9 @@ def test_pipeline_is_usable_after_a_step_error(ray_session) -> None:
 
 
 def test_killed_actor_raises_broken_pipeline(ray_session) -> None:
-    p = SequentialQueuedPipeline([("fine", AddConstant(1)), ("dies", 2, ExitsAt(at=7))], batch_size=3, backend="ray")
+    p = SequentialQueuedPipeline(
+        [("fine", AddConstant(1)), ("dies", 2, ExitsAt(at=7))], batch_size=3, backend="ray", chain=False,
+    )
     started = time.monotonic()
     with pytest.raises(BrokenPipelineError, match=r"Worker \d of step 'dies' \(a Ray actor\) died"):
         p.transform(list(range(6, 30)))
@@ -303,7 +305,7 @@ class CountingHook(PipelineHook):
 def test_hooks_and_stats(ray_session, tmp_path) -> None:
     p = SequentialQueuedPipeline(
         [("add", 2, AddConstant(1)), ("life", LifecycleRecorder(str(tmp_path)))],
-        batch_size=5, backend="ray", hooks=[CountingHook(str(tmp_path))],
+        batch_size=5, backend="ray", hooks=[CountingHook(str(tmp_path))], chain=False,
     )
     assert p.transform(list(range(50))) == [i + 1 for i in range(50)]
     counts = sum(int(f.read_text()) for f in tmp_path.glob("add-*.txt"))
@@ -497,7 +499,7 @@ def make_unpicklable(x):
 @pytest.mark.parametrize("where", ["last", "middle"])
 def test_unpicklable_output_names_its_step(ray_session, where: str) -> None:
     steps = [("bad", make_unpicklable)] + ([("after", add_one)] if where == "middle" else [])
-    p = SequentialQueuedPipeline(steps, batch_size=2, backend="ray")
+    p = SequentialQueuedPipeline(steps, batch_size=2, backend="ray", chain=False)  # chained: no hop to encode
     with pytest.raises(TypeError, match="cannot serialise this output") as info:
         p.transform([1, 2, 3])
     assert type(info.value) is TypeError
@@ -571,3 +573,14 @@ def test_a_timed_out_actor_is_replaced_on_ray(ray_session, tmp_path) -> None:
     assert p.transform(list(range(10))) == [x + 1 for x in range(10)]
     assert p.stats_["slow"].num_restarts == 1
     assert time.monotonic() - started < 30
+# -- chained stages ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chain", ["auto", False])
+def test_chained_stages_on_ray(ray_session, chain: object) -> None:
+    X = np.random.RandomState(0).rand(23, 3)
+    steps = [("add", 1, AddConstant(1.0)), ("double", 1, MultiplyBy(2.0))]
+    p = SequentialQueuedPipeline(steps, batch_size=4, backend="ray", chain=chain)
+    np.testing.assert_allclose(p.transform(X), (X + 1.0) * 2.0)
+    assert p.stats_.plan == ((("add", "double"),) if chain == "auto" else (("add",), ("double",)))
+    assert [p.stats_[name].num_tasks for name in ("add", "double")] == [6, 6]

@@ -56,6 +56,7 @@ def test_stage_and_queue_counts_are_exact(backend: str) -> None:
         [("a", 2, AddConstant(1)), ("b", AddConstant(1)), ("c", 2, 1, AddConstant(1))],
         batch_size=10,
         backend=backend,
+        chain=False,  # a queue per step, as written
     )
     assert pipeline.transform(ITEMS) == [i + 3 for i in ITEMS]
     stats = pipeline.stats_
@@ -338,7 +339,7 @@ def test_progress_counts_each_step_separately_and_verbose_lines_never_tear_a_bar
     monkeypatch.setattr(sys, "stdout", out)  # one terminal shows both
     pipeline = SequentialQueuedPipeline(
         [("a", AddConstant(1)), ("b", WaitForFile(str(gate)))], batch_size=10, backend=backend,
-        max_queued_minibatches=2, progress=True, verbose=True,
+        max_queued_minibatches=2, progress=True, verbose=True, chain=False,
     )
     assert pipeline.transform(ITEMS) == [i + 1 for i in ITEMS]
     monkeypatch.undo()

@@ -34,7 +34,8 @@ pytestmark = pytest.mark.timeout(120)
 
 def _pipeline(backend: str) -> SequentialQueuedPipeline:
     return SequentialQueuedPipeline(
-        [("add", 2, AddConstant(1.0)), ("times", 2, MultiplyBy(2.0))], batch_size=BATCH_SIZE, backend=backend
+        [("add", 2, AddConstant(1.0)), ("times", 2, MultiplyBy(2.0))], batch_size=BATCH_SIZE, backend=backend,
+        chain=False,  # a queue and workers per step
     )
 
 

@@ -81,6 +81,7 @@ def getting_started() -> None:
     pipeline = SequentialQueuedPipeline(
         [("make", 2, MakeArrays()), ("mix", 2, TanhMix(mixing_matrix()))],
         batch_size=16,
+        chain=False,  # a stage per step, to show each step's workers
     )
     pipeline.transform(np.arange(3000))
     _save(pipeline.stats_.plot(), "getting_started_stats.png")
@@ -91,6 +92,7 @@ def hooks() -> None:
         [("double", double), ("slow", Slow()), ("shift", shift)],
         batch_size=10,
         backend="thread",
+        chain=False,
     )
     pipeline.transform(np.arange(300))
     stats = pipeline.stats_
@@ -158,7 +160,7 @@ def progress() -> None:
     sys.stdout = sys.stderr = terminal
     try:
         SequentialQueuedPipeline(
-            steps, batch_size=16, progress=True, verbose=True
+            steps, batch_size=16, progress=True, verbose=True, chain=False
         ).transform(X)
     finally:
         sys.stdout, sys.stderr = real_out, real_err
@@ -178,7 +180,9 @@ def progress() -> None:
     monitor.PROGRESS_EVERY = 0.5
     sys.stderr = log
     try:
-        SequentialQueuedPipeline(steps, batch_size=16, progress=True).transform(X)
+        SequentialQueuedPipeline(
+            steps, batch_size=16, progress=True, chain=False
+        ).transform(X)
     finally:
         sys.stderr = real_err
         monitor.PROGRESS_EVERY = every
