@@ -293,5 +293,8 @@ def _run_stage(
         minibatches = (Minibatch(i, b) for i, b in enumerate(batches))
         # retries apply; skipping does not: each cached stage needs every output of the one before
         policy = plan.raising().retry
-        for _, outputs in runtime.run(minibatches, ordered=True, observer=monitor.collector, policy=policy):
-            yield outputs[0]
+        with contextlib.closing(
+            runtime.run(minibatches, ordered=True, observer=monitor.collector, policy=policy)
+        ) as results:
+            for _, outputs in results:
+                yield outputs[0]

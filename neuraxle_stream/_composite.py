@@ -15,6 +15,7 @@ Subclasses give :meth:`_QueuedBase._stage_descs` (the parsed steps),
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, overload
 
@@ -259,8 +260,9 @@ class _QueuedBase(Composition, BaseTransformer, auto_wrap_output_keys=None):  # 
         n = len(plan.stages)
 
         def run_all(p: Plan, X: Any, y: Any, m: CallMonitor) -> None:
-            for _ in run(p, lifecycle, X, 0, n, m, ordered=p.ordered):
-                pass
+            with contextlib.closing(run(p, lifecycle, X, 0, n, m, ordered=p.ordered)) as outputs:
+                for _ in outputs:
+                    pass
 
         return traced(plan, lifecycle, "stream", trace, iterable, None, run_all)
 

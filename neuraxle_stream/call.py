@@ -95,11 +95,14 @@ def run(
                     padded[batch.index] = batch
                 yield batch
 
-        for index, outputs in runtime.run(minibatches(), ordered=ordered, observer=monitor.collector,
-                                          tracer=plan.trace, policy=plan.retry):
-            out = plan.join(outputs)
-            batch = padded.pop(index, None)
-            yield index, out if batch is None else batch.unpad(out)
+        # closing(): whatever ends this frame (Ctrl-C between two minibatches included), the
+        # runtime's run ends now, its feeder stopped, not when a reference cycle is collected.
+        with contextlib.closing(runtime.run(minibatches(), ordered=ordered, observer=monitor.collector,
+                                            tracer=plan.trace, policy=plan.retry)) as results:
+            for index, outputs in results:
+                out = plan.join(outputs)
+                batch = padded.pop(index, None)
+                yield index, out if batch is None else batch.unpad(out)
 
 
 def transform_range(plan: Plan, lifecycle: Lifecycle, X: Any, start: int, stop: int, monitor: CallMonitor) -> Any:
@@ -112,18 +115,18 @@ def transform_range(plan: Plan, lifecycle: Lifecycle, X: Any, start: int, stop: 
         plan.minibatching.keep_incomplete and plan.data_joiner is None
     ):
         return X  # "passthrough" stages only (before a fitting barrier, say): nothing to run
-    outputs = run(plan, lifecycle, X, start, stop, monitor)
-    joiner = plan.data_joiner
-    if joiner is not None:
-        parts = [out for _, out in outputs]
-        return joiner.transform(parts) if hasattr(joiner, "transform") else joiner(parts)
-    # Join as the minibatches arrive, while the workers go on.
-    total = _containers.num_rows(X) if _containers.is_sequence(X) else None
-    accumulator = _containers.RowAccumulator(total)
-    n_parts = 0
-    for _, out in outputs:
-        accumulator.add(out)
-        n_parts += 1
+    with contextlib.closing(run(plan, lifecycle, X, start, stop, monitor)) as outputs:
+        joiner = plan.data_joiner
+        if joiner is not None:
+            parts = [out for _, out in outputs]
+            return joiner.transform(parts) if hasattr(joiner, "transform") else joiner(parts)
+        # Join as the minibatches arrive, while the workers go on.
+        total = _containers.num_rows(X) if _containers.is_sequence(X) else None
+        accumulator = _containers.RowAccumulator(total)
+        n_parts = 0
+        for _, out in outputs:
+            accumulator.add(out)
+            n_parts += 1
     if not n_parts:
         return _containers.empty_rows(X)
     return accumulator.result()
@@ -131,8 +134,10 @@ def transform_range(plan: Plan, lifecycle: Lifecycle, X: Any, start: int, stop: 
 
 def stream(plan: Plan, lifecycle: Lifecycle, iterable: Iterable[Any]) -> Iterator[Any]:
     """The outputs of every stage for ``iterable``, one item at a time (``plan.ordered`` or as completed)."""
-    with monitored(plan, lifecycle, iterable) as monitor:
-        for _, out in run(plan, lifecycle, iterable, 0, len(plan.stages), monitor, ordered=plan.ordered):
+    with monitored(plan, lifecycle, iterable) as monitor, contextlib.closing(
+        run(plan, lifecycle, iterable, 0, len(plan.stages), monitor, ordered=plan.ordered)
+    ) as outputs:
+        for _, out in outputs:
             yield from iter_items(out)
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import itertools
 import queue
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -321,7 +321,7 @@ class BaseRuntime(ABC):
         observer: StatsCollector | None = None,
         tracer: Assembler | None = None,
         policy: RetryPolicy | None = None,
-    ) -> Iterator[tuple[int, list[Any]]]:
+    ) -> Generator[tuple[int, list[Any]], None, None]:
         """Feed ``batches`` through the lanes; yield ``(index, lane_outputs)``.
 
         The caller must exhaust or close the generator. A step error, a source
