@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__ as __version__
 from .caching import Cache
+from .config import config_context, get_config, set_config
 from .exceptions import (
     BrokenPipelineError,
     CacheWarning,
@@ -21,6 +22,7 @@ from .hooks import PipelineHook, StageInfo, TaskStatsHook
 from .joiner import WorkersJoiner
 from .messages import MinibatchError, QueuedMinibatchTask
 from .pipeline import ParallelWorkersWrapper, SequentialQueuedPipeline, StripAbsentValues
+from .pool import shutdown_workers
 from .retries import FailureRecord, SkippedMinibatchWarning
 from .savers import BaseSaver, CloudpickleSaver, TorchSaver
 from .stats import PipelineStats, QueueStats, StageStats
@@ -68,6 +70,11 @@ __all__ = [
     "DecodeImages",
     # caching
     "Cache",
+    # settings and warm workers
+    "get_config",
+    "set_config",
+    "config_context",
+    "shutdown_workers",
     # errors
     "InvalidParameterError",
     "PipelineStoppedError",

@@ -19,7 +19,9 @@ from collections.abc import Iterable
 from multiprocessing.context import BaseContext
 from typing import Any
 
+from .config import get_config
 from .exceptions import InvalidParameterError
+from .pool import PooledWorker, worker_pool
 from .queues import (
     Channel,
     ProcessChannel,
@@ -98,6 +100,9 @@ class Backend(ABC):
     def start_worker(self, spec: StageSpec, worker_index: int, io: WorkerIO) -> WorkerHandle:
         """Start one worker of a stage."""
 
+    def release_workers(self, handles: list[WorkerHandle], reuse: bool) -> None:  # noqa: B027
+        """The run's runtime is closed and its workers joined: keep the reusable ones warm."""
+
 
 class _ThreadHandle(WorkerHandle):
     def __init__(self, thread: threading.Thread, spec: StageSpec, worker_index: int) -> None:
@@ -169,6 +174,24 @@ class _ProcessHandle(WorkerHandle):
         return f"exited with code {code}"
 
 
+class _PooledHandle(_ProcessHandle):
+    """A warm worker of the pool (:mod:`~neuraxle_stream.pool`) doing one job for a runtime.
+
+    It "ends" (``is_alive`` false, ``join`` returns) when its job is done, not
+    when its process exits: the process may then go back to the pool.
+    """
+
+    def __init__(self, worker: PooledWorker, spec: StageSpec, worker_index: int) -> None:
+        super().__init__(worker.process, spec, worker_index)
+        self.worker = worker
+
+    def is_alive(self) -> bool:
+        return not self.worker.wait_done(0) and bool(self.process.is_alive())
+
+    def join(self, timeout: float | None = None) -> None:
+        self.worker.wait_done(timeout)
+
+
 def resolve_context(mp_context: Any, uses_cuda: bool = False) -> BaseContext:
     """The ``multiprocessing`` context for ``mp_context`` (a name, a context or ``None``).
 
@@ -206,7 +229,7 @@ def resolve_context(mp_context: Any, uses_cuda: bool = False) -> BaseContext:
         # scikit-learn) imported already: a worker starts in milliseconds.
         # torch too when the parent uses it: importing it takes seconds, once per server
         # rather than once per worker (importing torch does not initialise CUDA).
-        preload = ["__main__", "neuraxle_stream.workers"] + (["torch"] if "torch" in sys.modules else [])
+        preload = ["__main__", "neuraxle_stream.workers", "neuraxle_stream.pool"] + (["torch"] if "torch" in sys.modules else [])
         ctx.set_forkserver_preload(preload)
     return ctx
 
@@ -256,6 +279,9 @@ class ProcessBackend(Backend):
         # One transport for every queue of the run: closing the result channel
         # at the end of the run unlinks every shared-memory segment it left.
         self.transport = transport or default_transport(prefix)
+        # Workers come from the pool of warm workers; a forked context cannot
+        # hand its queues to a process already running (see pool.py): its own workers.
+        self.pooled = self.ctx.get_start_method() != "fork"
 
     def channel(self, maxsize: int) -> Channel:
         return ProcessChannel(self.ctx, maxsize, self.transport)
@@ -274,6 +300,16 @@ class ProcessBackend(Backend):
 
     def start_worker(self, spec: StageSpec, worker_index: int, io: WorkerIO) -> WorkerHandle:
         io.thread_limit = self.thread_limit
+        if self.pooled:
+            pool = worker_pool()
+            for _ in range(2):  # an idle worker that died just now: a new one
+                worker = pool.take(self.ctx, self.thread_limit)
+                try:
+                    worker.send_job((spec, worker_index, io))
+                except OSError:
+                    worker.kill()
+                    continue
+                return _PooledHandle(worker, spec, worker_index)
         process = self.ctx.Process(  # type: ignore[attr-defined]
             target=process_main,
             args=(spec, worker_index, io),
@@ -282,3 +318,20 @@ class ProcessBackend(Backend):
         )
         process.start()
         return _ProcessHandle(process, spec, worker_index)
+
+    def release_workers(self, handles: list[WorkerHandle], reuse: bool) -> None:
+        """Give the warm workers of a run that ended well back to the pool; stop the others.
+
+        ``reuse`` is false after a failed, aborted or timed-out run: its
+        workers are never reused.
+        """
+        idle_timeout = float(get_config()["worker_idle_timeout"])
+        for handle in handles:
+            if not isinstance(handle, _PooledHandle):
+                continue
+            worker = handle.worker
+            if reuse and worker.wait_done(0) and worker.process.is_alive():
+                worker_pool().give_back(worker, idle_timeout)
+            else:
+                worker.kill()
+                worker.stop()

@@ -100,6 +100,7 @@ class Lifecycle:
             if value is runtime:
                 del self.kept[key]
         if failed:
+            runtime.reuse_workers = False  # warm workers of a failed run are not reused
             # the error being raised already says what went wrong
             with contextlib.suppress(Exception):
                 runtime.close(graceful=not runtime.broken)

@@ -441,7 +441,7 @@ def _portable_record(record: logging.LogRecord) -> logging.LogRecord:
     return portable
 
 
-def _forward_logs(results: ResultChannel, levels: dict[str, int]) -> None:
+def _forward_logs(results: ResultChannel, levels: dict[str, int]) -> logging.Handler:
     """Make this worker process's records reach the parent's handlers, each exactly once.
 
     Handlers inherited from the parent (under ``fork``) or set by the main
@@ -455,10 +455,22 @@ def _forward_logs(results: ResultChannel, levels: dict[str, int]) -> None:
                 logger.removeHandler(handler)
     for name, level in levels.items():
         logging.getLogger(name or None).setLevel(level)
-    logging.getLogger().addHandler(_ForwardHandler(results))
+    handler = _ForwardHandler(results)
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _stop_forwarding(handler: logging.Handler) -> None:
+    """The run is over: its results channel is gone (a warm worker waits for its next run)."""
+    logging.getLogger().removeHandler(handler)
 
 
 def _exit_with_parent(shm_prefix: str | None) -> None:
+    """Exit at once when the parent process dies; see :func:`_exit_with_parent_of`."""
+    _exit_with_parent_of(lambda: shm_prefix)
+
+
+def _exit_with_parent_of(shm_prefix: Callable[[], str | None]) -> None:
     """Exit at once when the parent process dies (its sentinel reaches EOF).
 
     The sentinel is the parent's end of a pipe that only the process that
@@ -473,8 +485,9 @@ def _exit_with_parent(shm_prefix: str | None) -> None:
 
     def watch() -> None:
         wait([sentinel])
-        if shm_prefix is not None:
-            unlink_segments(shm_prefix)
+        prefix = shm_prefix()  # a warm worker's changes with its run
+        if prefix is not None:
+            unlink_segments(prefix)
         os._exit(1)
 
     threading.Thread(target=watch, name="neuraxle_stream-parent-watch", daemon=True).start()
