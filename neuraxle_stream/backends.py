@@ -225,11 +225,13 @@ def resolve_context(mp_context: Any, uses_cuda: bool = False) -> BaseContext:
         mp_context = "forkserver" if sys.platform.startswith("linux") else "spawn"
     ctx = multiprocessing.get_context(mp_context)
     if mp_context == "forkserver":
-        # Workers fork from a server that has our worker module (and numpy,
-        # scikit-learn) imported already: a worker starts in milliseconds.
+        # Workers fork from a server that has our worker module (and numpy)
+        # imported already: a worker starts in milliseconds. Not the user's
+        # ``__main__`` (nor scikit-learn through it): a worker imports what its
+        # steps need, once, and stays warm (pool.py).
         # torch too when the parent uses it: importing it takes seconds, once per server
         # rather than once per worker (importing torch does not initialise CUDA).
-        preload = ["__main__", "neuraxle_stream.workers", "neuraxle_stream.pool"] + (["torch"] if "torch" in sys.modules else [])
+        preload = ["neuraxle_stream.workers", "neuraxle_stream.pool"] + (["torch"] if "torch" in sys.modules else [])
         ctx.set_forkserver_preload(preload)
     return ctx
 

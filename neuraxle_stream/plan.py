@@ -66,7 +66,7 @@ from .runtime import Runtime
 from .runtime_base import BaseRuntime
 from .savers import save_step
 from .stages import StageSpec
-from .steps import is_fittable
+from .steps import is_fittable, worker_form
 from .tracing import Assembler
 
 __all__ = ["BackendChoice", "Plan", "chain_groups", "chainable", "first_output", "runtime_key"]
@@ -360,7 +360,7 @@ class Plan:
                             index=i,
                             n_workers=n_workers,
                             max_queue_size=queue,
-                            payload=save_step(step, d.name, self.use_savers),
+                            payload=save_step(worker_form(step), d.name, self.use_savers),
                             worker_arguments=d.worker_arguments,
                             may_change_length=bool(getattr(step, "may_change_length", False)),
                             hooks=stage_hooks,

@@ -49,7 +49,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing import context as mp_context
-from multiprocessing import heap, reduction
+from multiprocessing import heap, reduction, spawn
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.reduction import ForkingPickler
@@ -66,6 +66,8 @@ _EXIT_BYTES = struct.pack("!I", 0) + ForkingPickler.dumps(_EXIT)
 #: Sent by a worker after each job: ready for the next.
 _DONE = b"done"
 _names = itertools.count()
+#: The name of every pooled worker process starts so (see :func:`_lean_preparation_data`).
+_NAME = "neuraxle_stream:worker:"
 
 
 # -- the worker's side ---------------------------------------------------------------------
@@ -209,6 +211,17 @@ class PooledWorker:
     def sentinel(self) -> Any:
         return self.process.sentinel
 
+    def alive_and_idle(self) -> bool:
+        """Whether this idle worker is still there (killed from outside: no).
+
+        A killed process is a zombie (its threads still exiting) a moment
+        before its control socket reads EOF and the fork server reports its
+        exit: all three are checked.
+        """
+        if self.control.poll(0):  # an idle worker sends nothing: EOF, it died
+            return False
+        return bool(self.process.is_alive()) and not _exited(self.process.pid)
+
     def send_job(self, job: Any) -> None:
         self.done = False
         send_job(self.control, job)
@@ -246,6 +259,19 @@ class PooledWorker:
             self.process.kill()
 
 
+def _exited(pid: int) -> bool:
+    """Whether process ``pid`` has exited (gone, or a zombie), where ``/proc`` tells."""
+    if not os.path.exists("/proc/self/stat"):
+        return False  # no /proc here: the other checks decide
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except FileNotFoundError:
+        return True
+    except (OSError, IndexError):
+        return False
+
+
 class WorkerPool:
     """The idle worker processes of this process, by :data:`PoolKey`; thread-safe."""
 
@@ -261,15 +287,15 @@ class WorkerPool:
             idle = self._idle.get(key, [])
             while idle:
                 worker = idle.pop()
-                # an idle worker sends nothing: a readable control pipe is its end (EOF)
-                if not worker.control.poll(0) and worker.process.is_alive():
+                if worker.alive_and_idle():
                     return worker
                 self._discard(worker)  # died while idle: the caller never hears of it
+        _leave_main_out()
         process_end, worker_end = ctx.Pipe()
         process = ctx.Process(  # type: ignore[attr-defined]
             target=pool_main,
             args=(worker_end, thread_limit),
-            name=f"neuraxle_stream:worker:{next(_names)}",
+            name=f"{_NAME}{next(_names)}",
             daemon=True,
         )
         process.start()
@@ -330,6 +356,32 @@ class WorkerPool:
 
 
 _POOL = WorkerPool()
+
+_stdlib_preparation_data = spawn.get_preparation_data
+
+
+def _lean_preparation_data(name: str) -> dict[str, Any]:
+    """What a new process imports first: for a pooled worker, not the parent's ``__main__``.
+
+    ``multiprocessing`` imports the parent's main module again in every
+    ``spawn`` and ``forkserver`` child (and in the fork server), so that
+    objects of ``__main__`` unpickle there. Ours need not: steps, hooks and
+    messages from ``__main__`` travel by value (cloudpickle), as loky's
+    workers do. Leaving it out keeps a worker lean (a script's imports,
+    scikit-learn among them, are not its steps' imports) and makes a script
+    without the ``if __name__ == "__main__":`` guard safe.
+    """
+    data: dict[str, Any] = _stdlib_preparation_data(name)
+    if name.startswith(_NAME):
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+def _leave_main_out() -> None:
+    """Install :func:`_lean_preparation_data` (once; only pooled workers' names are affected)."""
+    if spawn.get_preparation_data is not _lean_preparation_data:
+        spawn.get_preparation_data = _lean_preparation_data
 
 
 def worker_pool() -> WorkerPool:

@@ -40,6 +40,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from . import _containers, tracing
+from ._step_calls import call_hook
 from .hooks import StageInfo, WorkerHooks
 from .messages import (
     STOP,
@@ -53,7 +54,6 @@ from .messages import (
 from .queues import Channel, ResultChannel
 from .savers import load_step
 from .stages import CLOSING, IDLE, SETUP, STOPPED, TEARDOWN, StageSpec
-from .steps import call_hook
 from .transport import unlink_segments
 
 __all__ = ["ChainRunner", "StepFailed", "StepRunner", "WorkerIO", "process_main", "worker_loop"]
@@ -106,14 +106,18 @@ class StepRunner:
     minibatches through it.
     """
 
-    def __init__(self, spec: StageSpec, worker_index: int, thread_limit: int | None = None) -> None:
+    def __init__(
+        self, spec: StageSpec, worker_index: int, thread_limit: int | None = None,
+    ) -> None:
         self.spec, self.worker_index = spec, worker_index
         with self.sklearn_config():
             self._setup(thread_limit)
 
     def sklearn_config(self) -> contextlib.AbstractContextManager[Any]:
         """The caller's scikit-learn configuration, for the step's calls in this worker."""
-        if not self.spec.sklearn_config:
+        # Only once scikit-learn is there (a step brought it): a worker of plain
+        # functions never imports it, and a step that does not use it needs no config.
+        if not self.spec.sklearn_config or "sklearn" not in sys.modules:
             return contextlib.nullcontext()
         from sklearn import config_context
 
