@@ -34,7 +34,7 @@ from .stages import StageSpec
 from .transport import Transport, default_transport
 from .workers import WorkerIO, process_main, worker_loop
 
-__all__ = ["Backend", "ProcessBackend", "ThreadBackend", "WorkerHandle", "resolve_context", "uses_cuda"]
+__all__ = ["Backend", "ProcessBackend", "ThreadBackend", "WorkerHandle", "resolve_context", "step_modules", "uses_cuda"]
 
 _backend_ids = itertools.count()
 
@@ -192,7 +192,22 @@ class _PooledHandle(_ProcessHandle):
         self.worker.wait_done(timeout)
 
 
-def resolve_context(mp_context: Any, uses_cuda: bool = False) -> BaseContext:
+def step_modules(steps: Iterable[Any]) -> list[str]:
+    """The modules that define these steps (a function's for a per-item step), for the fork server.
+
+    Not ``__main__`` (steps from it travel by value) nor this package.
+    """
+    modules = set()
+    for step in steps:
+        owner = getattr(step, "func", step) if hasattr(step, "func") and callable(step.func) else step
+        name = getattr(owner, "__module__", None) if callable(owner) and not hasattr(owner, "transform") else None
+        name = name or type(owner).__module__
+        if name and name != "__main__" and name.split(".")[0] not in ("neuraxle_stream", "builtins"):
+            modules.add(name)
+    return sorted(modules)
+
+
+def resolve_context(mp_context: Any, uses_cuda: bool = False, preload: Iterable[str] = ()) -> BaseContext:
     """The ``multiprocessing`` context for ``mp_context`` (a name, a context or ``None``).
 
     Parameters
@@ -202,6 +217,10 @@ def resolve_context(mp_context: Any, uses_cuda: bool = False) -> BaseContext:
     uses_cuda : bool, default=False
         Whether the workers will touch CUDA (see :func:`uses_cuda`): then
         ``None`` means ``spawn``, and ``fork`` is refused.
+    preload : iterable of str, default=()
+        Modules the fork server imports too when it starts (the modules of
+        the first call's steps, see :func:`step_modules`): its workers, and
+        the ones that replace them, start with them imported.
 
     Raises
     ------
@@ -225,13 +244,15 @@ def resolve_context(mp_context: Any, uses_cuda: bool = False) -> BaseContext:
         mp_context = "forkserver" if sys.platform.startswith("linux") else "spawn"
     ctx = multiprocessing.get_context(mp_context)
     if mp_context == "forkserver":
-        # Workers fork from a server that has our worker module (and numpy)
-        # imported already: a worker starts in milliseconds. Not the user's
-        # ``__main__`` (nor scikit-learn through it): a worker imports what its
-        # steps need, once, and stays warm (pool.py).
+        # Workers fork from a server that has our worker module (numpy, and
+        # scikit-learn through neuraxle_stream.steps) and the modules of the
+        # first call's steps imported already: a worker, or one that replaces
+        # a dead worker, starts in milliseconds. Not the user's ``__main__``:
+        # steps from it travel by value (pool.py).
         # torch too when the parent uses it: importing it takes seconds, once per server
         # rather than once per worker (importing torch does not initialise CUDA).
-        preload = ["neuraxle_stream.workers", "neuraxle_stream.pool"] + (["torch"] if "torch" in sys.modules else [])
+        preload = ["neuraxle_stream.workers", "neuraxle_stream.pool", "neuraxle_stream.steps", *preload]
+        preload += ["torch"] if "torch" in sys.modules else []
         ctx.set_forkserver_preload(preload)
     return ctx
 
@@ -274,8 +295,9 @@ class ProcessBackend(Backend):
         total_workers: int = 1,
         transport: Transport | None = None,
         uses_cuda: bool = False,
+        preload: Iterable[str] = (),
     ) -> None:
-        self.ctx = resolve_context(mp_context, uses_cuda)
+        self.ctx = resolve_context(mp_context, uses_cuda, preload)
         self.thread_limit = max(1, (os.cpu_count() or 1) // max(1, total_workers))
         prefix = f"nxs-{os.getpid()}-{next(_backend_ids)}"
         # One transport for every queue of the run: closing the result channel
