@@ -195,7 +195,9 @@ def test_idle_workers_exit_after_the_idle_timeout() -> None:
 
 def test_shutdown_workers_leaves_no_process_and_no_shared_memory() -> None:
     X = np.random.RandomState(0).rand(64, 4096)  # 2 MiB minibatches: through shared memory
-    pipeline = SequentialQueuedPipeline([("a", 2, PassThrough()), ("b", 2, PassThrough())], batch_size=16)
+    pipeline = SequentialQueuedPipeline(
+        [("a", 2, PassThrough()), ("b", 2, PassThrough())], batch_size=16, chain=False
+    )
     np.testing.assert_array_equal(pipeline.transform(X), X)
     children = [psutil.Process(p.pid) for p in multiprocessing.active_children()]
     assert len(children) == 4
