@@ -8,28 +8,76 @@ same steps give in a sequential ``sklearn.pipeline.Pipeline``.
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__ as __version__
-from .caching import Cache
-from .exceptions import (
-    BrokenPipelineError,
-    CacheWarning,
-    InvalidParameterError,
-    PipelineStoppedError,
-    RemoteTraceback,
-    WorkerError,
-)
-from .hooks import PipelineHook, StageInfo, TaskStatsHook
-from .joiner import WorkersJoiner
-from .messages import MinibatchError, QueuedMinibatchTask
-from .pipeline import ParallelWorkersWrapper, SequentialQueuedPipeline, StripAbsentValues
-from .retries import FailureRecord, SkippedMinibatchWarning
-from .savers import BaseSaver, CloudpickleSaver, TorchSaver
-from .stats import PipelineStats, QueueStats, StageStats
-from .steps import BaseTransformer, Identity, NonFittableMixin
-from .tracing import TraceCall, TraceResult, TraceStage, last_trace, trace_func
-from .union import ParallelQueuedFeatureUnion
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .caching import Cache
+    from .config import config_context, get_config, set_config
+    from .exceptions import (
+        BrokenPipelineError,
+        CacheWarning,
+        InvalidParameterError,
+        PipelineStoppedError,
+        RemoteTraceback,
+        WorkerError,
+    )
+    from .hooks import PipelineHook, StageInfo, TaskStatsHook
+    from .joiner import WorkersJoiner
+    from .messages import MinibatchError, QueuedMinibatchTask
+    from .pipeline import ParallelWorkersWrapper, SequentialQueuedPipeline, StripAbsentValues
+    from .pool import shutdown_workers
+    from .retries import FailureRecord, SkippedMinibatchWarning
+    from .savers import BaseSaver, CloudpickleSaver, TorchSaver
+    from .stats import PipelineStats, QueueStats, StageStats
+    from .steps import BaseTransformer, Identity, NonFittableMixin
     from .torch_steps import DecodeImages, TorchModuleStep
+    from .tracing import TraceCall, TraceResult, TraceStage, last_trace, trace_func
+    from .union import ParallelQueuedFeatureUnion
+
+#: The module of each public name, imported on first use (PEP 562): importing the
+#: package imports none of them, so that a worker process, which imports the
+#: package with its worker module, imports only what its steps need (no
+#: scikit-learn for a pipeline of plain functions, no torch unless asked).
+_WHERE = {
+    "Cache": "caching",
+    "config_context": "config",
+    "get_config": "config",
+    "set_config": "config",
+    "BrokenPipelineError": "exceptions",
+    "CacheWarning": "exceptions",
+    "InvalidParameterError": "exceptions",
+    "PipelineStoppedError": "exceptions",
+    "RemoteTraceback": "exceptions",
+    "WorkerError": "exceptions",
+    "PipelineHook": "hooks",
+    "StageInfo": "hooks",
+    "TaskStatsHook": "hooks",
+    "WorkersJoiner": "joiner",
+    "MinibatchError": "messages",
+    "QueuedMinibatchTask": "messages",
+    "ParallelWorkersWrapper": "pipeline",
+    "SequentialQueuedPipeline": "pipeline",
+    "StripAbsentValues": "pipeline",
+    "shutdown_workers": "pool",
+    "FailureRecord": "retries",
+    "SkippedMinibatchWarning": "retries",
+    "BaseSaver": "savers",
+    "CloudpickleSaver": "savers",
+    "TorchSaver": "savers",
+    "PipelineStats": "stats",
+    "QueueStats": "stats",
+    "StageStats": "stats",
+    "BaseTransformer": "steps",
+    "Identity": "steps",
+    "NonFittableMixin": "steps",
+    "TraceCall": "tracing",
+    "TraceResult": "tracing",
+    "TraceStage": "tracing",
+    "last_trace": "tracing",
+    "trace_func": "tracing",
+    "ParallelQueuedFeatureUnion": "union",
+    "TorchModuleStep": "torch_steps",
+    "DecodeImages": "torch_steps",
+}
 
 __all__ = [
     # steps
@@ -68,6 +116,11 @@ __all__ = [
     "DecodeImages",
     # caching
     "Cache",
+    # settings and warm workers
+    "get_config",
+    "set_config",
+    "config_context",
+    "shutdown_workers",
     # errors
     "InvalidParameterError",
     "PipelineStoppedError",
@@ -78,11 +131,12 @@ __all__ = [
 ]
 
 def __getattr__(name: str) -> Any:
-    """Load the optional torch steps on first use (PEP 562): importing the package imports no torch."""
-    if name in ("TorchModuleStep", "DecodeImages"):
-        from . import torch_steps
+    """Load a public name's module on first use (PEP 562); see ``_WHERE``."""
+    module = _WHERE.get(name)
+    if module is not None:
+        import importlib
 
-        value = getattr(torch_steps, name)
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
         globals()[name] = value  # the next access is a plain lookup
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
+
+
+def _issparse(data: Any) -> bool:
+    """Whether ``data`` is a SciPy sparse matrix or array (only when SciPy is imported: workers stay lean)."""
+    sp = sys.modules.get("scipy.sparse")
+    return sp is not None and bool(sp.issparse(data))
+
 
 _SPARSE_ROW_FORMATS = ("csr", "csc")
 
@@ -58,7 +64,7 @@ def is_sequence(data: Any) -> bool:
     return (
         isinstance(data, (np.ndarray, list, tuple))
         or _is_pandas(data)
-        or sp.issparse(data)
+        or _issparse(data)
         or _is_tensor(data)
     )
 
@@ -97,7 +103,7 @@ def num_rows(data: Any) -> int:
     >>> num_rows(np.zeros((3, 2)))
     3
     """
-    if isinstance(data, np.ndarray) or sp.issparse(data) or _is_tensor(data):
+    if isinstance(data, np.ndarray) or _issparse(data) or _is_tensor(data):
         if len(data.shape) == 0:
             raise TypeError(f"A 0-d {type(data).__name__} has no rows.")
         return int(data.shape[0])
@@ -130,7 +136,7 @@ def slice_rows(data: Any, start: int, stop: int) -> Any:
         return data.iloc[start:stop]
     if isinstance(data, tuple):
         return list(data[start:stop])
-    if sp.issparse(data) and data.format not in _SPARSE_ROW_FORMATS:
+    if _issparse(data) and data.format not in _SPARSE_ROW_FORMATS:
         data = data.tocsr()
     if not is_sequence(data):
         raise TypeError(f"Cannot slice rows of a {type(data).__name__}; iterate it instead.")
@@ -151,7 +157,7 @@ def iter_row_batches(data: Any, batch_size: int) -> Iterator[Any]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1. Got {batch_size!r} instead.")
     if is_sequence(data):
-        fmt = data.format if sp.issparse(data) else None
+        fmt = data.format if _issparse(data) else None
         if fmt is not None and fmt != "csr":
             data = data.tocsr()  # once, so that each row slice is cheap
         for start in range(0, num_rows(data), batch_size):
@@ -216,7 +222,8 @@ def pad_rows(batch: Any, n_pad: int, value: Any) -> Any:
         index = _pad_index(batch.index, n_pad)
         pad_df = pd.DataFrame([row] * n_pad, index=index, columns=batch.columns)
         return pd.concat([batch, pad_df])
-    if sp.issparse(batch):
+    if _issparse(batch):
+        sp = sys.modules["scipy.sparse"]
         dense = np.broadcast_to(np.asarray(value, dtype=batch.dtype), (n_pad, batch.shape[1]))
         pad_sp = sp.csr_array(dense) if isinstance(batch, sp.sparray) else sp.csr_matrix(dense)
         return sp.vstack([batch, pad_sp], format=batch.format)
@@ -233,7 +240,7 @@ def _items(part: Any) -> list[Any]:
     """Return the rows of ``part`` as a list (DataFrame rows as Series)."""
     if _is_frame(part):
         return [row for _, row in part.iterrows()]
-    if sp.issparse(part):
+    if _issparse(part):
         csr = part.tocsr()
         return [csr[i : i + 1] for i in range(csr.shape[0])]
     try:
@@ -268,8 +275,8 @@ def concat_rows(parts: list[Any]) -> Any:
         return first if len(parts) == 1 else np.concatenate(parts)
     if same_type and _is_pandas(first):
         return first if len(parts) == 1 else sys.modules["pandas"].concat(parts)
-    if all(sp.issparse(p) for p in parts):
-        return first if len(parts) == 1 else sp.vstack(parts, format=first.format)
+    if all(_issparse(p) for p in parts):
+        return first if len(parts) == 1 else sys.modules["scipy.sparse"].vstack(parts, format=first.format)
     if all(_is_tensor(p) for p in parts) and first.ndim > 0:
         return first if len(parts) == 1 else sys.modules["torch"].cat(parts)
     return list(itertools.chain.from_iterable(_items(p) for p in parts))
@@ -338,9 +345,10 @@ def join_columns(outputs: list[Any], names: list[str]) -> Any:
     if len(set(counts)) > 1:
         detail = ", ".join(f"{name!r}: {n} rows" for name, n in zip(names, counts))
         raise ValueError(f"Union branches returned different numbers of rows ({detail}).")
-    if any(sp.issparse(o) for o in outputs):
+    if any(_issparse(o) for o in outputs):
+        sp = sys.modules["scipy.sparse"]
         blocks = [
-            o if sp.issparse(o) or np.ndim(o) != 1 else np.asarray(o).reshape(-1, 1)
+            o if _issparse(o) or np.ndim(o) != 1 else np.asarray(o).reshape(-1, 1)
             for o in outputs
         ]
         return sp.hstack(blocks, format="csr")

@@ -19,7 +19,9 @@ from collections.abc import Iterable
 from multiprocessing.context import BaseContext
 from typing import Any
 
+from .config import get_config
 from .exceptions import InvalidParameterError
+from .pool import PooledWorker, worker_pool
 from .queues import (
     Channel,
     ProcessChannel,
@@ -32,7 +34,7 @@ from .stages import StageSpec
 from .transport import Transport, default_transport
 from .workers import WorkerIO, process_main, worker_loop
 
-__all__ = ["Backend", "ProcessBackend", "ThreadBackend", "WorkerHandle", "resolve_context", "uses_cuda"]
+__all__ = ["Backend", "ProcessBackend", "ThreadBackend", "WorkerHandle", "resolve_context", "step_modules", "uses_cuda"]
 
 _backend_ids = itertools.count()
 
@@ -97,6 +99,9 @@ class Backend(ABC):
     @abstractmethod
     def start_worker(self, spec: StageSpec, worker_index: int, io: WorkerIO) -> WorkerHandle:
         """Start one worker of a stage."""
+
+    def release_workers(self, handles: list[WorkerHandle], reuse: bool) -> None:  # noqa: B027
+        """The run's runtime is closed and its workers joined: keep the reusable ones warm."""
 
 
 class _ThreadHandle(WorkerHandle):
@@ -169,7 +174,40 @@ class _ProcessHandle(WorkerHandle):
         return f"exited with code {code}"
 
 
-def resolve_context(mp_context: Any, uses_cuda: bool = False) -> BaseContext:
+class _PooledHandle(_ProcessHandle):
+    """A warm worker of the pool (:mod:`~neuraxle_stream.pool`) doing one job for a runtime.
+
+    It "ends" (``is_alive`` false, ``join`` returns) when its job is done, not
+    when its process exits: the process may then go back to the pool.
+    """
+
+    def __init__(self, worker: PooledWorker, spec: StageSpec, worker_index: int) -> None:
+        super().__init__(worker.process, spec, worker_index)
+        self.worker = worker
+
+    def is_alive(self) -> bool:
+        return not self.worker.wait_done(0) and bool(self.process.is_alive())
+
+    def join(self, timeout: float | None = None) -> None:
+        self.worker.wait_done(timeout)
+
+
+def step_modules(steps: Iterable[Any]) -> list[str]:
+    """The modules that define these steps (a function's for a per-item step), for the fork server.
+
+    Not ``__main__`` (steps from it travel by value) nor this package.
+    """
+    modules = set()
+    for step in steps:
+        owner = getattr(step, "func", step) if hasattr(step, "func") and callable(step.func) else step
+        name = getattr(owner, "__module__", None) if callable(owner) and not hasattr(owner, "transform") else None
+        name = name or type(owner).__module__
+        if name and name != "__main__" and name.split(".")[0] not in ("neuraxle_stream", "builtins"):
+            modules.add(name)
+    return sorted(modules)
+
+
+def resolve_context(mp_context: Any, uses_cuda: bool = False, preload: Iterable[str] = ()) -> BaseContext:
     """The ``multiprocessing`` context for ``mp_context`` (a name, a context or ``None``).
 
     Parameters
@@ -179,6 +217,10 @@ def resolve_context(mp_context: Any, uses_cuda: bool = False) -> BaseContext:
     uses_cuda : bool, default=False
         Whether the workers will touch CUDA (see :func:`uses_cuda`): then
         ``None`` means ``spawn``, and ``fork`` is refused.
+    preload : iterable of str, default=()
+        Modules the fork server imports too when it starts (the modules of
+        the first call's steps, see :func:`step_modules`): its workers, and
+        the ones that replace them, start with them imported.
 
     Raises
     ------
@@ -202,11 +244,15 @@ def resolve_context(mp_context: Any, uses_cuda: bool = False) -> BaseContext:
         mp_context = "forkserver" if sys.platform.startswith("linux") else "spawn"
     ctx = multiprocessing.get_context(mp_context)
     if mp_context == "forkserver":
-        # Workers fork from a server that has our worker module (and numpy,
-        # scikit-learn) imported already: a worker starts in milliseconds.
+        # Workers fork from a server that has our worker module (numpy, and
+        # scikit-learn through neuraxle_stream.steps) and the modules of the
+        # first call's steps imported already: a worker, or one that replaces
+        # a dead worker, starts in milliseconds. Not the user's ``__main__``:
+        # steps from it travel by value (pool.py).
         # torch too when the parent uses it: importing it takes seconds, once per server
         # rather than once per worker (importing torch does not initialise CUDA).
-        preload = ["__main__", "neuraxle_stream.workers"] + (["torch"] if "torch" in sys.modules else [])
+        preload = ["neuraxle_stream.workers", "neuraxle_stream.pool", "neuraxle_stream.steps", *preload]
+        preload += ["torch"] if "torch" in sys.modules else []
         ctx.set_forkserver_preload(preload)
     return ctx
 
@@ -249,13 +295,17 @@ class ProcessBackend(Backend):
         total_workers: int = 1,
         transport: Transport | None = None,
         uses_cuda: bool = False,
+        preload: Iterable[str] = (),
     ) -> None:
-        self.ctx = resolve_context(mp_context, uses_cuda)
+        self.ctx = resolve_context(mp_context, uses_cuda, preload)
         self.thread_limit = max(1, (os.cpu_count() or 1) // max(1, total_workers))
         prefix = f"nxs-{os.getpid()}-{next(_backend_ids)}"
         # One transport for every queue of the run: closing the result channel
         # at the end of the run unlinks every shared-memory segment it left.
         self.transport = transport or default_transport(prefix)
+        # Workers come from the pool of warm workers; a forked context cannot
+        # hand its queues to a process already running (see pool.py): its own workers.
+        self.pooled = self.ctx.get_start_method() != "fork"
 
     def channel(self, maxsize: int) -> Channel:
         return ProcessChannel(self.ctx, maxsize, self.transport)
@@ -274,6 +324,16 @@ class ProcessBackend(Backend):
 
     def start_worker(self, spec: StageSpec, worker_index: int, io: WorkerIO) -> WorkerHandle:
         io.thread_limit = self.thread_limit
+        if self.pooled:
+            pool = worker_pool()
+            for _ in range(2):  # an idle worker that died just now: a new one
+                worker = pool.take(self.ctx, self.thread_limit)
+                try:
+                    worker.send_job((spec, worker_index, io))
+                except OSError:
+                    worker.kill()
+                    continue
+                return _PooledHandle(worker, spec, worker_index)
         process = self.ctx.Process(  # type: ignore[attr-defined]
             target=process_main,
             args=(spec, worker_index, io),
@@ -282,3 +342,20 @@ class ProcessBackend(Backend):
         )
         process.start()
         return _ProcessHandle(process, spec, worker_index)
+
+    def release_workers(self, handles: list[WorkerHandle], reuse: bool) -> None:
+        """Give the warm workers of a run that ended well back to the pool; stop the others.
+
+        ``reuse`` is false after a failed, aborted or timed-out run: its
+        workers are never reused.
+        """
+        idle_timeout = float(get_config()["worker_idle_timeout"])
+        for handle in handles:
+            if not isinstance(handle, _PooledHandle):
+                continue
+            worker = handle.worker
+            if reuse and worker.wait_done(0) and worker.process.is_alive():
+                worker_pool().give_back(worker, idle_timeout)
+            else:
+                worker.kill()
+                worker.stop()

@@ -14,7 +14,10 @@ none of it belongs in a pickled or cloned estimator):
 
 A runtime is taken for a run through :meth:`Lifecycle.running`: a kept one
 when its stages match, else a new one, released at the end of the run
-(closed, unless ``with pipeline:`` keeps it).
+(closed, unless ``with pipeline:`` keeps it). Closing a runtime gives its
+process workers back to the pool of warm workers (:mod:`~neuraxle_stream.pool`)
+when the run ended well; a failed run's runtime is marked so that its workers
+are stopped instead.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class Lifecycle:
             if value is runtime:
                 del self.kept[key]
         if failed:
+            runtime.reuse_workers = False  # warm workers of a failed run are not reused
             # the error being raised already says what went wrong
             with contextlib.suppress(Exception):
                 runtime.close(graceful=not runtime.broken)

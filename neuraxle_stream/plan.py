@@ -57,7 +57,7 @@ import sklearn
 
 from ._routing import RoutedParams, Style
 from ._validation import StageDesc, WorkersStage, check_hooks
-from .backends import Backend, ProcessBackend, ThreadBackend, uses_cuda
+from .backends import Backend, ProcessBackend, ThreadBackend, step_modules, uses_cuda
 from .caching import CacheStore, NullStore, memory_location, open_store
 from .hooks import PipelineHook, dump_hooks
 from .minibatches import Minibatching
@@ -66,7 +66,7 @@ from .runtime import Runtime
 from .runtime_base import BaseRuntime
 from .savers import save_step
 from .stages import StageSpec
-from .steps import is_fittable
+from .steps import is_fittable, worker_form
 from .tracing import Assembler
 
 __all__ = ["BackendChoice", "Plan", "chain_groups", "chainable", "first_output", "runtime_key"]
@@ -360,7 +360,7 @@ class Plan:
                             index=i,
                             n_workers=n_workers,
                             max_queue_size=queue,
-                            payload=save_step(step, d.name, self.use_savers),
+                            payload=save_step(worker_form(step), d.name, self.use_savers),
                             worker_arguments=d.worker_arguments,
                             may_change_length=bool(getattr(step, "may_change_length", False)),
                             hooks=stage_hooks,
@@ -383,7 +383,8 @@ class Plan:
             (d.runnable for d in self.stages),
             (pairs for lane in specs for s in lane for pairs in s.worker_arguments),
         )
-        return ProcessBackend(self.backend.mp_context, total_workers=total, uses_cuda=cuda)
+        preload = step_modules(d.runnable for d in self.stages)
+        return ProcessBackend(self.backend.mp_context, total_workers=total, uses_cuda=cuda, preload=preload)
 
     def new_runtime(self, specs: list[list[StageSpec]]) -> BaseRuntime:
         """A new (not yet started) runtime for these specs."""

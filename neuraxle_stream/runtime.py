@@ -202,6 +202,7 @@ class Runtime(BaseRuntime):
         self._stop_feeder()  # a run left suspended (a generator not yet closed)
         errors: list[BaseException] = []
         stopped = False
+        handles = [h for s in self._stages for h in s.handles]
         try:
             try:
                 if graceful and not self.broken:
@@ -210,6 +211,9 @@ class Runtime(BaseRuntime):
                 if not stopped:
                     self._abort()
                 self._join()
+                # warm process workers go back to the pool, unless anything went wrong
+                reuse = stopped and not errors and not self.broken and self.reuse_workers
+                self.backend.release_workers(handles, reuse)
         finally:
             self._retire_channels()
             for channel in self._channels:

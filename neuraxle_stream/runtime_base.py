@@ -272,6 +272,8 @@ class BaseRuntime(ABC):
         self.timeout = timeout
         #: Set when a worker died, overran ``timeout`` or failed ``setup()``: the runtime must be closed.
         self.broken = False
+        #: Cleared when a run of this runtime failed: its workers must not be reused by another call.
+        self.reuse_workers = True
         self.started = False
         self.max_in_flight = in_flight_bound(lanes)
 

@@ -33,8 +33,8 @@ from typing import Any
 
 import cloudpickle
 
+from ._step_calls import apply_worker_arguments
 from .exceptions import InvalidParameterError
-from .steps import apply_worker_arguments
 
 __all__ = ["BaseSaver", "CloudpickleSaver", "TorchSaver", "load_step", "save_step", "saver_for"]
 

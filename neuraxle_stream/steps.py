@@ -7,11 +7,17 @@ which is applied to each item of a minibatch (SPDL's ``pipe(op)``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
 from sklearn.base import BaseEstimator, TransformerMixin
+
+# what workers call on any step lives apart, so that workers need no scikit-learn
+from ._step_calls import PerItem
+from ._step_calls import apply_worker_arguments as apply_worker_arguments
+from ._step_calls import call_hook as call_hook
+from ._step_calls import iter_items as iter_items
 
 __all__ = [
     "BaseTransformer",
@@ -129,8 +135,12 @@ class Identity(NonFittableMixin, BaseTransformer):
         return tags
 
 
-class ItemFunction(NonFittableMixin, BaseTransformer):
-    """Wraps a plain callable as a per-item step: ``list(map(func, minibatch))``."""
+class ItemFunction(NonFittableMixin, BaseTransformer, PerItem):
+    """Wraps a plain callable as a per-item step: ``list(map(func, minibatch))``.
+
+    Its workers get its lean form, :class:`~neuraxle_stream._step_calls.PerItem`
+    (see :func:`worker_form`).
+    """
 
     def __init__(self, func: Callable[[Any], Any]) -> None:
         self.func = func
@@ -143,11 +153,9 @@ class ItemFunction(NonFittableMixin, BaseTransformer):
         return f"ItemFunction({getattr(self.func, '__qualname__', self.func)!r})"
 
 
-def iter_items(data: Any) -> Iterable[Any]:
-    """The items of a minibatch: rows of a DataFrame, elements otherwise."""
-    if hasattr(data, "iloc") and hasattr(data, "columns"):
-        return (data.iloc[i] for i in range(len(data)))
-    return iter(data)
+def worker_form(step: Any) -> Any:
+    """What travels to the workers for ``step``: a plain function's lean :class:`PerItem`, else the step."""
+    return PerItem(step.func) if isinstance(step, ItemFunction) else step
 
 
 def as_step(obj: Any) -> Any:
@@ -187,22 +195,3 @@ def is_fittable(step: Any) -> bool:
     return True
 
 
-def call_hook(step: Any, name: str) -> None:
-    """Call the optional ``setup`` or ``teardown`` method of a step, if any."""
-    method = getattr(step, name, None)
-    if callable(method):
-        method()
-
-
-def apply_worker_arguments(step: Any, arguments: Iterable[tuple[str, Any]]) -> None:
-    """Set per-worker ``(param, value)`` pairs on a worker's copy of a step."""
-    pairs = dict(arguments)
-    if not pairs:
-        return
-    params = step.get_params(deep=True) if hasattr(step, "get_params") else {}
-    known = {k: v for k, v in pairs.items() if k in params}
-    if known:
-        step.set_params(**known)
-    for key, value in pairs.items():
-        if key not in known:
-            setattr(step, key, value)

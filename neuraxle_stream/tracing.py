@@ -110,14 +110,15 @@ _ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("neura
 def install(step: Any, stage: str, worker: int) -> tuple[Recorder, Callable[[Any], Any]]:
     """Start tracing in this worker: the recorder, and the step's traced ``transform``.
 
-    A per-item function step (:class:`~neuraxle_stream.steps.ItemFunction`)
-    has its function wrapped instead, so each item is one call.
+    A per-item function step (:class:`~neuraxle_stream.steps.ItemFunction`,
+    or its worker form :class:`~neuraxle_stream._step_calls.PerItem`) has its
+    function wrapped instead, so each item is one call.
     """
-    from .steps import ItemFunction
+    from ._step_calls import PerItem
 
     recorder = Recorder(stage, worker)
     _ACTIVE.set(recorder)
-    if isinstance(step, ItemFunction):
+    if isinstance(step, PerItem):
         func = step.func
         step.func = recorder.wrap(func, str(getattr(func, "__name__", type(func).__name__)), own=True)
         return recorder, step.transform

@@ -40,6 +40,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from . import _containers, tracing
+from ._step_calls import call_hook
 from .hooks import StageInfo, WorkerHooks
 from .messages import (
     STOP,
@@ -53,7 +54,6 @@ from .messages import (
 from .queues import Channel, ResultChannel
 from .savers import load_step
 from .stages import CLOSING, IDLE, SETUP, STOPPED, TEARDOWN, StageSpec
-from .steps import call_hook
 from .transport import unlink_segments
 
 __all__ = ["ChainRunner", "StepFailed", "StepRunner", "WorkerIO", "process_main", "worker_loop"]
@@ -106,14 +106,18 @@ class StepRunner:
     minibatches through it.
     """
 
-    def __init__(self, spec: StageSpec, worker_index: int, thread_limit: int | None = None) -> None:
+    def __init__(
+        self, spec: StageSpec, worker_index: int, thread_limit: int | None = None,
+    ) -> None:
         self.spec, self.worker_index = spec, worker_index
         with self.sklearn_config():
             self._setup(thread_limit)
 
     def sklearn_config(self) -> contextlib.AbstractContextManager[Any]:
         """The caller's scikit-learn configuration, for the step's calls in this worker."""
-        if not self.spec.sklearn_config:
+        # Only once scikit-learn is there (a step brought it): a worker of plain
+        # functions never imports it, and a step that does not use it needs no config.
+        if not self.spec.sklearn_config or "sklearn" not in sys.modules:
             return contextlib.nullcontext()
         from sklearn import config_context
 
@@ -441,7 +445,7 @@ def _portable_record(record: logging.LogRecord) -> logging.LogRecord:
     return portable
 
 
-def _forward_logs(results: ResultChannel, levels: dict[str, int]) -> None:
+def _forward_logs(results: ResultChannel, levels: dict[str, int]) -> logging.Handler:
     """Make this worker process's records reach the parent's handlers, each exactly once.
 
     Handlers inherited from the parent (under ``fork``) or set by the main
@@ -455,10 +459,22 @@ def _forward_logs(results: ResultChannel, levels: dict[str, int]) -> None:
                 logger.removeHandler(handler)
     for name, level in levels.items():
         logging.getLogger(name or None).setLevel(level)
-    logging.getLogger().addHandler(_ForwardHandler(results))
+    handler = _ForwardHandler(results)
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _stop_forwarding(handler: logging.Handler) -> None:
+    """The run is over: its results channel is gone (a warm worker waits for its next run)."""
+    logging.getLogger().removeHandler(handler)
 
 
 def _exit_with_parent(shm_prefix: str | None) -> None:
+    """Exit at once when the parent process dies; see :func:`_exit_with_parent_of`."""
+    _exit_with_parent_of(lambda: shm_prefix)
+
+
+def _exit_with_parent_of(shm_prefix: Callable[[], str | None]) -> None:
     """Exit at once when the parent process dies (its sentinel reaches EOF).
 
     The sentinel is the parent's end of a pipe that only the process that
@@ -473,8 +489,9 @@ def _exit_with_parent(shm_prefix: str | None) -> None:
 
     def watch() -> None:
         wait([sentinel])
-        if shm_prefix is not None:
-            unlink_segments(shm_prefix)
+        prefix = shm_prefix()  # a warm worker's changes with its run
+        if prefix is not None:
+            unlink_segments(prefix)
         os._exit(1)
 
     threading.Thread(target=watch, name="neuraxle_stream-parent-watch", daemon=True).start()

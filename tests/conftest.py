@@ -1,4 +1,4 @@
-"""Shared fixtures: every test is checked for leftover workers afterwards."""
+"""Shared fixtures: every test is checked for leftover workers afterwards (idle warm workers aside)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ import time
 
 import pytest
 
+from neuraxle_stream.pool import shutdown_workers, worker_pool
+
 
 def _leftovers() -> tuple[list[str], list[str]]:
-    children = [p.name for p in multiprocessing.active_children()]
+    # Idle warm workers are kept between calls by contract (DESIGN.md section 8):
+    # any other process, or a warm worker still in a call, is a leftover.
+    idle = worker_pool().idle_pids()
+    children = [p.name for p in multiprocessing.active_children() if p.pid not in idle]
     threads = [t.name for t in threading.enumerate() if t.name.startswith("neuraxle_stream")]
     return children, threads
 
@@ -26,6 +31,13 @@ def no_leftover_workers():
         children, threads = _leftovers()
     assert not children, f"worker processes left behind: {children}"
     assert not threads, f"worker threads left behind: {threads}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_warm_workers_at_the_end():
+    """Stop the warm workers when the session ends (what atexit would do)."""
+    yield
+    shutdown_workers()
 
 
 @pytest.fixture(params=["thread", "process"])

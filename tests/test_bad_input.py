@@ -32,12 +32,14 @@ from neuraxle_stream import (
     ParallelWorkersWrapper,
     SequentialQueuedPipeline,
 )
+from neuraxle_stream.pool import worker_pool
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def _started_workers() -> list[str]:
-    return [p.name for p in multiprocessing.active_children()] + [
+    idle = worker_pool().idle_pids()  # warm workers of earlier tests, in no call
+    return [p.name for p in multiprocessing.active_children() if p.pid not in idle] + [
         t.name for t in threading.enumerate() if t.name.startswith("neuraxle_stream")
     ]
 

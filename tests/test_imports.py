@@ -22,11 +22,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "neuraxle_stream"
 #: name a layer's modules before they are written).
 LAYERS: list[tuple[str, set[str]]] = [
     # the engine
-    ("leaves", {"_version", "exceptions", "stages", "_containers", "transport", "quantiles"}),
+    ("leaves", {"_version", "config", "_step_calls", "exceptions", "stages", "_containers", "transport", "quantiles"}),
     ("steps and messages", {"steps", "messages", "minibatches", "queues", "savers", "joiner",
                             "trace_results", "tracing", "cache_keys", "caching", "torch_steps", "retries"}),
     ("observation", {"timeline", "stats", "hooks", "otel"}),
-    ("workers", {"workers", "backends", "ray_actors"}),
+    ("workers", {"workers", "pool", "backends", "ray_actors"}),
     ("runtimes", {"runtime_base", "feeder", "supervision", "replacement", "runtime", "ray_calls", "ray_backend", "monitor"}),
     # above the engine: description, plan, lifecycle, call, estimators (docs/architecture.md)
     ("description", {"_validation", "_routing", "_branches"}),
