@@ -108,7 +108,8 @@ class Feeder:
         """End the feeding (it may be waiting on the source, a credit or a full queue); safe twice."""
         self._stop.set()
         self.credits.release_waiters()
-        self._thread.join(timeout=1.0)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=1.0)
 
     def _feed(self) -> None:
         count = 0

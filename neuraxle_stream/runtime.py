@@ -345,11 +345,12 @@ class Runtime(BaseRuntime):
         self._active.value = run.run_id
         firsts = [(lane[0].name, channel) for lane, channel in zip(self.lanes, self._first_channels)]
         feeder = Feeder(source, run.run_id, firsts, self._results, run.credits, run.observer, run.register)
-        feeder.start()
+        # Known before it starts: a Ctrl-C landing right after start() must still find it to stop.
         self._run_id = run.run_id
         self._run = run
         self._refeed.clear()
         self._feeder = feeder
+        feeder.start()
         if self._stop_pending:  # stop() came while the run was starting
             self._results.put(_StopRequested(run.run_id))
 

@@ -358,9 +358,9 @@ class BaseRuntime(ABC):
         run.ordered, run.observer, run.tracer = ordered, observer, tracer
         if policy is not None:
             run.policy = policy
-        self._begin_run(run, iter(batches))
         ok = False
         try:
+            self._begin_run(run, iter(batches))  # inside: whatever interrupts it, _end_run cleans up
             while not run.complete:
                 self._feed(run)
                 self._collect(run)

@@ -261,11 +261,9 @@ _CTRL_C = """
     from neuraxle_stream import SequentialQueuedPipeline
 
     if __name__ == "__main__":
-        backend, method = sys.argv[1], sys.argv[2]
-        # chain=False: with the two steps chained, a feeder thread is sometimes still alive 5 s
-        # after Ctrl-C (open: see the chained-stages report); this test holds the unchained case
+        backend, method, chain = sys.argv[1], sys.argv[2], sys.argv[3]
         p = SequentialQueuedPipeline([slow_items, ("b", 2, PassThrough())], batch_size=1, backend=backend,
-                                     chain=False)
+                                     chain=False if chain == "False" else chain)
         def progress(items):
             for i in items:
                 if i == 3:
@@ -285,16 +283,20 @@ _CTRL_C = """
         while time.monotonic() < deadline and any(t.name.startswith("neuraxle") for t in threading.enumerate()):
             time.sleep(0.05)
         print("threads", [t.name for t in threading.enumerate() if t.name.startswith("neuraxle")], flush=True)
+        if any(t.name.startswith("neuraxle") for t in threading.enumerate()):
+            import faulthandler  # where the thread left behind waits, for the failure message
+            faulthandler.dump_traceback(all_threads=True)
 """
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
-    ("backend", "method"),
-    [("thread", "transform"), ("process", "transform"), ("process", "stream")],
+    ("backend", "method", "chain"),
+    [("thread", "transform", "auto"), ("process", "transform", "auto"), ("process", "stream", "auto"),
+     ("thread", "transform", "False"), ("process", "stream", "False")],
 )
-def test_ctrl_c_raises_keyboard_interrupt_and_stops_every_worker(backend: str, method: str) -> None:
-    child = start_child(_CTRL_C, backend, method)
+def test_ctrl_c_raises_keyboard_interrupt_and_stops_every_worker(backend: str, method: str, chain: str) -> None:
+    child = start_child(_CTRL_C, backend, method, chain)
     seen: list[str] = []
     try:
         wait_for_line(child, "RUNNING", seen)
