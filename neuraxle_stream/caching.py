@@ -1,16 +1,8 @@
 """Persistence: each step's per-minibatch outputs and fitted state, cached on disk.
 
-Keys (:mod:`~neuraxle_stream.cache_keys`) are Merkle style. Per call, in the parent::
-
-    step key   = hash(class module + qualname, cache_version, params minus
-                      cache_ignore_params, fitted state ``*_``)
-    input key  = hash(minibatch content)                       (first step)
-    output key = hash(step key, input key)                     (every step)
-    input key of step k = output key of step k-1
-
-so a change to one step (or to one minibatch) changes the keys of that step
-and of every step after it, and of nothing before. Fitted steps are cached
-under ``hash(step key before fit, content hash of X and y)``.
+Keys are Merkle style (:mod:`~neuraxle_stream.cache_keys` says how they are
+made): a change to one step, or to one minibatch, changes the keys of that
+step and of every step after it, and of nothing before.
 
 When ``memory`` is set, a run is cut into windows of minibatches (the whole
 input for ``transform``), and each window goes through the stages one stage at
