@@ -26,6 +26,8 @@ N_ITEMS = 60_000
 BATCH = 4  # many small minibatches: many messages in flight when a worker is killed
 #: Stop killing once this share of the outputs is in: the end of the call (a graceful stop) is not under test.
 KILL_UNTIL = 0.9
+#: The stream waits for one kill per this many outputs (10 marks before KILL_UNTIL).
+MARK = N_ITEMS // 12
 
 
 def add_one(x: np.ndarray) -> np.ndarray:
@@ -65,6 +67,7 @@ def test_a_stream_survives_random_sigkills_with_exact_output(monkeypatch: pytest
     received = 0
     done = threading.Event()
     kills: list[int] = []
+    killed = threading.Condition()  # notified at each kill
     rng = random.Random(17)
 
     def killer() -> None:
@@ -76,7 +79,9 @@ def test_a_stream_survives_random_sigkills_with_exact_output(monkeypatch: pytest
                 pid = rng.choice(pids)
                 try:
                     os.kill(pid, signal.SIGKILL)
-                    kills.append(pid)
+                    with killed:
+                        kills.append(pid)
+                        killed.notify_all()
                 except ProcessLookupError:
                     pass
 
@@ -88,6 +93,12 @@ def test_a_stream_survives_random_sigkills_with_exact_output(monkeypatch: pytest
         for item in pipeline.stream(X):
             got.append(item)
             received += 1
+            if received % MARK == 0 and received < KILL_UNTIL * N_ITEMS:
+                # Hold the stream (bounded) until a kill per mark passed: on a fast, quiet
+                # machine the run would otherwise end before the killer has done its work.
+                needed = received // MARK
+                with killed:
+                    killed.wait_for(lambda: len(kills) >= needed, timeout=30)  # noqa: B023 (used at once)
     finally:
         done.set()
         thread.join()
