@@ -11,6 +11,11 @@ stores its parameters; a call leaves its ``__dict__`` as it was.
 Subclasses give :meth:`_QueuedBase._stage_descs` (the parsed steps),
 :meth:`_QueuedBase._fit` (what is fitted when) and, for a union,
 :meth:`_QueuedBase._join` (how lane outputs are joined).
+
+Over ~400 lines, on purpose: it is the public call surface of every
+composite (the four call templates with their numpydoc sections, ``stats_``,
+``cache_info``, ``with``/``close``/``stop``), shared by the pipeline, the union
+and the wrapper; the parameter plumbing is in ``_composition``.
 """
 
 from __future__ import annotations

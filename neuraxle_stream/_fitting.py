@@ -19,6 +19,10 @@ returning a fresh iterable.
 Every function takes the call's :class:`~neuraxle_stream.plan.Plan` and the
 composite's :class:`~neuraxle_stream.lifecycle.Lifecycle`, never the
 composite; metadata routing is in :mod:`neuraxle_stream._routing`.
+
+Over ~400 lines, on purpose: it is the one place that says what is fitted
+when (sequential barriers, union branches, one stage, partial fits, stateless
+steps); splitting it would put the rules of one fit in two files.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ switched off on the composites and replaced by :func:`wrap_method`: a traced
 call returns a ``TraceResult``, not data, and minibatch outputs of a NumPy
 input carry one ``RangeIndex`` per minibatch, which the composite replaces by
 the input's.
+
+Over ~400 lines, on purpose: scikit-learn's output side of a composite
+(feature names, ``set_output``, weights, passthrough, the HTML diagram) kept
+together, each piece matching one of ``sklearn.pipeline``'s.
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ socket, as the fork server passes them). So ``fork`` contexts are not pooled.
 The pool only holds idle workers; a worker in a run belongs to its runtime.
 Idle workers exit at :func:`shutdown_workers`, at interpreter exit (atexit),
 and when the parent dies (each watches the parent's sentinel).
+
+A little over ~400 lines, on purpose: the pool, its workers' job protocol
+and their idle/exit rules are one mechanism; the worker side of a job is the
+ordinary worker loop.
 """
 
 from __future__ import annotations

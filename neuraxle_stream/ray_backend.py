@@ -45,6 +45,11 @@ calls the dead one had run again on the same stage, from their input refs
 flight, so memory stays within the in-flight bound). Actors
 are killed at the end of a call (or when ``with pipeline:`` ends), and at once
 on a broken run.
+
+Over ~400 lines, on purpose: the Ray driver is one runtime (the verbs of the
+supervisor loop, actor replacement for retries, the close that waits until
+Ray reports the actors gone); its bookkeeping is already in ``ray_calls`` and
+the actor body in ``ray_actors``.
 """
 
 from __future__ import annotations

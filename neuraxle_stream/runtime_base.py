@@ -29,6 +29,10 @@ and what both write the same way:
 How a run ends: a step, the source or ``stop()`` fails the run with
 :class:`RunFailed` (the runtime stays usable); the caller closing the
 generator leaves it usable too; anything else marks it ``broken``.
+
+A little over ~400 lines, on purpose: the runtime interface and the run
+state every runtime shares (credits, joiner, the retry decision) belong
+together; the runtimes only implement the verbs.
 """
 
 from __future__ import annotations
