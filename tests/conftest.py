@@ -44,3 +44,24 @@ def no_warm_workers_at_the_end():
 def backend(request: pytest.FixtureRequest) -> str:
     """Run a test on both backends."""
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray instance with 2 CPUs, for the whole session (or the user's, if already up)."""
+    import logging
+    import os
+    from pathlib import Path
+
+    ray = pytest.importorskip("ray", reason="backend='ray' needs Ray (pip install -e '.[ray]')")
+    started = False
+    if not ray.is_initialized():
+        # Ray workers inherit the environment: they import the test doubles by name, as worker processes do.
+        tests = Path(__file__).resolve().parent
+        paths = [str(tests), str(tests.parent), os.environ.get("PYTHONPATH", "")]
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        started = True
+    yield ray
+    if started:
+        ray.shutdown()

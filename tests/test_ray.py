@@ -62,21 +62,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """A local Ray instance with 2 CPUs, for the whole session (or the user's, if already up)."""
-    started = False
-    if not ray.is_initialized():
-        # Ray workers inherit the environment: they import the test doubles by name, as worker processes do.
-        paths = [str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        started = True
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 def _assert_dead(handles: list, timeout: float = 10.0) -> None:
     """Every actor in ``handles`` is dead (its calls fail with RayActorError)."""
     assert handles

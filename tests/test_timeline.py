@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,6 @@ from sklearn.preprocessing import StandardScaler
 from neuraxle_stream import ParallelQueuedFeatureUnion, PipelineStats, SequentialQueuedPipeline
 from neuraxle_stream import timeline as timeline_module
 
-TESTS = Path(__file__).resolve().parent
 N_ITEMS, BATCH_SIZE = 120, 10
 N_MINIBATCHES = N_ITEMS // BATCH_SIZE
 #: Float rounding of microsecond timestamps; far below any real gap between two tasks.
@@ -203,21 +200,9 @@ def test_without_matplotlib_the_figure_names_the_extra(monkeypatch: pytest.Monke
 
 @pytest.mark.ray
 @pytest.mark.timeout(180)
-def test_chrome_trace_on_ray(tmp_path: Path) -> None:
-    ray = pytest.importorskip("ray", reason="backend='ray' needs Ray (pip install -e '.[ray]')")
-    started = False
-    if not ray.is_initialized():
-        # Ray workers import the test doubles by name, as worker processes do.
-        paths = [str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        started = True
-    try:
-        pipeline = _pipeline("ray")
-        pipeline.transform(np.arange(N_ITEMS, dtype=float))
-        events = _trace(pipeline.stats_, tmp_path)
-        _check_counts(events, ["add", "times"])
-        _check_ordering(events, ["add", "times"])
-    finally:
-        if started:
-            ray.shutdown()
+def test_chrome_trace_on_ray(ray_session, tmp_path: Path) -> None:
+    pipeline = _pipeline("ray")
+    pipeline.transform(np.arange(N_ITEMS, dtype=float))
+    events = _trace(pipeline.stats_, tmp_path)
+    _check_counts(events, ["add", "times"])
+    _check_ordering(events, ["add", "times"])
