@@ -63,6 +63,8 @@ def monitored(plan: Plan, lifecycle: Lifecycle, X: Any) -> Iterator[CallMonitor]
             # entered before the hooks are shipped to the workers, left after their reports
             for hook in plan.hooks:
                 around.enter_context(hook.run_hook(plan.caller))
+            # Ray actors idle between the call's runs are kept until its end
+            around.enter_context(lifecycle.call())
             with monitor:
                 yield monitor
     finally:

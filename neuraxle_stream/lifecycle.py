@@ -10,7 +10,10 @@ none of it belongs in a pickled or cloned estimator):
 - the runtimes kept inside ``with pipeline:`` (by backend, start method and
   stage specs), closed by :meth:`Lifecycle.close`, and by one
   ``weakref.finalize`` if the composite is collected while it keeps some;
-- the stats of the last call (``stats_``) and its cache info (``cache_info()``).
+- the stats of the last call (``stats_``) and its cache info (``cache_info()``);
+- on Ray, the idle actors between the runs of a call and between the calls
+  inside ``with pipeline:`` (an :class:`~neuraxle_stream.ray_calls.ActorPool`,
+  drained at the end of the call, or of the block).
 
 A runtime is taken for a run through :meth:`Lifecycle.running`: a kept one
 when its stages match, else a new one, released at the end of the run
@@ -23,8 +26,10 @@ are stopped instead.
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from .caching import CacheInfo
 from .monitor import CallMonitor
@@ -32,6 +37,9 @@ from .plan import Plan, runtime_key
 from .runtime_base import BaseRuntime
 from .stages import StageSpec
 from .stats import PipelineStats
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .ray_calls import ActorPool
 
 __all__ = ["Lifecycle", "lifecycle_of", "peek_lifecycle"]
 
@@ -41,19 +49,23 @@ _OWNERS: weakref.WeakKeyDictionary[object, Lifecycle] = weakref.WeakKeyDictionar
 RuntimeKey = tuple[str, str, str]
 
 
-def _close_kept(kept: dict[RuntimeKey, BaseRuntime]) -> None:
-    """The finalizer's work: stop the workers a collected composite still kept."""
+def _close_kept(lifecycle: Lifecycle) -> None:
+    """The finalizer's work: stop the workers (and Ray actors) a collected composite still kept."""
+    kept = lifecycle.kept
     for runtime in list(kept.values()):
         with contextlib.suppress(Exception):
             runtime.close(graceful=False)
     kept.clear()
+    if lifecycle.actors is not None:
+        with contextlib.suppress(Exception):
+            lifecycle.actors.drain()
 
 
 class Lifecycle:
     """The runtimes, last stats and cache info of one composite."""
 
     def __init__(self) -> None:
-        self.keep_alive = False
+        self._keep_alive = False
         #: the runtimes kept by ``with pipeline:``, by :func:`~neuraxle_stream.plan.runtime_key`
         self.kept: dict[RuntimeKey, BaseRuntime] = {}
         #: the runtimes of the runs going on now
@@ -62,25 +74,69 @@ class Lifecycle:
         self.stats: PipelineStats | None = None
         #: the names of the steps this composite fitted (``fit`` may record no ``_`` attribute)
         self.fitted_steps: set[str] = set()
+        #: the idle Ray actors between runs (created with the first Ray runtime)
+        self.actors: ActorPool | None = None
+        self._calls = 0
+        self._calls_lock = threading.Lock()
         self._cache: tuple[CallMonitor, CacheInfo] | None = None
-        self._finalizer: weakref.finalize[[dict[RuntimeKey, BaseRuntime]], object] | None = None
+        self._finalizer: weakref.finalize[[Lifecycle], object] | None = None
 
     def watch(self, owner: object) -> None:
         """Close the kept runtimes when ``owner`` is collected (one finalizer, registered once)."""
         if self._finalizer is None:
-            self._finalizer = weakref.finalize(owner, _close_kept, self.kept)
+            self._finalizer = weakref.finalize(owner, _close_kept, self)
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether ``with pipeline:`` keeps the runtimes (and Ray actors) between calls."""
+        return self._keep_alive
+
+    @keep_alive.setter
+    def keep_alive(self, keep: bool) -> None:
+        self._keep_alive = keep
+        self._drain_idle_actors()
+
+    # -- calls: the Ray actors idle between their runs ------------------------------------
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        """One call of the composite: Ray actors kept between its runs, killed at its end (unless ``with``)."""
+        with self._calls_lock:
+            self._calls += 1
+        try:
+            yield
+        finally:
+            with self._calls_lock:
+                self._calls -= 1
+            self._drain_idle_actors()
+
+    def _keeps_actors(self) -> bool:
+        return self._calls > 0 or self._keep_alive
+
+    def _drain_idle_actors(self) -> None:
+        if self.actors is not None and not self._keeps_actors():
+            self.actors.drain()
+
+    def actor_pool(self) -> ActorPool:
+        """The pool of this composite's idle Ray actors, created on first use."""
+        if self.actors is None:
+            from .ray_calls import ActorPool  # the Ray modules load only when Ray is used
+
+            self.actors = ActorPool(self._keeps_actors)
+        return self.actors
 
     # -- runs ---------------------------------------------------------------------------
 
     def runtime(self, plan: Plan, specs: list[list[StageSpec]]) -> BaseRuntime:
         """The runtime for these stages: a kept one inside ``with``, else a new one."""
+        pool = self.actor_pool() if plan.backend.name == "ray" else None
         if plan.trace is not None:  # a traced call never keeps (nor takes) a runtime
-            return plan.new_runtime(specs)
+            return plan.new_runtime(specs, pool)
         key = runtime_key(plan.backend, specs)
         runtime = self.kept.get(key)
         if runtime is not None and not runtime.broken:
             return runtime
-        runtime = plan.new_runtime(specs)
+        runtime = plan.new_runtime(specs, pool)
         if self.keep_alive:
             # A kept runtime for the same stages whose steps (or settings) changed
             # since holds stale step copies: stop it rather than keep both.

@@ -386,12 +386,30 @@ class Plan:
         preload = step_modules(d.runnable for d in self.stages)
         return ProcessBackend(self.backend.mp_context, total_workers=total, uses_cuda=cuda, preload=preload)
 
-    def new_runtime(self, specs: list[list[StageSpec]]) -> BaseRuntime:
-        """A new (not yet started) runtime for these specs."""
+    def ray_workers(self) -> dict[str, int]:
+        """The workers of each stage (by name, chains as one) of a run of every step: what Ray's CPUs are shared among.
+
+        The same for every run of a call, so that an actor keeps its size
+        from run to run, and the runs of a ``fit_transform`` reuse it.
+        """
+        backend = self.backend
+        return {
+            group[0].name: n_workers
+            for lane in self.lanes(0, len(self.stages))
+            for group, n_workers in chain_groups(lane, self.chain, backend.name, backend.ray_options)
+        }
+
+    def new_runtime(self, specs: list[list[StageSpec]], actor_pool: Any = None) -> BaseRuntime:
+        """A new (not yet started) runtime for these specs.
+
+        ``actor_pool`` (Ray only): the composite's
+        :class:`~neuraxle_stream.ray_calls.ActorPool`, where the runtime takes
+        idle actors from and gives them back to.
+        """
         choice = self.backend
         if choice.name == "ray":
             from .ray_backend import RayRuntime  # Ray is optional: imported only when asked for
 
             return RayRuntime(specs, timeout=choice.timeout, ray_options=choice.ray_options,
-                              address=choice.ray_address)
+                              address=choice.ray_address, actor_pool=actor_pool, share_among=self.ray_workers())
         return Runtime(specs, self.make_backend(specs), timeout=choice.timeout)

@@ -16,7 +16,9 @@ from .messages import MinibatchError, QueuedMinibatchTask
 from .stages import StageSpec
 from .workers import ChainRunner, StepFailed, _portable_record
 
-__all__ = ["DRIVER_CPUS", "StageActor", "actor_options", "check_ray_options", "connect", "import_ray"]
+__all__ = [
+    "DRIVER_CPUS", "StageActor", "actor_options", "check_ray_options", "connect", "import_ray", "options_key",
+]
 
 logger = logging.getLogger("neuraxle_stream.ray_backend")
 
@@ -99,7 +101,8 @@ def check_ray_options(ray_options: Any, step_names: list[str]) -> None:
 
 
 def actor_options(
-    lanes: list[list[StageSpec]], ray_options: dict[str, dict[str, Any]] | None, cluster: dict[str, float]
+    lanes: list[list[StageSpec]], ray_options: dict[str, dict[str, Any]] | None, cluster: dict[str, float],
+    share_among: dict[str, int] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The Ray actor options of each stage's workers, by step name.
 
@@ -112,6 +115,11 @@ def actor_options(
     most one CPU each: an actor holding a CPU slot forever, with every slot
     taken, would leave nothing to run the tasks Ray needs (the deadlock Ray
     Data users meet). ``cluster`` is ``ray.cluster_resources()``.
+    ``share_among`` (workers by stage name) are the workers the CPUs are
+    shared among, when more than those of ``lanes``: the stages of every
+    run of the call, so that a worker's size, and with it its actor, is the
+    same in each run (an actor is reused only with the options it was
+    created with).
 
     Raises
     ------
@@ -131,12 +139,19 @@ def actor_options(
                 "placed. Lower them, or add nodes to the cluster."
             )
     total_cpus = float(cluster.get("CPU", 0.0))
-    explicit = sum(float(options[n]["num_cpus"]) * workers[n] for n in options if "num_cpus" in options[n])
-    defaulted = sum(w for n, w in workers.items() if "num_cpus" not in options.get(n, {}))
+    shared = {**(share_among or {}), **workers}
+    sizes = {n: dict(o) for n, o in (ray_options or {}).items() if n in shared}
+    explicit = sum(float(sizes[n]["num_cpus"]) * shared[n] for n in sizes if "num_cpus" in sizes[n])
+    defaulted = sum(w for n, w in shared.items() if "num_cpus" not in sizes.get(n, {}))
     left = max(0.0, total_cpus - min(DRIVER_CPUS, total_cpus / 2) - explicit)
     # Ray counts resources in units of 1/10,000.
     share = math.floor(min(1.0, left / defaulted) * 1e4) / 1e4 if defaulted else 0.0
     return {name: {"num_cpus": share, **options.get(name, {})} for name in workers}
+
+
+def options_key(options: dict[str, Any]) -> str:
+    """What an actor created with ``options`` is found by in the pool: equal options, equal key."""
+    return repr(sorted(options.items()))
 
 
 class _CollectLogs(logging.Handler):
@@ -160,32 +175,47 @@ class _CollectLogs(logging.Handler):
 class StageActor:
     """The body of one worker's Ray actor (made remote by :class:`RayRuntime`).
 
-    Its life: :meth:`ping` once placed, :meth:`setup` (a step that fails to
-    load or in ``setup()`` does not kill the actor: the error is returned, so
-    it reaches the driver with its type and traceback), :meth:`run` per
-    minibatch, :meth:`teardown`.
+    Its life: :meth:`ping` once placed; then, for each run it serves (the
+    runs of one call, and the calls inside ``with pipeline:``, reuse it):
+    :meth:`setup` with the run's step (a step that fails to load or in
+    ``setup()`` does not kill the actor: the error is returned, so it
+    reaches the driver with its type and traceback), :meth:`run` per
+    minibatch, :meth:`teardown`, which drops the step: the next run's step
+    is loaded afresh from its saved bytes.
     """
 
-    def __init__(self, spec: StageSpec, worker_index: int, log_levels: dict[str, int]) -> None:
-        self.spec, self.worker_index = spec, worker_index
+    def __init__(self, log_levels: dict[str, int]) -> None:
+        self.spec: StageSpec | None = None
+        self.worker_index = 0
         self.logs = _CollectLogs()
         root = logging.getLogger()
         for handler in list(root.handlers):  # Ray's own handlers would print a second copy
             root.removeHandler(handler)
-        for name, level in log_levels.items():
-            logging.getLogger(name or None).setLevel(level)
+        self._levels(log_levels)
         root.addHandler(self.logs)
         self.runner: ChainRunner | None = None
         self.last = time.perf_counter()
+
+    @staticmethod
+    def _levels(log_levels: dict[str, int]) -> None:
+        for name, level in log_levels.items():
+            logging.getLogger(name or None).setLevel(level)
 
     def ping(self) -> bool:
         """Answer once the actor is placed and started."""
         return True
 
-    def setup(self) -> tuple[MinibatchError | None, list[logging.LogRecord]]:
-        """Load the step and run its ``setup()``; return the error, if any, and the logs so far."""
+    def setup(
+        self, spec: StageSpec, worker_index: int, log_levels: dict[str, int],
+    ) -> tuple[MinibatchError | None, list[logging.LogRecord]]:
+        """Load the run's step and run its ``setup()``; return the error, if any, and the logs so far."""
+        if self.runner is not None:  # not torn down (the driver gives back only torn-down actors): drop it
+            self.runner.teardown()
+            self.runner = None
+        self.spec, self.worker_index = spec, worker_index
+        self._levels(log_levels)  # the driver's, as the call began
         try:
-            self.runner = ChainRunner(self.spec, self.worker_index)
+            self.runner = ChainRunner(spec, worker_index)
         except StepFailed as failed:
             return self._capture(failed.error, None, 0, "setup", step=failed.step), self.logs.take()
         self.last = time.perf_counter()
@@ -194,8 +224,9 @@ class StageActor:
     def _capture(
         self, exc: BaseException, index: int | None, run_id: int, phase: str, step: str | None = None, **kw: Any,
     ) -> MinibatchError:
+        name = step if step is not None else (self.spec.name if self.spec is not None else "?")
         return MinibatchError.capture(
-            exc, step_name=self.spec.name if step is None else step, worker_index=self.worker_index, index=index,
+            exc, step_name=name, worker_index=self.worker_index, index=index,
             run_id=run_id, phase=phase, portable=True, **kw,
         )
 

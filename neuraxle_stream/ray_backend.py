@@ -42,9 +42,18 @@ raises :class:`~neuraxle_stream.BrokenPipelineError` naming its step. With
 of the same step and worker index loads the step and runs ``setup()``, and the
 calls the dead one had run again on the same stage, from their input refs
 (only the stage that failed reruns; the refs are those of the calls in
-flight, so memory stays within the in-flight bound). Actors
-are killed at the end of a call (or when ``with pipeline:`` ends), and at once
-on a broken run.
+flight, so memory stays within the in-flight bound).
+
+Actors are kept across the runs of one call and the calls inside ``with
+pipeline:``: at the end of a run that went well, each actor tears its step
+down and goes back to the composite's
+:class:`~neuraxle_stream.ray_calls.ActorPool`; the next run's stages take
+the actors created with the same options and ship them their own (newly
+fitted) steps with ``setup``. So a ``fit_transform`` starts its actors once,
+not once per fitting run. An actor that died, overran ``timeout``, failed its
+``teardown()`` or belonged to a failed run is killed, never reused; an idle
+one that died is replaced when taken. The pool kills its actors at the end of
+the call (or when ``with pipeline:`` ends), and a broken run's at once.
 
 Over ~400 lines, on purpose: the Ray driver is one runtime (the verbs of the
 supervisor loop, actor replacement for retries, the close that waits until
@@ -69,8 +78,11 @@ from .ray_actors import (
     check_ray_options,
     connect,
     import_ray,
+    options_key,
 )
 from .ray_calls import (
+    KILL_GRACE,
+    ActorPool,
     RayActor,
     RayCall,
     RayStage,
@@ -81,19 +93,20 @@ from .ray_calls import (
     dispatch,
     emit,
     first_line,
+    kill_all,
     overdue,
-    wait_dead,
 )
 from .runtime_base import STOP_GRACE, BaseRuntime, Minibatch, RunFailed, RunState, minibatch_task
 from .stages import StageSpec
 from .workers import _parent_log_levels
 
-__all__ = ["DRIVER_CPUS", "PLACEMENT_TIMEOUT", "RayRuntime", "actor_options", "check_ray_options", "connect"]
+__all__ = [
+    "DRIVER_CPUS", "KILL_GRACE", "PLACEMENT_TIMEOUT", "ActorPool", "RayRuntime", "actor_options", "check_ray_options",
+    "connect",
+]
 
 #: Seconds the actors of a run may take to be placed (their processes started); ``setup()`` is bounded by ``timeout``.
 PLACEMENT_TIMEOUT = 120.0
-#: Seconds :meth:`RayRuntime.close` waits for killed actors to be gone.
-KILL_GRACE = 5.0
 #: Seconds between two checks for :meth:`RayRuntime.stop` while the driver waits on the actors.
 _WAIT_CHECK = 0.2
 
@@ -113,6 +126,12 @@ class RayRuntime(BaseRuntime):
         Ray actor options by step name (see :func:`actor_options`).
     address : str or None
         The cluster to connect to when Ray is not initialised yet.
+    actor_pool : ActorPool or None
+        Where the actors come from when idle ones fit, and go back to after
+        a run that went well; ``None``: each runtime starts and kills its own.
+    share_among : dict or None
+        The workers (by stage name) the CPUs are shared among, as in
+        :func:`actor_options`: those of every run of the call.
     """
 
     def __init__(
@@ -121,10 +140,15 @@ class RayRuntime(BaseRuntime):
         timeout: float | None = None,
         ray_options: dict[str, dict[str, Any]] | None = None,
         address: str | None = None,
+        actor_pool: ActorPool | None = None,
+        share_among: dict[str, int] | None = None,
     ) -> None:
         super().__init__(lanes, timeout)
         self.ray_options = ray_options
         self.address = address
+        self.actor_pool = actor_pool
+        self.share_among = share_among
+        self._levels: dict[str, int] = {}
         self._stages: list[list[RayStage]] = []
         self._stop_requested = threading.Event()
         #: The current run's source, and its calls in flight by status ref.
@@ -143,30 +167,43 @@ class RayRuntime(BaseRuntime):
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect to Ray, create one actor per worker and wait until each has run ``setup()``."""
+        """Connect to Ray, take (or create) one actor per worker and wait until each has run ``setup()``.
+
+        Idle actors of the pool created with a stage's options serve it;
+        idle ones that no stage can use are killed first (they hold
+        resources the new actors may need); the others are created.
+        """
         began = time.perf_counter()
         was_running = import_ray().is_initialized()
         ray = connect(self.address)
         if not was_running:
             self.connect_seconds = time.perf_counter() - began
-        options = actor_options(self.lanes, self.ray_options, ray.cluster_resources())
+        options = actor_options(self.lanes, self.ray_options, ray.cluster_resources(), self.share_among)
         remote = ray.remote(StageActor)
-        levels = _parent_log_levels()
+        self._levels = levels = _parent_log_levels()
 
-        def make_actor(spec: StageSpec, w: int) -> Any:
+        def make_actor(spec: StageSpec) -> Any:
             opts = {**options[spec.name], "max_restarts": 0, "max_task_retries": 0}
-            return remote.options(**opts).remote(spec, w, levels)
+            return remote.options(**opts).remote(levels)
 
         self._make_actor = make_actor
         self.started = True
+        pool = self.actor_pool
         for lane in self.lanes:
             stages = []
             for i, spec in enumerate(lane):
-                stage = RayStage(spec, last=i + 1 == len(lane))
+                stage = RayStage(spec, last=i + 1 == len(lane), options_key=options_key(options[spec.name]),
+                                 spec_ref=ray.put(spec))
                 for w in range(spec.n_workers):
-                    stage.actors.append(RayActor(stage, w, make_actor(spec, w)))
+                    handle = pool.take(stage.options_key, spec.name, w) if pool is not None else None
+                    stage.actors.append(RayActor(stage, w, handle, reused=handle is not None))
                 stages.append(stage)
             self._stages.append(stages)
+        if pool is not None:
+            kill_all(ray, pool.take_all())
+        for actor in all_actors(self._stages):
+            if actor.handle is None:
+                actor.handle = make_actor(actor.stage.spec)
         self._wait_ready(ray)
 
     def _wait_ready(self, ray: Any) -> None:
@@ -177,7 +214,11 @@ class RayRuntime(BaseRuntime):
         """
         actors = all_actors(self._stages)
         self._wait_all(ray, {a.handle.ping.remote(): a for a in actors}, PLACEMENT_TIMEOUT, "placed")
-        self._wait_all(ray, {a.handle.setup.remote(): a for a in actors}, self.timeout, "setup()")
+        self._wait_all(ray, {self._setup(a): a for a in actors}, self.timeout, "setup()")
+
+    def _setup(self, actor: RayActor) -> Any:
+        """Ship the run's step to ``actor`` and run its ``setup()``: the ref of the reply."""
+        return actor.handle.setup.remote(actor.stage.spec_ref, actor.worker, self._levels)
 
     def _wait_all(self, ray: Any, pending: dict[Any, RayActor], limit: float | None, what: str) -> None:
         deadline = None if limit is None else time.monotonic() + limit
@@ -192,6 +233,10 @@ class RayRuntime(BaseRuntime):
                 try:
                     reply = ray.get(ref)
                 except ray.exceptions.RayActorError as exc:
+                    if what == "placed" and actor.reused:  # an idle actor died (killed from outside): a new one
+                        actor.handle, actor.reused = self._make_actor(actor.stage.spec), False
+                        pending[actor.handle.ping.remote()] = actor
+                        continue
                     self.broken = True
                     raise actor_died(actor, "setup()" if what == "setup()" else "start-up", exc) from None
                 if what == "setup()":
@@ -202,7 +247,11 @@ class RayRuntime(BaseRuntime):
                         raise failure.to_exception()
 
     def close(self, graceful: bool = True) -> None:
-        """Run each actor's ``teardown()`` (when ``graceful`` and not broken), then kill the actors; safe twice.
+        """Run each actor's ``teardown()`` (when ``graceful`` and not broken), then give the actors back or kill them; safe twice.
+
+        The actors whose ``teardown()`` went well go back to the pool after a
+        run that went well (:attr:`reuse_workers`); every other actor is
+        killed, and the close waits until Ray reports it gone.
 
         Parameters
         ----------
@@ -220,24 +269,26 @@ class RayRuntime(BaseRuntime):
         self.started = False
         ray = import_ray()
         errors: list[BaseException] = []
+        healthy: list[RayActor] = []
         try:
             if graceful and not self.broken and ray.is_initialized():
-                errors = self._teardown(ray)
+                errors, healthy = self._teardown(ray)
         finally:
-            if ray.is_initialized():
-                handles = self.actors
-                for handle in handles:
-                    with contextlib.suppress(Exception):  # already dead, or Ray is going down
-                        ray.kill(handle, no_restart=True)
-                wait_dead(ray, handles, KILL_GRACE)
+            pool = self.actor_pool
+            given: set[int] = set()
+            if pool is not None and self.reuse_workers and not self.broken:
+                given = {id(a) for a in healthy if pool.give(a.stage.options_key, a.stage.spec.name, a.worker, a.handle)}
+            kill_all(ray, [a.handle for a in all_actors(self._stages) if id(a) not in given])
             self._stages.clear()
         if errors:
             raise errors[0]
 
-    def _teardown(self, ray: Any) -> list[BaseException]:
+    def _teardown(self, ray: Any) -> tuple[list[BaseException], list[RayActor]]:
+        """Tear every actor's step down: the errors, and the actors whose teardown went well."""
         refs = {a.handle.teardown.remote(): a for a in all_actors(self._stages)}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=STOP_GRACE)
         errors: list[BaseException] = []
+        healthy: list[RayActor] = []
         for ref in ready:
             try:
                 failures, logs = ray.get(ref)
@@ -246,7 +297,9 @@ class RayRuntime(BaseRuntime):
                 continue
             emit(logs)
             errors.extend(f.to_exception() for f in failures)
-        return errors
+            if not failures:
+                healthy.append(refs[ref])
+        return errors, healthy
 
     def stop(self) -> None:
         """Stop the current run from any thread: its caller gets :class:`~neuraxle_stream.PipelineStoppedError`."""
@@ -405,12 +458,12 @@ class RayRuntime(BaseRuntime):
         with contextlib.suppress(Exception):  # already dead
             ray.kill(actor.handle, no_restart=True)
         spec = actor.stage.spec
-        actor.handle = self._make_actor(spec, actor.worker)
+        actor.handle, actor.reused = self._make_actor(spec), False
         if run.observer is not None:
             for step in spec.steps:  # a chained actor held a copy of each step
                 run.observer.add_restarts(step.name)
         self._wait_all(ray, {actor.handle.ping.remote(): actor}, PLACEMENT_TIMEOUT, "placed")
-        self._wait_all(ray, {actor.handle.setup.remote(): actor}, self.timeout, "setup()")
+        self._wait_all(ray, {self._setup(actor): actor}, self.timeout, "setup()")
         again = sorted((c for c in dead if c is not head or fate == "retry"), key=lambda c: c.index, reverse=True)
         for call in again:
             actor.stage.waiting.appendleft((call.index, call.arg))

@@ -7,6 +7,16 @@ actor keeps its calls in submission order, and since when its oldest call
 runs, which is what ``timeout`` bounds. :func:`dispatch` gives each waiting
 minibatch to the actor of its stage with the fewest calls queued, so one
 slow minibatch does not hold the others back.
+
+Between the runs of one call (the fitting runs of a ``fit_transform``, then
+its transform run) and across the calls inside ``with pipeline:``, a
+composite keeps its idle actors in an :class:`ActorPool`, by the actor
+options they were created with; the next run takes them and ships them its
+steps, instead of starting new actors (seconds each)::
+
+    run 1: take(options) ── none: new actor ── setup(spec 1) ... teardown() ──▶ give()
+    run 2: take(options) ── the idle one ──── setup(spec 2) ... teardown() ──▶ give()
+    end of the call (or of ``with``): drain() ── ray.kill every idle actor
 """
 
 from __future__ import annotations
@@ -16,7 +26,10 @@ import contextlib
 import logging
 import math
 import re
+import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -25,7 +38,13 @@ from .exceptions import BrokenPipelineError
 from .messages import WorkerLog
 from .stages import StageSpec
 
-__all__ = ["RayActor", "RayCall", "RayStage", "actor_died", "actor_of", "dispatch", "overdue", "wait_dead"]
+__all__ = [
+    "KILL_GRACE", "ActorPool", "RayActor", "RayCall", "RayStage", "actor_died", "actor_of", "dispatch", "kill_all",
+    "overdue", "wait_dead",
+]
+
+#: Seconds a close (or :meth:`ActorPool.drain`) waits for killed actors to be gone.
+KILL_GRACE = 5.0
 
 
 @dataclass
@@ -39,6 +58,8 @@ class RayActor:
     calls: collections.deque[RayCall] = field(default_factory=collections.deque)
     #: When the oldest call began (the previous one ended): its timeout counts from here.
     head_since: float = 0.0
+    #: Whether it came from the :class:`ActorPool` (it served an earlier run) rather than started for this run.
+    reused: bool = False
 
 
 @dataclass
@@ -50,6 +71,10 @@ class RayStage:
     actors: list[RayActor] = field(default_factory=list)
     #: Minibatches done with the stage before, as (index, task ref), waiting for room here.
     waiting: collections.deque[tuple[int, Any]] = field(default_factory=collections.deque)
+    #: The key of the actor options its actors were created with (see :class:`ActorPool`).
+    options_key: str = ""
+    #: ``spec`` in Ray's object store, put once per run: every actor's ``setup`` takes it.
+    spec_ref: Any = None
 
     @property
     def capacity(self) -> int:
@@ -178,3 +203,81 @@ def wait_dead(ray: ModuleType, handles: list[Any], grace: float) -> None:
             alive.append(pings[ref])
         if alive:
             time.sleep(0.05)  # the kill is on its way: ask again in a moment
+
+
+def kill_all(ray: ModuleType, handles: list[Any], grace: float = KILL_GRACE) -> None:
+    """Kill the actors in ``handles`` and wait (at most ``grace`` seconds) until they are gone."""
+    if not handles or not ray.is_initialized():
+        return  # no actor, or Ray is down and its actors with it
+    for handle in handles:
+        with contextlib.suppress(Exception):  # already dead, or Ray is going down
+            ray.kill(handle, no_restart=True)
+    wait_dead(ray, handles, grace)
+
+
+@dataclass
+class _Idle:
+    """An actor in the pool: its handle, its options' key, and the worker it was last."""
+
+    key: str
+    handle: Any
+    step: str
+    worker: int
+
+
+class ActorPool:
+    """The idle Ray actors of one composite, kept between its runs.
+
+    A Ray actor is a process with the step's libraries imported (seconds to
+    start) that holds its cluster resources for as long as it lives: so the
+    pool keeps actors only while its owner says so (``accepting``: during a
+    call of the composite, for its fitting runs and its transform run, and
+    inside ``with pipeline:``), and the owner kills them at the end of either
+    (:meth:`drain`). An actor is found by the key of the options it was
+    created with (its resources), preferably the one that was the same worker
+    of the same step last. Only healthy actors come back (see
+    :meth:`~neuraxle_stream.ray_backend.RayRuntime.close`): never one that
+    died, overran ``timeout``, failed its ``teardown()`` or belonged to a
+    failed run. Thread-safe; importing it does not import Ray.
+    """
+
+    def __init__(self, accepting: Callable[[], bool]) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[_Idle] = []
+        self._accepting = accepting
+
+    def take(self, key: str, step: str, worker: int) -> Any | None:
+        """An idle actor created with options ``key`` (the same step's ``worker`` first), or ``None``."""
+        with self._lock:
+            same = [i for i in self._idle if i.key == key]
+            if not same:
+                return None
+            found = next((i for i in same if (i.step, i.worker) == (step, worker)), same[0])
+            self._idle.remove(found)
+            return found.handle
+
+    def give(self, key: str, step: str, worker: int, handle: Any) -> bool:
+        """Keep ``handle`` for the next run; ``False`` (the caller kills it) when the pool does not keep actors now."""
+        with self._lock:
+            if not self._accepting():
+                return False
+            self._idle.append(_Idle(key, handle, step, worker))
+            return True
+
+    def idle(self) -> list[Any]:
+        """The handles of the idle actors."""
+        with self._lock:
+            return [i.handle for i in self._idle]
+
+    def take_all(self) -> list[Any]:
+        """Every idle actor, out of the pool."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        return [i.handle for i in idle]
+
+    def drain(self) -> None:
+        """Kill every idle actor (and wait until they are gone); safe to call twice."""
+        handles = self.take_all()
+        ray = sys.modules.get("ray")  # actors exist only once Ray was imported
+        if handles and ray is not None:
+            kill_all(ray, handles)
