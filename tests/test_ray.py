@@ -2,12 +2,14 @@
 
 One Ray instance serves the whole test session (starting one takes seconds);
 the actors of each call are killed at its end, which the tests check. The
-unit tests of :func:`~neuraxle_stream.ray_backend.actor_options` need no Ray.
+unit tests of :func:`~neuraxle_stream.ray_backend.actor_options` and of the
+:class:`~neuraxle_stream.ray_calls.ActorPool` need no Ray.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -52,7 +54,10 @@ from neuraxle_stream import (
     RemoteTraceback,
     SequentialQueuedPipeline,
 )
-from neuraxle_stream.ray_backend import DRIVER_CPUS, RayRuntime, actor_options, connect
+from neuraxle_stream.lifecycle import lifecycle_of
+from neuraxle_stream.minibatches import Minibatch
+from neuraxle_stream.ray_backend import DRIVER_CPUS, ActorPool, RayRuntime, actor_options, connect
+from neuraxle_stream.savers import save_step
 from neuraxle_stream.stages import StageSpec
 
 ray = pytest.importorskip("ray")
@@ -68,6 +73,11 @@ def _assert_dead(handles: list, timeout: float = 10.0) -> None:
     for handle in handles:
         with pytest.raises(ray.exceptions.RayActorError):
             ray.get(handle.ping.remote(), timeout=timeout)
+
+
+def _ids(handles: list) -> list[str]:
+    """The Ray actor ids of ``handles``."""
+    return [h._actor_id.hex() for h in handles]
 
 
 def _spy_runtimes(monkeypatch: pytest.MonkeyPatch) -> list[RayRuntime]:
@@ -227,6 +237,149 @@ def test_options_that_can_never_be_placed(ray_session) -> None:
     p = SequentialQueuedPipeline([("gpu", 2, AddConstant(1))], backend="ray", ray_options={"gpu": {"num_gpus": 1}})
     with pytest.raises(InvalidParameterError, match=r"ask for 2 GPUs in all .* the Ray cluster has 0"):
         p.transform([1])
+
+
+# -- actors kept across the runs of a call and the calls inside with ----------------------
+
+
+def _recorders(log_dir: Path) -> list:
+    # Three runs in a fit_transform: r1, then (center fitted in the parent) r2, then (pca) r3.
+    return [("r1", LifecycleRecorder(str(log_dir), "r1")), ("center", MeanCenterer()),
+            ("r2", LifecycleRecorder(str(log_dir), "r2")), ("pca", PCA(2)),
+            ("r3", LifecycleRecorder(str(log_dir), "r3"))]
+
+
+def test_fit_transform_keeps_its_actors_across_its_runs(ray_session, monkeypatch, tmp_path) -> None:
+    made = _spy_runtimes(monkeypatch)
+    X = np.random.RandomState(0).rand(30, 4)
+    p = SequentialQueuedPipeline(_recorders(tmp_path), batch_size=10, backend="ray")
+    np.testing.assert_allclose(p.fit_transform(X), make_pipeline(MeanCenterer(), PCA(2)).fit_transform(X))
+    assert [[s.name for s in r.lanes[0]] for r in made] == [["r1"], ["r2"], ["r3"]]
+    assert len({i for r in made for i in _ids(r.started_actors)}) == 1  # one actor served the three runs
+    # each run shipped its own step: set up, then torn down, in the same process
+    setups, teardowns = read_events(tmp_path, "setup"), read_events(tmp_path, "teardown")
+    assert sorted(e["tag"] for e in setups) == sorted(e["tag"] for e in teardowns) == ["r1", "r2", "r3"]
+    assert len({e["pid"] for e in setups + teardowns}) == 1
+    _assert_dead(made[0].started_actors)  # and the call killed it at its end
+    assert lifecycle_of(p).actor_pool().idle() == []
+
+
+def test_each_run_gets_a_fresh_copy_of_its_step(ray_session, monkeypatch, tmp_path) -> None:
+    # fit_mode="partial": the recorder runs in both runs (to fit the scaler, then to transform),
+    # on the same actors; LifecycleRecorder raises on a copy whose setup() ran more than once.
+    made = _spy_runtimes(monkeypatch)
+    X = np.random.RandomState(1).rand(40, 3)
+    p = SequentialQueuedPipeline([("rec", 2, LifecycleRecorder(str(tmp_path))), ("scale", StandardScaler())],
+                                 batch_size=10, fit_mode="partial", backend="ray")
+    np.testing.assert_allclose(p.fit_transform(X), StandardScaler().fit_transform(X))
+    assert len(made) == 2
+    first, second = _ids(made[0].started_actors), _ids(made[1].started_actors)
+    assert len(first) == 2 and set(first) <= set(second)  # the recorder's actors served both runs
+    setups = read_events(tmp_path, "setup")
+    assert len(setups) == 4 and len({e["pid"] for e in setups}) == 2  # two runs, two actors
+    _assert_dead(made[1].started_actors)
+
+
+def test_calls_inside_with_share_the_actors(ray_session, monkeypatch, tmp_path) -> None:
+    made = _spy_runtimes(monkeypatch)
+    X = np.random.RandomState(2).rand(30, 4)
+    expected = make_pipeline(MeanCenterer(), PCA(2)).fit_transform(X)
+    p = SequentialQueuedPipeline(_recorders(tmp_path), batch_size=10, backend="ray")
+    with p:
+        np.testing.assert_allclose(p.fit_transform(X), expected)
+        fitting = {i for r in made for i in _ids(r.started_actors)}
+        np.testing.assert_allclose(p.transform(X), expected)
+        np.testing.assert_allclose(p.transform(X), expected)
+    assert len(fitting) == 1
+    transform = _ids(made[-1].started_actors)
+    assert len(made) == 4 and fitting <= set(transform)  # the transform (5 actors) took the idle one
+    _assert_dead([h for r in made for h in r.started_actors])
+
+
+def test_an_idle_actor_killed_from_outside_is_replaced(ray_session, monkeypatch, tmp_path) -> None:
+    made: list[RayRuntime] = []
+    killed: list[str] = []
+    original = RayRuntime.start
+
+    def start(self: RayRuntime) -> None:
+        idle = self.actor_pool.idle() if self.actor_pool is not None else []
+        if idle and not killed:  # before the second run takes it: kill the idle actor
+            ray.kill(idle[0])
+            _assert_dead(idle[:1])
+            killed.extend(_ids(idle[:1]))
+        made.append(self)
+        original(self)
+        self.started_actors = list(self.actors)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(RayRuntime, "start", start)
+    X = np.random.RandomState(3).rand(30, 4)
+    p = SequentialQueuedPipeline(_recorders(tmp_path), batch_size=10, backend="ray")
+    np.testing.assert_allclose(p.fit_transform(X), make_pipeline(MeanCenterer(), PCA(2)).fit_transform(X))
+    assert killed and killed[0] not in _ids(made[1].started_actors)  # a new actor served run 2...
+    assert _ids(made[1].started_actors) == _ids(made[2].started_actors)  # ...and, kept, run 3
+    _assert_dead(made[2].started_actors)
+
+
+def test_actors_of_a_failed_run_are_not_reused(ray_session) -> None:
+    spec = StageSpec(name="bad", lane=0, index=0, n_workers=1, max_queue_size=2,
+                     payload=save_step(RaisesAt(at=1), "bad", False))
+    pool = ActorPool(lambda: True)
+    runtime = RayRuntime([[spec]], actor_pool=pool)
+    batches = [Minibatch(i, [i], None, 1) for i in range(3)]
+    try:
+        with pytest.raises(ValueError, match="boom at 1"):
+            list(runtime.run(batches))
+        actors = list(runtime.actors)
+        runtime.reuse_workers = False  # what the lifecycle does after a failed run
+    finally:
+        runtime.close()
+    assert pool.idle() == []
+    _assert_dead(actors)
+    # a run that went well gives its actors back, and the pool kills them when drained
+    good = RayRuntime([[dataclasses.replace(spec, payload=save_step(AddConstant(1), "bad", False))]], actor_pool=pool)
+    try:
+        assert [out for _, (out,) in good.run(batches)] == [[1], [2], [3]]
+        actors = list(good.actors)
+    finally:
+        good.close()
+    assert _ids(pool.idle()) == _ids(actors)
+    pool.drain()
+    _assert_dead(actors)
+
+
+def test_a_timed_out_run_inside_with_starts_new_actors(ray_session, monkeypatch) -> None:
+    made = _spy_runtimes(monkeypatch)
+    p = SequentialQueuedPipeline([("stuck", BlocksAt(at=3, seconds=30))], batch_size=2, timeout=1.5, backend="ray")
+    with p:
+        assert p.transform([0, 1]) == [0, 1]
+        with blocking_armed(), pytest.raises(TimeoutError, match=r"spent more than 1\.5 s"):
+            p.transform(list(range(8)))
+        _assert_dead(made[0].started_actors)
+        assert p.transform([0, 1]) == [0, 1]
+    assert len(made) == 2 and not set(_ids(made[0].started_actors)) & set(_ids(made[1].started_actors))
+
+
+def test_the_pool_keeps_actors_only_while_its_owner_says_so() -> None:
+    keeping = [True]
+    pool = ActorPool(lambda: keeping[0])
+    assert pool.take("k", "a", 0) is None
+    assert pool.give("k", "a", 0, "h-a0") and pool.give("k", "b", 1, "h-b1") and pool.give("other", "a", 1, "h-o")
+    assert pool.take("k", "b", 1) == "h-b1"  # the same worker of the same step first
+    assert pool.take("k", "c", 0) == "h-a0"  # else any created with the same options
+    assert pool.take("k", "a", 0) is None
+    keeping[0] = False
+    assert not pool.give("k", "a", 0, "h-late")  # the caller kills it
+    assert pool.take_all() == ["h-o"] and pool.idle() == []
+
+
+def test_actor_sizes_are_shared_among_every_run_of_the_call() -> None:
+    # a fitting run of one stage sizes its actor as the transform run of the five will
+    alone = actor_options([[_stage("a", 1)]], None, {"CPU": 2.0})
+    shared = actor_options([[_stage("a", 1)]], None, {"CPU": 2.0}, share_among={n: 1 for n in "abcde"})
+    assert alone == {"a": {"num_cpus": 1.0}} and shared == {"a": {"num_cpus": 0.2}}
+    explicit = actor_options([[_stage("a", 2)]], {"pca": {"num_cpus": 0.5}}, {"CPU": 2.0},
+                             share_among={"a": 2, "pca": 1})
+    assert explicit == {"a": {"num_cpus": 0.25}}  # (2 - 1 - 0.5) / 2
 
 
 # -- persistent actors, hooks, stats, logging, tracing, caching --------------------------
