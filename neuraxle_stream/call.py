@@ -85,7 +85,7 @@ def run(
             )
         yield from run_cached(plan, lifecycle, X, start, stop, monitor)
         return
-    specs = plan.specs(lanes)
+    specs = plan.specs(lanes, lifecycle.stats)  # the last call's measurements refine the chaining
     if plan.trace is not None:
         plan.trace.next_run()
     with lifecycle.running_on(plan, specs, monitor) as runtime:

@@ -109,6 +109,10 @@ class TaskRecord(NamedTuple):
         ``duration``), for the timeline: on Linux the monotonic clock every
         process of the machine shares with the parent (see
         :mod:`~neuraxle_stream.timeline`); NaN when the step never started.
+    cpu_time : float
+        CPU seconds the worker's thread spent in the step during ``duration``
+        (far below it: the step waited, on I/O say); the plan of the next
+        call reads it (see :mod:`~neuraxle_stream.plan`).
     """
 
     stage: str
@@ -121,6 +125,7 @@ class TaskRecord(NamedTuple):
     failed: bool = False
     minibatch: int = -1
     began: float = float("nan")
+    cpu_time: float = 0.0
 
 
 @_pickled_as_a_call

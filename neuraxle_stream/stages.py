@@ -92,6 +92,8 @@ class StageSpec:
     sklearn_config: dict[str, Any] = field(default_factory=dict)
     #: The steps that run after this one in the same workers (a chained stage).
     chained: tuple[StageSpec, ...] = ()
+    #: Why the plan grouped the stage's steps so (``stats_.plan.reasons``); not part of the repr.
+    layout: str = field(default="", repr=False, compare=False)
     #: A digest of ``payload`` and ``hooks``, so that the repr (a key of kept runtimes) changes with them.
     digest: str = field(init=False, default="")
 

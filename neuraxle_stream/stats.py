@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "PipelineStats",
+    "PlanLayout",
     "QueueStats",
     "StageStats",
     "StatsCollector",
@@ -72,6 +73,10 @@ class StageStats:
         Mean, 90th and 99th percentile of the time the step spent on one minibatch.
     busy_time : float
         Time the step's workers spent in the step, summed over the workers.
+    cpu_time : float
+        CPU time their threads used in the step, summed: far below
+        ``busy_time``, the step mostly waited (I/O, a remote service), which
+        the next call's plan takes into account (``stats_.plan.reasons``).
     n_workers : int
         Workers of the stage.
     get_wait : float
@@ -94,6 +99,7 @@ class StageStats:
     p99_time: float = 0.0
     busy_time: float = 0.0
     n_workers: int = 1
+    cpu_time: float = 0.0
     get_wait: float = 0.0
     put_wait: float = 0.0
     wall_time: float = 0.0
@@ -134,6 +140,35 @@ class QueueStats:
     occupancy: float = 0.0
 
 
+class PlanLayout(tuple[tuple[str, ...], ...]):
+    """``stats_.plan``: the groups of steps that shared workers, in lane order, and why each is so.
+
+    A tuple of tuples of step names, equal to the plain tuple (``(("make",
+    "mix"),)``); ``reasons[i]`` says why group ``i`` is so, e.g.
+    ``"chained: 2 workers (the 4 asked for, capped by the 2 cores)"`` or
+    ``"as written: its own worker_arguments"`` (see :mod:`~neuraxle_stream.plan`).
+    """
+
+    reasons: tuple[str, ...]
+
+    def __new__(cls, groups: Iterable[tuple[str, ...]] = (), reasons: Iterable[str] = ()) -> PlanLayout:
+        """``groups`` in order; a dict of groups gives its values as the reasons."""
+        if isinstance(groups, dict):
+            reasons = list(groups.values())
+            groups = list(groups)
+        layout = super().__new__(cls, groups)
+        given = tuple(reasons)
+        layout.reasons = given + ("",) * (len(layout) - len(given))
+        return layout
+
+    def reason(self, step: str) -> str:
+        """Why the group of ``step`` is so."""
+        for group, why in zip(self, self.reasons, strict=True):
+            if step in group:
+                return why
+        raise KeyError(step)
+
+
 @dataclass(frozen=True)
 class PipelineStats:
     """The merged stats of one call of a queued pipeline (``pipeline.stats_``).
@@ -152,8 +187,9 @@ class PipelineStats:
     timeline_info: TimelineInfo = field(default_factory=TimelineInfo, repr=False)
     failures: tuple[FailureRecord, ...] = ()
     #: The layout the call ran with: groups of the steps that shared workers, in
-    #: lane order, e.g. ``(("make", "mix"),)`` chained, ``(("make",), ("mix",))`` not.
-    plan: tuple[tuple[str, ...], ...] = ()
+    #: lane order, e.g. ``(("make", "mix"),)`` chained, ``(("make",), ("mix",))`` not;
+    #: its ``reasons`` say why each group is so (``reasons[i]`` for group ``i``).
+    plan: tuple[tuple[str, ...], ...] = PlanLayout()
 
     def __getitem__(self, name: str) -> StageStats:
         return self.stages[name]
@@ -360,6 +396,7 @@ class _StageTotals:
     num_items: int = 0
     num_failures: int = 0
     busy: float = 0.0
+    cpu: float = 0.0
     get_wait: float = 0.0
     put_wait: float = 0.0  # this stage's own puts on the next queue
     in_put_wait: float = 0.0  # writers' puts on this stage's input queue
@@ -395,7 +432,7 @@ class StatsCollector:
         self._run_started_wall = self._started_wall
         self._run_first_start = math.inf
         self._in_run: list[str] = []
-        self._plan: dict[tuple[str, ...], None] = {}  # the groups of every run, in order
+        self._plan: dict[tuple[str, ...], str] = {}  # the groups of every run, in order, and why each is so
         self._chained: set[str] = set()  # steps that ran after another in its workers: no queue of their own
         self.listeners: list[Callable[[Iterable[TaskRecord]], None]] = []
         self._failures: list[FailureRecord] = []
@@ -413,7 +450,7 @@ class StatsCollector:
                 for spec, following in itertools.pairwise(lane):
                     self._next[spec.last.name] = following.name
                 for spec in lane:
-                    self._plan.setdefault(tuple(step.name for step in spec.steps), None)
+                    self._plan.setdefault(tuple(step.name for step in spec.steps), spec.layout)
                     self._chained.update(step.name for step in spec.chained)
                     for step in spec.steps:
                         self._stages.setdefault(step.name, _StageTotals(spec.n_workers)).n_workers = spec.n_workers
@@ -444,6 +481,7 @@ class StatsCollector:
                 totals.num_items += r.n_items
                 totals.num_failures += r.failed
                 totals.busy += r.duration
+                totals.cpu += r.cpu_time
                 totals.durations.add(r.duration)
                 # A worker kept up between calls waited for this call's first minibatch
                 # since the call before: count only the wait inside this run.
@@ -501,6 +539,7 @@ class StatsCollector:
                     p99_time=t.durations.quantile(0.99),
                     busy_time=t.busy,
                     n_workers=t.n_workers,
+                    cpu_time=t.cpu,
                     get_wait=t.get_wait,
                     put_wait=t.put_wait,
                     wall_time=wall,
@@ -522,5 +561,5 @@ class StatsCollector:
                 timeline=self._timeline.tasks(),
                 timeline_info=self._timeline.info(),
                 failures=tuple(self._failures),
-                plan=tuple(self._plan),
+                plan=PlanLayout(self._plan),
             )

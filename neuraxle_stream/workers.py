@@ -152,14 +152,14 @@ class StepRunner:
         start_wall = time.time()
         clock = time.perf_counter
         error: BaseException | None = None
-        duration = 0.0
+        duration = cpu = 0.0
         started = float("nan")  # stays NaN when a task hook fails before the step starts
         out: Any = None
         if tracer is not None:
             tracer.begin(task.index)
         try:
             with self.sklearn_config(), self.hooks.around_task(task):
-                started = clock()
+                started, cpu_started = clock(), time.thread_time()
                 try:
                     kwargs = task.params.get(spec.name) if task.params else None  # routed metadata
                     out = self.transform(task.data_inputs, **kwargs) if kwargs else self.transform(task.data_inputs)
@@ -169,12 +169,12 @@ class StepRunner:
                     error = exc  # reported even if a task hook swallows it
                     raise
                 finally:
-                    duration = clock() - started
+                    duration, cpu = clock() - started, time.thread_time() - cpu_started
         except BaseException as exc:
             error = exc  # the step's error, or a hook's own
         record = TaskRecord(
             spec.name, self.worker_index, _num_items(task.data_inputs), start_wall, duration,
-            get_wait, put_wait, error is not None, task.index, started,
+            get_wait, put_wait, error is not None, task.index, started, cpu,
         )
         trace = task.trace if tracer is None else (*task.trace, *tracer.take())
         result = QueuedMinibatchTask(

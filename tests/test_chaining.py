@@ -9,8 +9,10 @@ step. No timing assertions.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,8 +48,10 @@ from neuraxle_stream import (
     SequentialQueuedPipeline,
     StageInfo,
 )
+from neuraxle_stream import plan as plan_module
 from neuraxle_stream._validation import parse_steps
-from neuraxle_stream.plan import chain_groups
+from neuraxle_stream.lifecycle import lifecycle_of
+from neuraxle_stream.plan import MIN_MEASURED_BUSY, StepCost, chain_groups, chain_layout
 
 CHAINS = ["auto", False]
 
@@ -56,6 +60,15 @@ def layout(steps: list[Any], chain: Any = "auto", cores: int = 2, backend: str =
            **kw: Any) -> list[tuple[tuple[str, ...], int]]:
     descs = parse_steps(steps, "SequentialQueuedPipeline", 1, None)
     return [(tuple(d.name for d in group), k) for group, k in chain_groups(descs, chain, backend, cores=cores, **kw)]
+
+
+def reasons(steps: list[Any], chain: Any = "auto", cores: int = 2, **kw: Any) -> list[str]:
+    descs = parse_steps(steps, "SequentialQueuedPipeline", 1, None)
+    return [g.reason for g in chain_layout(descs, chain, "process", cores=cores, **kw)]
+
+
+#: What an earlier call measured: a step that mostly waited (I/O-like), one that computed.
+WAITED, COMPUTED = StepCost(busy_time=2.0, cpu_time=0.1), StepCost(busy_time=2.0, cpu_time=1.9)
 
 
 # -- the rule ------------------------------------------------------------------------------
@@ -98,17 +111,100 @@ def test_only_process_chains_are_capped_by_the_cores() -> None:
     assert layout(steps, backend="ray", cores=2) == [(("a", "b"), 5)]
 
 
-flags = st.tuples(st.integers(1, 4), st.booleans(), st.sampled_from(["plain", "args", "queue"]))
+# -- the rule, refined by what earlier calls measured -------------------------------------------
+
+
+def test_a_chain_holding_a_step_that_waits_is_not_capped_by_the_cores() -> None:
+    steps = [("read", 2, add_one), ("mix", 2, square)]
+    assert layout(steps) == [(("read", "mix"), 2)]  # nothing measured yet: capped
+    assert layout(steps, costs={"read": WAITED}) == [(("read", "mix"), 4)]  # the processes unchained had
+    assert layout(steps, costs={"mix": WAITED}) == [(("read", "mix"), 4)]
+    assert layout(steps, costs={"read": COMPUTED, "mix": COMPUTED}) == [(("read", "mix"), 2)]
+    too_short = StepCost(busy_time=MIN_MEASURED_BUSY / 2, cpu_time=0.0)  # a few minibatches decide nothing
+    assert layout(steps, costs={"read": too_short}) == [(("read", "mix"), 2)]
+    # threads and Ray are never capped: nothing changes there
+    assert layout(steps, backend="thread", costs={"read": WAITED}) == layout(steps, backend="thread")
+    assert layout(steps, chain=False, costs={"read": WAITED}) == [(("read",), 2), (("mix",), 2)]
+
+
+def test_measurements_never_give_a_fitted_step_more_copies() -> None:
+    # uncapped, the chain would have 1 + 1 workers: the scaler (1) stays alone
+    steps = [("read", 1, AddConstant()), ("scale", 1, StandardScaler())]
+    assert layout(steps, cores=1) == [(("read", "scale"), 1)]
+    assert layout(steps, cores=1, costs={"read": WAITED}) == [(("read",), 1), (("scale",), 1)]
+    assert reasons(steps, cores=1, costs={"read": WAITED})[1] == (
+        "as written: a fitted step would get more than its n_workers copies chained with 'read'"
+    )
+
+
+def test_each_group_says_why_it_is_so() -> None:
+    args = [[("value", 1.0)], [("value", 2.0)]]
+    steps = [("a", 2, AddConstant()), ("b", 2, AddConstant()), ("c", 2, args, 4, AddConstant()),
+             ("d", 1, 3, AddConstant()), ("e", 1, AddConstant())]
+    assert reasons(steps) == [
+        "chained: 2 workers (the 4 asked for, capped by the 2 cores)",
+        "as written: its own worker_arguments",
+        "as written: its own max_queue_size",
+        "as written",
+    ]
+    assert reasons(steps[:2], costs={"b": WAITED}) == [
+        "chained: 4 workers, not capped by the 2 cores: 'b' mostly waits (CPU 5% of its 2 s in the step, "
+        "in earlier calls)"
+    ]
+    assert reasons(steps[:2], chain=False) == ["as written (chain=False)"] * 2
+    assert reasons(steps[:2], cores=8) == ["chained: 4 workers"]
+    assert reasons(steps[4:], ray_options={"e": {"num_cpus": 1}}) == ["as written: its own ray_options"]
+
+
+@pytest.mark.timeout(120)
+def test_the_next_call_is_planned_from_the_last_calls_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plan_module, "_cores", lambda: 1)  # the layouts do not depend on the machine
+    X = np.arange(24.0).reshape(12, 2)
+    pipeline = SequentialQueuedPipeline([("read", 1, AddConstant(1.0)), ("mix", 1, MultiplyBy(2.0))], batch_size=3)
+    np.testing.assert_allclose(pipeline.transform(X), (X + 1.0) * 2.0)
+    first = pipeline.stats_
+    assert first.plan == (("read", "mix"),) and first["read"].n_workers == 1
+    assert first.plan.reasons == ("chained: 1 worker (the 2 asked for, capped by the 1 cores)",)
+    # fake what the call measured: 'read' mostly waited
+    lifecycle = lifecycle_of(pipeline)
+    stages = dict(first.stages, read=dataclasses.replace(first["read"], busy_time=2.0, cpu_time=0.1))
+    lifecycle.stats = dataclasses.replace(first, stages=stages)
+    np.testing.assert_allclose(pipeline.transform(X), (X + 1.0) * 2.0)
+    second = pipeline.stats_
+    assert second.plan == (("read", "mix"),) and second["read"].n_workers == second["mix"].n_workers == 2
+    assert second.plan.reason("mix").startswith("chained: 2 workers, not capped by the 1 cores: 'read' mostly waits")
+
+
+class Sleeps(AddConstant):
+    """Waits (sleeps) on each minibatch: its CPU time stays far below its busy time."""
+
+    def transform(self, data_inputs: Any) -> Any:
+        time.sleep(0.02)
+        return super().transform(data_inputs)
+
+
+@pytest.mark.timeout(120)
+def test_stats_measure_each_steps_cpu_time(backend: str) -> None:
+    pipeline = SequentialQueuedPipeline([("sleep", 1, Sleeps(1.0)), ("add", 1, AddConstant(1.0))], batch_size=2,
+                                        backend=backend, chain=False)
+    pipeline.transform(np.arange(12.0).reshape(6, 2))
+    sleep = pipeline.stats_["sleep"]
+    assert sleep.busy_time >= 0.06 and 0.0 <= sleep.cpu_time < 0.5 * sleep.busy_time  # generous: it slept
+    assert StepCost(sleep.busy_time, sleep.cpu_time).waits
+
+
+flags = st.tuples(st.integers(1, 4), st.booleans(), st.sampled_from(["plain", "args", "queue"]), st.booleans())
 
 
 @settings(max_examples=200, deadline=None)
 @given(spec=st.lists(flags, min_size=1, max_size=6), cores=st.integers(1, 8), chain=st.sampled_from(CHAINS),
        backend=st.sampled_from(["process", "thread"]))
 def test_hypothesis_rule_keeps_the_contract(
-    spec: list[tuple[int, bool, str]], cores: int, chain: Any, backend: str,
+    spec: list[tuple[int, bool, str, bool]], cores: int, chain: Any, backend: str,
 ) -> None:
     steps: list[Any] = []
-    for i, (n, fitted, kind) in enumerate(spec):
+    costs = {f"s{i}": WAITED if waits else COMPUTED for i, (*_, waits) in enumerate(spec)}
+    for i, (n, fitted, kind, _) in enumerate(spec):
         step = StandardScaler() if fitted else AddConstant()
         if kind == "args":
             steps.append((f"s{i}", n, [[("copy", True)] if fitted else [("value", 1.0)]] * n, 2, step))
@@ -116,7 +212,7 @@ def test_hypothesis_rule_keeps_the_contract(
             steps.append((f"s{i}", n, 2, step))
         else:
             steps.append((f"s{i}", n, step))
-    groups = layout(steps, chain, cores, backend)
+    groups = layout(steps, chain, cores, backend, costs=costs)
     assert [name for group, _ in groups for name in group] == [f"s{i}" for i in range(len(spec))]
     for group, k in groups:
         members = [spec[int(name[1:])] for name in group]
@@ -124,11 +220,12 @@ def test_hypothesis_rule_keeps_the_contract(
             assert k == members[0][0]  # as written
             continue
         assert chain == "auto"
-        assert all(kind == "plain" for _, _, kind in members)
-        total, most = sum(n for n, _, _ in members), max(n for n, _, _ in members)
-        assert k == (min(total, max(cores, most)) if backend == "process" else total)
+        assert all(kind == "plain" for _, _, kind, _ in members)
+        total, most = sum(n for n, *_ in members), max(n for n, *_ in members)
+        capped = backend == "process" and not any(waits for *_, waits in members)
+        assert k == (min(total, max(cores, most)) if capped else total)  # a step that waits lifts the cap
         assert k >= most  # no step has fewer workers than it asked for
-        assert all(n >= k for n, fitted, _ in members if fitted)  # no fitted step gets more copies
+        assert all(n >= k for n, fitted, _, _ in members if fitted)  # no fitted step gets more copies
 
 
 # -- runs: outputs equal the sequential reference ----------------------------------------------
