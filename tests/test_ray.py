@@ -57,6 +57,7 @@ from neuraxle_stream import (
 from neuraxle_stream.lifecycle import lifecycle_of
 from neuraxle_stream.minibatches import Minibatch
 from neuraxle_stream.ray_backend import DRIVER_CPUS, ActorPool, RayRuntime, actor_options, connect
+from neuraxle_stream.ray_calls import wait_dead
 from neuraxle_stream.savers import save_step
 from neuraxle_stream.stages import StageSpec
 
@@ -305,6 +306,7 @@ def test_an_idle_actor_killed_from_outside_is_replaced(ray_session, monkeypatch,
         idle = self.actor_pool.idle() if self.actor_pool is not None else []
         if idle and not killed:  # before the second run takes it: kill the idle actor
             ray.kill(idle[0])
+            wait_dead(ray, idle[:1], 10.0)  # the kill is an order on its way: wait until it is gone
             _assert_dead(idle[:1])
             killed.extend(_ids(idle[:1]))
         made.append(self)
