@@ -376,7 +376,7 @@ def _refuse_skip(plan: Plan, method: str) -> None:
 _SEQUENTIAL_CONSTRAINTS = {
     "steps": [list, tuple],
     **COMMON_CONSTRAINTS,
-    "chain": [StrOptions({"auto"}), Options(bool, {False})],  # see plan.chain_groups
+    "chain": [StrOptions({"auto"}), Options(bool, {False})],  # see chaining.chain_layout
 }
 
 

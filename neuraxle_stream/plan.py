@@ -16,53 +16,20 @@ and never the estimator::
 
 This is the one place that turns a description into what runs: which stages
 share a lane (:meth:`Plan.lanes`), which consecutive steps of a lane share
-workers (:func:`chain_groups`), what each stage's workers receive
+workers (:func:`~neuraxle_stream.chaining.chain_layout`), what each stage's workers receive
 (:meth:`Plan.specs`), on which backend (:meth:`Plan.new_runtime`).
 
-Chained stages (``chain="auto"``, the default; ``chain=False`` runs every
-step in its own workers, as written). Consecutive steps of a lane whose
-tuple sets nothing for them alone (no ``worker_arguments``, no explicit
-``max_queue_size``, no ``ray_options``, no CUDA ``device``) share one set of
-workers, each running the steps one after another on its minibatch, in its
-own memory: the data never cross a queue (nor a process boundary) between
-them. A chain of steps with ``n_1 ... n_m`` workers gets
-``k = n_1 + ... + n_m`` workers on threads and Ray, and on processes
-``k = min(n_1 + ... + n_m, max(cores, n_1, ..., n_m))``: no more processes
-than the cores, unless a step asked for more itself. A fittable (stateful)
-step joins a chain only if ``k <= n_i`` of that step, so no fitted step ever
-has more copies than its ``n_workers``. Why never slower: with per-step
-times ``c_i``, the unchained stages pass at most
-``min(min_i n_i / c_i, cores / sum c_i)`` minibatches per second (the second
-bound for work that keeps a core busy); the chain passes ``k / sum c_i``,
-which is at least that, since ``sum n_i >= t sum c_i`` for
-``t = min_i n_i / c_i``; and it pays no hop between its steps. (Process steps
-that mostly wait, on I/O say, are the exception the core cap can slow down, by
-at most the share of the chain's other steps; see below.) So
-the 2 + 2 process workers of W1 on 2 cores become one chain of 2 workers, and
-the 1 + 1 workers of a balanced W2 one chain of 2, both cores busy.
-
-What earlier calls measured refines the next call's layout
-(:func:`chain_layout`, from the composite's last ``stats_``): a process step
-that mostly *waits* (its workers' CPU time in the step below
-:data:`WAITING_CPU_SHARE` of their time in it, over at least
-:data:`MIN_MEASURED_BUSY` seconds: I/O, a remote service, sleep) does not
-need a core while it waits, so a chain holding it is not capped by the
-cores: it gets ``k = n_1 + ... + n_m``, the processes the steps would have
-had unchained, and passes ``k / sum c_i >= min_i n_i / c_i`` minibatches per
-second (the mediant), never fewer than unchained, without the hops. The
-first call, with nothing measured, uses the rule above; the decision is a
-pure function of the parsed steps, the settings and the measured times, so
-the same measurements give the same layout. Each group's reason is in
-``stats_.plan.reasons``.
+Chained stages (``chain="auto"``, the default): which consecutive steps
+of a lane share workers is decided by :mod:`~neuraxle_stream.chaining`,
+from the steps, the settings and what earlier calls measured (the
+composite's last ``stats_``, passed to :meth:`Plan.specs`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import multiprocessing
 import numbers
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -73,6 +40,16 @@ from ._routing import RoutedParams, Style
 from ._validation import StageDesc, WorkersStage, check_hooks
 from .backends import Backend, ProcessBackend, ThreadBackend, step_modules, uses_cuda
 from .caching import CacheStore, NullStore, memory_location, open_store
+from .chaining import (
+    MIN_MEASURED_BUSY,
+    WAITING_CPU_SHARE,
+    ChainGroup,
+    StepCost,
+    chain_groups,
+    chain_layout,
+    chainable,
+    measured_costs,
+)
 from .hooks import PipelineHook, dump_hooks
 from .minibatches import Minibatching
 from .retries import RetryPolicy
@@ -80,7 +57,7 @@ from .runtime import Runtime
 from .runtime_base import BaseRuntime
 from .savers import save_step
 from .stages import StageSpec
-from .steps import is_fittable, worker_form
+from .steps import worker_form
 from .tracing import Assembler
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,11 +67,6 @@ __all__ = [
     "MIN_MEASURED_BUSY", "WAITING_CPU_SHARE", "BackendChoice", "ChainGroup", "Plan", "StepCost", "chain_groups",
     "chain_layout", "chainable", "first_output", "measured_costs", "runtime_key",
 ]
-
-#: A step whose CPU time in its calls was below this share of its time in them mostly waits (I/O-like).
-WAITING_CPU_SHARE = 0.5
-#: Seconds (all workers) a step must have been measured in before its measurement counts.
-MIN_MEASURED_BUSY = 0.05
 
 #: Composite parameters a plan takes through its ``stages`` (parsed steps) and ``join``.
 _DESCRIBED_BY_STAGES = frozenset({
@@ -128,155 +100,6 @@ class BackendChoice:
         if name == "process" and multiprocessing.current_process().daemon:
             name = "thread"  # nested inside a worker process: daemons cannot have children
         return cls(name, mp_context, timeout, ray_options, ray_address)
-
-
-def _cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def _own_device(step: Any) -> bool:
-    """Whether the step names a CUDA ``device`` of its own (attribute or parameter)."""
-    values = [getattr(step, "device", None)]
-    if hasattr(step, "get_params"):
-        with contextlib.suppress(Exception):  # a step whose params cannot be read names no device
-            values += [v for k, v in step.get_params(deep=True).items() if k == "device" or k.endswith("__device")]
-    return any(str(v).startswith("cuda") for v in values if v is not None)
-
-
-@dataclass(frozen=True)
-class StepCost:
-    """What earlier calls measured of one step: seconds its workers spent in it, and their CPU seconds in it."""
-
-    busy_time: float
-    cpu_time: float
-
-    @property
-    def waits(self) -> bool:
-        """Whether the step mostly waited (CPU below :data:`WAITING_CPU_SHARE` of its busy time)."""
-        return self.busy_time >= MIN_MEASURED_BUSY and self.cpu_time < WAITING_CPU_SHARE * self.busy_time
-
-    def describe(self) -> str:
-        """``"CPU 10% of its 2.0 s in the step"``, for the plan's reasons."""
-        return f"CPU {self.cpu_time / self.busy_time:.0%} of its {self.busy_time:.2g} s in the step"
-
-
-def measured_costs(stats: PipelineStats | None) -> dict[str, StepCost]:
-    """The :class:`StepCost` of each step the stats of an earlier call measured (none: ``{}``)."""
-    if stats is None:
-        return {}
-    return {name: StepCost(s.busy_time, s.cpu_time) for name, s in stats.stages.items() if s.num_tasks}
-
-
-def _own_settings(desc: StageDesc, ray_options: dict[str, dict[str, Any]] | None) -> str | None:
-    """What is set for this step alone (it then runs in its own workers), or ``None``."""
-    if desc.kind != "step":
-        return f"a {desc.kind!r} stage"
-    if desc.worker_arguments:
-        return "its own worker_arguments"
-    if desc.own_queue:
-        return "its own max_queue_size"
-    if ray_options and desc.name in ray_options:
-        return "its own ray_options"
-    if _own_device(desc.runnable):
-        return "its own CUDA device"
-    return None
-
-
-def chainable(desc: StageDesc, ray_options: dict[str, dict[str, Any]] | None = None) -> bool:
-    """Whether a step may share workers with its neighbours: nothing is set for it alone.
-
-    Never a step with ``worker_arguments``, an explicit ``max_queue_size`` in
-    its tuple (or its wrapper), Ray options, or a CUDA device of its own.
-    """
-    return _own_settings(desc, ray_options) is None
-
-
-def _chain_workers(group: Sequence[StageDesc], cores: int | None) -> int | None:
-    """The workers of a chain of ``group`` (see the module docstring), ``None`` when it may not be chained."""
-    total = sum(d.n_workers for d in group)
-    k = total if cores is None else min(total, max(cores, *(d.n_workers for d in group)))
-    if any(d.n_workers < k and is_fittable(d.runnable) for d in group):
-        return None  # a fitted step would get more copies than its n_workers
-    return k
-
-
-@dataclass(frozen=True)
-class ChainGroup:
-    """Consecutive steps of a lane that share one set of workers, their number, and why so."""
-
-    steps: tuple[StageDesc, ...]
-    n_workers: int
-    reason: str
-
-
-def _chained_reason(group: Sequence[StageDesc], k: int, cap: int | None, waiting: list[str],
-                    costs: dict[str, StepCost]) -> str:
-    total = sum(d.n_workers for d in group)
-    workers = f"{k} worker{'' if k == 1 else 's'}"
-    if waiting and cap is not None:
-        name = waiting[0]
-        return (f"chained: {workers}, not capped by the {cap} cores: {name!r} mostly waits "
-                f"({costs[name].describe()}, in earlier calls)")
-    if cap is not None and k < total:
-        return f"chained: {workers} (the {total} asked for, capped by the {cap} cores)"
-    return f"chained: {workers}"
-
-
-def chain_layout(
-    lane: Sequence[StageDesc], chain: bool | str = "auto", backend: str = "process",
-    ray_options: dict[str, dict[str, Any]] | None = None, cores: int | None = None,
-    costs: dict[str, StepCost] | None = None,
-) -> list[ChainGroup]:
-    """The steps of ``lane`` grouped into the chains that share workers, with their worker counts and reasons.
-
-    ``chain=False``: one group per step, with its own ``n_workers``. Else
-    consecutive :func:`chainable` steps join a chain while
-    ``_chain_workers`` allows it; ``cores`` (processes only) defaults to the
-    cores this process may use. ``costs`` (what earlier calls measured, by
-    step name): a chain holding a step that mostly waits is not capped by
-    the cores (see the module docstring).
-    """
-    costs = costs or {}
-    # processes cost start-up and memory each, and busy cores gain nothing from more of them
-    cap = (cores if cores is not None else _cores()) if backend == "process" else None
-    groups: list[ChainGroup] = []
-    refused: str | None = None  # why the step could not join the chain before it
-    for d in lane:
-        why = _own_settings(d, ray_options)
-        if chain is not False and groups and why is None:
-            group = groups[-1].steps
-            candidate = (*group, d)
-            if all(chainable(g, ray_options) for g in group):
-                waiting = [g.name for g in candidate if g.name in costs and costs[g.name].waits]
-                k = _chain_workers(candidate, None if waiting else cap)
-                if k is not None:
-                    groups[-1] = ChainGroup(candidate, k, _chained_reason(candidate, k, cap, waiting, costs))
-                    continue
-                refused = f"a fitted step would get more than its n_workers copies chained with {group[-1].name!r}"
-        if chain is False:
-            reason = "as written (chain=False)"
-        elif why is not None:
-            reason = f"as written: {why}"
-        elif refused is not None:
-            reason = f"as written: {refused}"
-        else:
-            reason = "as written"
-        refused = None
-        groups.append(ChainGroup((d,), d.n_workers, reason))
-    return groups
-
-
-def chain_groups(
-    lane: Sequence[StageDesc], chain: bool | str = "auto", backend: str = "process",
-    ray_options: dict[str, dict[str, Any]] | None = None, cores: int | None = None,
-    costs: dict[str, StepCost] | None = None,
-) -> list[tuple[tuple[StageDesc, ...], int]]:
-    """The groups of :func:`chain_layout`, as ``(steps, workers)`` pairs."""
-    return [(g.steps, g.n_workers) for g in chain_layout(lane, chain, backend, ray_options, cores, costs)]
 
 
 def runtime_key(choice: BackendChoice, specs: list[list[StageSpec]]) -> tuple[str, str, str]:

@@ -1,6 +1,6 @@
 """Chained stages (``chain="auto"``): which steps share workers, and that nothing per step is lost.
 
-The rule (``plan.chain_groups``) is checked on parsed steps, with the number
+The rule (``chaining.chain_layout``) is checked on parsed steps, with the number
 of cores given, so that the layouts do not depend on the machine; the runs
 check that chained and unchained pipelines give the sequential reference's
 outputs, and that stats, hooks, traces, caches and errors still name each
@@ -48,7 +48,7 @@ from neuraxle_stream import (
     SequentialQueuedPipeline,
     StageInfo,
 )
-from neuraxle_stream import plan as plan_module
+from neuraxle_stream import chaining as chaining_module
 from neuraxle_stream._validation import parse_steps
 from neuraxle_stream.lifecycle import lifecycle_of
 from neuraxle_stream.plan import MIN_MEASURED_BUSY, StepCost, chain_groups, chain_layout
@@ -158,7 +158,7 @@ def test_each_group_says_why_it_is_so() -> None:
 
 @pytest.mark.timeout(120)
 def test_the_next_call_is_planned_from_the_last_calls_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plan_module, "_cores", lambda: 1)  # the layouts do not depend on the machine
+    monkeypatch.setattr(chaining_module, "_cores", lambda: 1)  # the layouts do not depend on the machine
     X = np.arange(24.0).reshape(12, 2)
     pipeline = SequentialQueuedPipeline([("read", 1, AddConstant(1.0)), ("mix", 1, MultiplyBy(2.0))], batch_size=3)
     np.testing.assert_allclose(pipeline.transform(X), (X + 1.0) * 2.0)

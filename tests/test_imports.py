@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("runtimes", {"runtime_base", "feeder", "supervision", "replacement", "runtime", "ray_calls", "ray_backend", "monitor"}),
     # above the engine: description, plan, lifecycle, call, estimators (docs/architecture.md)
     ("description", {"_validation", "_routing", "_branches"}),
-    ("plan", {"plan"}),
+    ("plan", {"plan", "chaining"}),
     ("lifecycle", {"lifecycle"}),
     ("call", {"_cached_run", "call", "_fitting"}),
     ("estimators", {"_sklearn_output", "_composition", "_composite", "wrapper", "pipeline", "union"}),
