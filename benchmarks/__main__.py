@@ -5,7 +5,10 @@ Sections, each task in its own fresh interpreter (see ``_child.py``):
 1. ``reference``: the CPU workload of DESIGN.md section 5 on every runner;
 2. ``transport``: 1 MB and 16 MB arrays between process stages;
 3. ``overhead``: per-minibatch and per-call cost of a no-op stage;
-4. ``memory``: RSS of an endless ``stream()`` through 3 stages.
+4. ``memory``: RSS of an endless ``stream()`` through 3 stages;
+5. ``sklearn``: W4 (a ``GridSearchCV`` over our pipeline on processes, threads
+   and plain scikit-learn), the fixed cost of a call on warm workers, and the
+   first call's start-up.
 
 Prints the tables and the DESIGN.md section 4 target checks, and writes
 ``results.json``, ``benchmark.png`` and ``memory.png`` to ``--out``; with the
@@ -34,12 +37,12 @@ import numpy as np
 import psutil
 
 import benchmarks
-from benchmarks import memory, overhead, reference, report, timeline, transport
+from benchmarks import memory, overhead, reference, report, sklearn_loop, timeline, transport
 from benchmarks.measure import RssSampler
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ROOT = PACKAGE_DIR.parent
-SECTIONS = ("reference", "transport", "overhead", "memory")
+SECTIONS = ("reference", "transport", "overhead", "memory", "sklearn")
 ANCHORS = (
     "sequential",
     "ceiling",
@@ -48,7 +51,7 @@ ANCHORS = (
 
 PRESETS = {
     # reference items, repeats per round, rounds; transport MB per case; overhead minibatches;
-    # seconds of endless stream; seconds a task may take
+    # seconds of endless stream; rows of the W4 grid; seconds a task may take
     "full": {
         "items": 20000,
         "repeats": 1,
@@ -56,6 +59,7 @@ PRESETS = {
         "transport_mb": 256,
         "minibatches": 2000,
         "stream_seconds": 20.0,
+        "grid_rows": sklearn_loop.GRID_ROWS,
         "timeout": 240,
     },
     "quick": {
@@ -65,6 +69,7 @@ PRESETS = {
         "transport_mb": 64,
         "minibatches": 500,
         "stream_seconds": 4.0,
+        "grid_rows": 1000,
         "timeout": 90,
     },
 }
@@ -311,6 +316,10 @@ def _run_one(
         summary += f", {row['all_in_us']:,.1f} us/minibatch"
     elif "items" in row:
         summary += f", {row['items']:,} items"
+    elif "fixed_ms" in row:
+        summary += f", {row['fixed_ms']:,.1f} ms"
+    elif "seconds" in row:
+        summary += f", {row['seconds']:,.2f} s"
     if row.get("status") != "ok":
         summary += f" ({row.get('error', '')})"[:120]
     load = row.get("other_load")
@@ -324,6 +333,7 @@ _BEST = {  # section: (metric, higher is better)
     "transport": ("mb_per_s", True),
     "overhead": ("all_in_us", False),
     "memory": ("items", True),
+    "sklearn": ("seconds", False),
 }
 
 
@@ -378,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds",
         type=int,
-        help="rounds over the rows of sections 1-3, each task in a fresh process; "
+        help="rounds over the rows of sections 1-3 and 5, each task in a fresh process; "
         "the best round is kept (full 2, quick 1)",
     )
     parser.add_argument(
@@ -421,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "transport": transport.specs(preset["transport_mb"], 3),
         "overhead": overhead.specs(preset["minibatches"], 3),
         "memory": memory.specs(preset["stream_seconds"], args.batch_size),
+        "sklearn": sklearn_loop.specs(preset["grid_rows"]),
     }
     chosen = {s: [t for t in tasks if _selected(t, only, skip)] for s, tasks in all_specs.items()}
     if chosen["reference"]:
@@ -435,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
             for t in all_specs["transport"]
             if t in chosen["transport"]
             or (t["case"].startswith("mpqueue") and t["size_mb"] in sizes)
+        ]
+    if any(t["name"].startswith("grid-") for t in chosen["sklearn"]):  # the grid ratio divides by threads
+        chosen["sklearn"] = [
+            t for t in all_specs["sklearn"] if t in chosen["sklearn"] or t["name"] == "grid-thread"
         ]
     if args.list:
         for section in SECTIONS:
@@ -456,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         "transport_mb_per_case": preset["transport_mb"],
         "overhead_minibatches": preset["minibatches"],
         "stream_seconds": preset["stream_seconds"],
+        "grid_rows": preset["grid_rows"],
         "task_timeout_s": timeout,
         "settle_s": args.settle,
         "command": " ".join(
@@ -495,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report.add_reference_ratios(results["reference"])
     report.add_transport_ratios(results["transport"])
+    report.add_sklearn_ratios(results["sklearn"])
     checks = report.targets(results)
 
     header = (
@@ -524,6 +541,11 @@ def main(argv: list[str] | None = None) -> int:
         sections_text.append(
             "4. Memory: endless stream() through 3 stages\n"
             + report.memory_table(results["memory"])
+        )
+    if results["sklearn"]:
+        sections_text.append(
+            "5. W4 and start-up: a scikit-learn loop over our pipeline; warm workers\n"
+            + report.sklearn_table(results["sklearn"])
         )
     measured = [t for t in checks if t["value"] is not None or t["met"] is not None]
     if measured and not args.check:

@@ -18,7 +18,7 @@ def main(spec_path: str, out_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     try:
-        module = import_module(f"benchmarks.{spec['section']}")
+        module = import_module(f"benchmarks.{spec.get('module', spec['section'])}")
         result = module.run_task(spec)
         result.setdefault("status", "ok")
         code = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import operator
 import pickle
+import sys
 import traceback
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple, TypeVar
@@ -128,7 +129,6 @@ class TaskRecord(NamedTuple):
     cpu_time: float = 0.0
 
 
-@_pickled_as_a_call
 @dataclass(frozen=True, slots=True)
 class QueuedMinibatchTask:
     """A minibatch on its way through the stages.
@@ -163,6 +163,39 @@ class QueuedMinibatchTask:
     stats: tuple[TaskRecord, ...] = ()
     trace: tuple[Any, ...] = ()
     params: dict[str, dict[str, Any]] | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A list of small same-shape arrays (a per-item function's outputs) travels as one
+        # block: one array to pickle on each end rather than one per item (W4, docs/backends.md).
+        fields_ = _TASK_FIELDS(self)
+        block = _rows_block(fields_[1])
+        if block is None:
+            return QueuedMinibatchTask, fields_
+        return _task_of_rows, (fields_[0], block, *fields_[2:])
+
+
+_TASK_FIELDS = operator.attrgetter(*(f.name for f in fields(QueuedMinibatchTask)))
+#: Items up to this size travel stacked (:func:`_rows_block`); larger ones by themselves.
+_SMALL_ROW = 4096
+
+
+def _rows_block(data: Any) -> Any:
+    """``data`` stacked into one array when it is a list of small same-shape NumPy arrays, else ``None``."""
+    if type(data) is not list or len(data) < 2:
+        return None
+    first = data[0]
+    np = sys.modules.get("numpy")
+    if np is None or type(first) is not np.ndarray or first.ndim == 0 or first.nbytes > _SMALL_ROW:
+        return None
+    shape, dtype = first.shape, first.dtype
+    if dtype.hasobject or not all(type(a) is np.ndarray and a.shape == shape and a.dtype == dtype for a in data):
+        return None
+    return np.stack(data)
+
+
+def _task_of_rows(index: int, block: Any, *rest: Any) -> QueuedMinibatchTask:
+    """The task :meth:`QueuedMinibatchTask.__reduce__` sent: its items are the block's rows."""
+    return QueuedMinibatchTask(index, list(block), *rest)
 
 
 @_pickled_as_a_call
