@@ -253,7 +253,8 @@ def memory_table(rows: list[dict[str, Any]]) -> str:
 _SKLEARN_ROWS = {
     "first-call": "first transform on processes, 2 NumPy functions x 2 workers (fresh interpreter)",
     "warm-call": "fixed cost of a call on warm process workers (a clone, 1 minibatch; median)",
-    "grid-process": "W4 GridSearchCV(cv=5), 8 candidates, our pipeline on processes",
+    "grid-process": "W4 GridSearchCV(cv=5), 8 candidates, our pipeline on processes (fresh interpreter)",
+    "grid-process-warm": "(info) the same, after a smaller grid warmed the workers up",
     "grid-thread": "W4 grid, our pipeline on threads",
     "grid-sklearn": "W4 grid, a plain scikit-learn Pipeline in its place",
 }

@@ -274,3 +274,132 @@ def test_idle_workers_exit_when_the_parent_dies() -> None:
         if child.poll() is None:
             child.kill()
             child.wait(10)
+
+
+# -- what the fork servers import ---------------------------------------------------------
+
+
+def test_step_modules_name_what_a_worker_imports_to_load_the_steps() -> None:
+    from sklearn.preprocessing import StandardScaler
+
+    from neuraxle_stream.backends import step_modules
+    from neuraxle_stream.steps import Identity, ItemFunction
+
+    def local(x: Any) -> Any:
+        return x
+
+    local.__module__ = "__main__"  # as a script's function: it travels by value
+    steps = [ItemFunction(np.sqrt), ItemFunction(local), StandardScaler(), Identity(), ItemFunction(Pids)]
+    assert step_modules(steps) == ["neuraxle_stream.steps", "numpy", "sklearn.preprocessing._data", "test_pool"]
+
+
+def test_lean_steps_preload_no_scikit_learn_and_others_do() -> None:
+    from neuraxle_stream.backends import STEP_LAYER, WORKER_MODULES, is_lean, server_modules
+
+    assert is_lean([]) and is_lean(["numpy", "math"])
+    assert not is_lean(["test_pool"])  # it imports scikit-learn (through the package, at least)
+    assert not is_lean(["sklearn.preprocessing._data"]) and not is_lean(["no_such_module"])
+    lean, full = server_modules(["numpy"]), server_modules(["test_pool"])
+    assert lean[: len(WORKER_MODULES)] == full[: len(WORKER_MODULES)] == list(WORKER_MODULES)
+    assert STEP_LAYER not in lean and "numpy" in lean
+    assert STEP_LAYER in full and "test_pool" in full
+
+
+_TIERS = """
+    import json, os, sys
+    from multiprocessing import forkserver
+
+    import numpy as np
+    import psutil
+    from sklearn.preprocessing import StandardScaler
+
+    from neuraxle_stream import SequentialQueuedPipeline, config_context, shutdown_workers
+    from neuraxle_stream import backends
+    from neuraxle_stream.pool import worker_pool
+
+    def has_sklearn(x):
+        return "sklearn" in sys.modules
+
+    def parents():
+        return sorted({psutil.Process(p).ppid() for p in worker_pool().idle_pids()})
+
+    if __name__ == "__main__":
+        out = {}
+        lean = SequentialQueuedPipeline([("f", 2, has_sklearn)], batch_size=1)
+        with config_context(worker_idle_timeout=0):
+            out["lean_workers_have_sklearn"] = any(lean.transform(np.arange(4.0)))
+        out["server"] = forkserver._forkserver._preload_modules
+        X = np.arange(16.0).reshape(8, 2)
+        heavy = SequentialQueuedPipeline([("scale", 2, StandardScaler())], batch_size=2).fit(X)
+        np.testing.assert_allclose(heavy.transform(X), StandardScaler().fit_transform(X))
+        out["full_server"] = backends._FULL_SERVER._preload_modules
+        out["full_pid"] = backends._FULL_SERVER._forkserver_pid
+        out["heavy_parents"] = parents()
+        victim = sorted(worker_pool().idle_pids())[0]
+        psutil.Process(victim).kill()
+        psutil.Process(victim).wait(10)
+        np.testing.assert_allclose(heavy.transform(X), StandardScaler().fit_transform(X))
+        out["after_kill_parents"] = parents()
+        out["lean_again"] = len(lean.transform(np.arange(4.0)))
+        shutdown_workers()
+        print(json.dumps(out))
+"""
+
+
+def test_a_lean_first_call_starts_a_lean_server_and_scikit_learn_steps_a_second_one() -> None:
+    # a fresh interpreter: this one's fork server runs already
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_TIERS)], cwd=TESTS, env=env,
+        capture_output=True, text=True, timeout=90,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    assert out["lean_workers_have_sklearn"] is False
+    assert out["server"] == ["neuraxle_stream.workers", "neuraxle_stream.pool"]
+    assert "neuraxle_stream.steps" in out["full_server"]
+    assert "sklearn.preprocessing._data" in out["full_server"]
+    # the scikit-learn steps' workers, and the one that replaced a killed worker, come from it
+    assert out["heavy_parents"] == [out["full_pid"]]
+    assert out["after_kill_parents"] == [out["full_pid"]]
+    assert out["lean_again"] == 4
+
+
+# -- W4: a per-item function's outputs ---------------------------------------------------
+
+
+def test_small_same_shape_items_travel_as_one_block_and_come_back_as_items() -> None:
+    import pickle
+
+    from neuraxle_stream.messages import QueuedMinibatchTask
+
+    items = [np.arange(4.0) * i for i in range(6)]
+    task = QueuedMinibatchTask(7, items, expected_outputs=[1] * 6, run_id=3)
+    back = pickle.loads(pickle.dumps(task, protocol=5))
+    assert back.index == 7 and back.run_id == 3 and back.expected_outputs == [1] * 6
+    assert type(back.data_inputs) is list and len(back.data_inputs) == 6
+    for got, want in zip(back.data_inputs, items):
+        assert type(got) is np.ndarray and got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    back.data_inputs[0][:] = -1  # writable, and its own rows only
+    np.testing.assert_array_equal(back.data_inputs[1], items[1])
+    # anything else travels as it is
+    for data in ([np.arange(3), np.arange(4)], [np.float64(1), np.float64(2)], [np.arange(3), [1]], [1, 2]):
+        same = pickle.loads(pickle.dumps(QueuedMinibatchTask(0, data)))
+        assert [type(d) for d in same.data_inputs] == [type(d) for d in data]
+
+
+def test_a_per_item_function_on_processes_gives_what_threads_give() -> None:
+    X = np.random.RandomState(0).rand(50, 3)
+    on = {
+        backend: SequentialQueuedPipeline([("half", 2, _half)], batch_size=8, backend=backend).transform(X)
+        for backend in ("thread", "process")
+    }
+    assert len(on["process"]) == len(on["thread"]) == 50
+    for a, b in zip(on["process"], on["thread"]):
+        assert type(a) is type(b) is np.ndarray
+        np.testing.assert_array_equal(a, b)
+
+
+def _half(x: Any) -> Any:
+    return x * 0.5
