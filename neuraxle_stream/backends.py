@@ -352,17 +352,16 @@ def forkserver_context(preload: Iterable[str] = ()) -> BaseContext:
     starts in milliseconds rather than importing scikit-learn again.
     """
     preload = list(preload)
-    modules = server_modules(preload)
     ctx = multiprocessing.get_context("forkserver")
     stdlib = forkserver._forkserver
     with _servers_lock:
         if getattr(stdlib, "_forkserver_pid", None) is None:  # not started yet: this call's steps decide
-            ctx.set_forkserver_preload(modules)
+            ctx.set_forkserver_preload(server_modules(preload))
             return ctx
-        if is_lean(preload) or STEP_LAYER in getattr(stdlib, "_preload_modules", ()):
+        if STEP_LAYER in getattr(stdlib, "_preload_modules", ()) or is_lean(preload):
             return ctx
         if getattr(_FULL_SERVER, "_forkserver_pid", None) is None:
-            _FULL_SERVER.set_forkserver_preload(modules)
+            _FULL_SERVER.set_forkserver_preload(server_modules(preload))
         return _FULL_CONTEXT
 
 
