@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.markdown [results.json]`` (default:
 ``benchmarks/results/results.json``) prints the machine line and the
-reference, transport, overhead, memory and target tables of that run, in
+reference, transport, overhead, memory, W4 and target tables of that run, in
 the columns the documentation uses, so that the pages quote the latest run
 rather than numbers typed by hand.
 """
@@ -87,6 +87,18 @@ def memory(data: dict[str, Any]) -> str:
     return _md(["backend", "items", "items/s", "RSS growth MB", "workers left"], rows, "<>>>>")
 
 
+def sklearn(data: dict[str, Any]) -> str:
+    """W4 and start-up: the grid on processes, threads and scikit-learn, a warm call, the first call."""
+    rows = []
+    for r in data.get("sklearn", []):
+        if r.get("status") != "ok":
+            rows.append([f"`{r['name']}`", r.get("status", "?"), "", ""])
+            continue
+        value = f"{r['fixed_ms']:.1f} ms" if r.get("fixed_ms") is not None else f"{r['seconds']:.2f} s"
+        rows.append([f"`{r['name']}`", value, _num(r.get("grid_x_thread"), ".2f"), _num(r.get("grid_x_sklearn"), ".1f")])
+    return _md(["row", "time", "x threads", "x sklearn"], rows, "<>>>")
+
+
 def targets(data: dict[str, Any]) -> str:
     """Every target with this run's value and verdict."""
     verdict = {True: "yes", False: "**no**", None: "not run"}
@@ -102,7 +114,7 @@ def render(data: dict[str, Any]) -> str:
     parts = [machine_line(data)]
     for title, fn in (
         ("Reference workload", reference), ("Transport", transport), ("Overhead", overhead),
-        ("Memory", memory), ("Targets", targets),
+        ("Memory", memory), ("W4 and start-up", sklearn), ("Targets", targets),
     ):
         parts.append(f"### {title}\n\n{fn(data)}")
     return "\n\n".join(parts) + "\n"
