@@ -398,7 +398,10 @@ class RowAccumulator:
     number of rows is known, each minibatch is copied into one preallocated
     array as it arrives: no serial concatenation at the end, and no second
     copy of the whole output in memory. Anything else is kept and joined by
-    :func:`concat_rows` at the end.
+    :func:`concat_rows` at the end. Where that array lives, and how a part
+    gets into it, are the two methods a subclass may change
+    (:class:`~neuraxle_stream.shared_rows.SharedRowAccumulator`: in shared
+    memory, written by the workers).
 
     Examples
     --------
@@ -414,12 +417,22 @@ class RowAccumulator:
         self._out: np.ndarray | None = None
         self._filled = 0
 
+    def _allocate(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        """The array that the outputs are copied into."""
+        return np.empty(shape, dtype=dtype)
+
+    def _write(self, out: np.ndarray, start: int, part: np.ndarray) -> bool:
+        """Copy ``part`` into rows ``start:`` of ``out``; ``False`` when it could not."""
+        out[start : start + part.shape[0]] = part
+        return True
+
     def add(self, part: Any) -> None:
         """Take the output of the next minibatch, in input order."""
         out = self._out
-        first = out is None and not self._parts and self._total is not None
-        if first and type(part) is np.ndarray and part.ndim >= 1 and part.shape[0] <= self._total:
-            out = self._out = np.empty((self._total, *part.shape[1:]), dtype=part.dtype)
+        total = self._total
+        first = out is None and not self._parts and total is not None
+        if first and total is not None and type(part) is np.ndarray and part.ndim >= 1 and part.shape[0] <= total:
+            out = self._out = self._allocate((total, *part.shape[1:]), part.dtype)
         if out is not None:
             fits = (
                 type(part) is np.ndarray
@@ -427,12 +440,11 @@ class RowAccumulator:
                 and part.shape[1:] == out.shape[1:]
                 and self._filled + part.shape[0] <= out.shape[0]
             )
-            if fits:
-                out[self._filled : self._filled + part.shape[0]] = part
+            if fits and self._write(out, self._filled, part):
                 self._filled += part.shape[0]
                 return
             # Not the expected shape after all: fall back to joining the parts.
-            self._parts = [out[: self._filled]]
+            self._parts = [out[: self._filled]] if self._filled else []
             self._out = None
         self._parts.append(part)
 

@@ -11,7 +11,8 @@ One run of stages ``start:stop`` of a plan::
           (index, lane outputs) ──▶ plan.join(lane outputs) ──▶ minibatch.unpad(out)
                                               │
                                               ▼
-          transform_range: RowAccumulator (or plan.data_joiner) ──▶ joined output
+          transform_range: SharedRowAccumulator (or plan.data_joiner) ──▶ joined output
+          (on processes, the last workers write their rows into it: shared_rows.py)
           stream: one item at a time
 
 With a cache (``memory=``), the run goes stage by stage through
@@ -25,12 +26,13 @@ become the composite's ``stats_`` at the end of the call.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
-from . import _containers, tracing
+from . import _containers, shared_rows, tracing
 from ._branches import no_branch_output
 from ._cached_run import fit_cached, run_cached
 from ._validation import StageDesc
@@ -39,6 +41,8 @@ from .lifecycle import Lifecycle
 from .minibatches import Minibatch
 from .monitor import CallMonitor
 from .plan import Plan
+from .shared_rows import SharedRowAccumulator
+from .stages import StageSpec
 from .steps import iter_items
 
 __all__ = ["TracedCall", "fit_step", "monitored", "run", "stream", "traced", "transform_range"]
@@ -73,8 +77,15 @@ def monitored(plan: Plan, lifecycle: Lifecycle, X: Any) -> Iterator[CallMonitor]
 
 def run(
     plan: Plan, lifecycle: Lifecycle, X: Any, start: int, stop: int, monitor: CallMonitor, ordered: bool = True,
+    into: SharedRowAccumulator | None = None,
 ) -> Generator[tuple[int, Any], None, None]:
-    """Run stages ``start:stop`` on ``X``; yield ``(index, joined minibatch output)``."""
+    """Run stages ``start:stop`` on ``X``; yield ``(index, joined minibatch output)``.
+
+    With ``into`` (``transform``), where the workers of a process runtime
+    can write the outputs straight into the joined array, each minibatch is
+    aimed at its rows and its output may be a
+    :class:`~neuraxle_stream.shared_rows.WrittenRows` for ``into`` to take.
+    """
     lanes = plan.lanes(start, stop)
     params = plan.routed.for_stages([d.name for lane in lanes for d in lane])
     if plan.store.enabled:  # stage by stage, through the cache (see caching.py)
@@ -90,11 +101,21 @@ def run(
         plan.trace.next_run()
     with lifecycle.running_on(plan, specs, monitor) as runtime:
         padded: dict[int, Minibatch] = {}  # the padded minibatch in flight (the last one, if any)
+        pool = shared_rows.pool_for(runtime) if into is not None and _writes_in_place(plan, specs) else None
+        if pool is not None:
+            into.open(pool)  # type: ignore[union-attr]
+        aim = into.target if pool is not None else None  # type: ignore[union-attr]
 
         def minibatches() -> Iterator[Minibatch]:
+            first_row = 0
             for batch in plan.minibatching.batches(X, params):
                 if batch.padding:
                     padded[batch.index] = batch
+                elif aim is not None:
+                    target = aim(first_row, batch.rows)
+                    if target is not None:
+                        batch = dataclasses.replace(batch, output=target)
+                first_row += batch.rows
                 yield batch
 
         # closing(): whatever ends this frame (Ctrl-C between two minibatches included), the
@@ -107,6 +128,21 @@ def run(
                 yield index, out if batch is None else batch.unpad(out)
 
 
+def _writes_in_place(plan: Plan, specs: list[list[StageSpec]]) -> bool:
+    """Whether the last workers may write the outputs of a run of ``specs`` into the joined array.
+
+    One lane (a union joins its lanes in the parent), untraced (the trace
+    follows the data), no retries or skips (an attempt that failed may still
+    write), and one output row per input row at every step.
+    """
+    return (
+        len(specs) == 1
+        and plan.trace is None
+        and not plan.retry.active
+        and not any(step.may_change_length for spec in specs[0] for step in spec.steps)
+    )
+
+
 def transform_range(plan: Plan, lifecycle: Lifecycle, X: Any, start: int, stop: int, monitor: CallMonitor) -> Any:
     """The joined outputs of stages ``start:stop`` for ``X``, in input order."""
     if not plan.lanes(start, stop):  # a union whose every branch is "drop"
@@ -117,18 +153,26 @@ def transform_range(plan: Plan, lifecycle: Lifecycle, X: Any, start: int, stop: 
         plan.minibatching.keep_incomplete and plan.data_joiner is None
     ):
         return X  # "passthrough" stages only (before a fitting barrier, say): nothing to run
-    with contextlib.closing(run(plan, lifecycle, X, start, stop, monitor)) as outputs:
-        joiner = plan.data_joiner
-        if joiner is not None:
+    joiner = plan.data_joiner
+    if joiner is not None:
+        with contextlib.closing(run(plan, lifecycle, X, start, stop, monitor)) as outputs:
             parts = [out for _, out in outputs]
-            return joiner.transform(parts) if hasattr(joiner, "transform") else joiner(parts)
-        # Join as the minibatches arrive, while the workers go on.
-        total = _containers.num_rows(X) if _containers.is_sequence(X) else None
-        accumulator = _containers.RowAccumulator(total)
-        n_parts = 0
-        for _, out in outputs:
-            accumulator.add(out)
-            n_parts += 1
+        return joiner.transform(parts) if hasattr(joiner, "transform") else joiner(parts)
+    # Join as the minibatches arrive, while the workers go on (on processes, they
+    # write their outputs into the joined array themselves: shared_rows.py).
+    total = _containers.num_rows(X) if _containers.is_sequence(X) else None
+    accumulator = SharedRowAccumulator(
+        total, plan.minibatching.batch_size, SharedRowAccumulator.key_of(X, start, stop)
+    )
+    n_parts = 0
+    try:
+        with contextlib.closing(run(plan, lifecycle, X, start, stop, monitor, into=accumulator)) as outputs:
+            for _, out in outputs:
+                accumulator.add(out)
+                n_parts += 1
+    except BaseException:
+        accumulator.discard()
+        raise
     if not n_parts:
         return _containers.empty_rows(X)
     return accumulator.result()

@@ -154,6 +154,10 @@ class QueuedMinibatchTask:
         to its rows), by step name: ``{name: {param: value}}``; a stage whose
         name is absent calls ``transform(data_inputs)``. ``None`` when no step
         requested any (the usual case: nothing more to carry).
+    output : RowsTarget or None, default=None
+        Where the last stage of the lane writes its output, in place, instead
+        of sending it (``transform`` on processes; see ``shared_rows.py``);
+        ``None``: it sends it.
     """
 
     index: int
@@ -163,6 +167,7 @@ class QueuedMinibatchTask:
     stats: tuple[TaskRecord, ...] = ()
     trace: tuple[Any, ...] = ()
     params: dict[str, dict[str, Any]] | None = None
+    output: Any = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A list of small same-shape arrays (a per-item function's outputs) travels as one

@@ -67,7 +67,9 @@ class Minibatch:
     ``index`` is its position in the input (0, 1, ...); ``data`` its rows
     (``rows`` of them from the input, then ``padding`` added ones);
     ``targets`` its expected outputs (``None``: the workers only transform);
-    ``params`` the ``transform`` metadata of its rows, by step name.
+    ``params`` the ``transform`` metadata of its rows, by step name;
+    ``output`` where the last stage writes its output in place (a
+    ``shared_rows.RowsTarget``; ``None``: it sends it).
     """
 
     index: int
@@ -76,6 +78,7 @@ class Minibatch:
     rows: int = 0
     padding: int = 0
     params: dict[str, dict[str, Any]] | None = None
+    output: Any = None
 
     def unpad(self, out: Any) -> Any:
         """``out`` without the outputs of the padded rows."""

@@ -85,6 +85,7 @@ def pool_main(control: Connection, thread_limit: int) -> None:
     prefix: list[str | None] = [None]  # the shared-memory prefix of the current run
     workers._exit_with_parent_of(lambda: prefix[0])
     workers._limit_threads(thread_limit)
+    workers.reuse_freed_memory()
     while True:
         try:
             job = _recv_job(control)

@@ -74,7 +74,7 @@ def minibatch_task(batch: Minibatch, index: int, run_id: int) -> QueuedMinibatch
 
     The one place where a runtime reads the minibatches it is given.
     """
-    return QueuedMinibatchTask(index, batch.data, batch.targets, run_id, params=batch.params)
+    return QueuedMinibatchTask(index, batch.data, batch.targets, run_id, params=batch.params, output=batch.output)
 
 
 def in_flight_bound(lanes: list[list[StageSpec]]) -> int:

@@ -177,6 +177,7 @@ class SharedMemoryTransport(Transport):
         self._mapped: OrderedDict[str, mmap.mmap] = OrderedDict()  # segments this process reads
         self._leased = 0  # bytes of received segments that arrays still view
         self._lease_lock = threading.Lock()  # leases end in whichever thread drops the last array
+        self._closing: list[Callable[[], None]] = []
 
     def __getstate__(self) -> dict[str, Any]:
         return {"prefix": self.prefix, "threshold": self.threshold}
@@ -276,7 +277,13 @@ class SharedMemoryTransport(Transport):
             self._leased -= nbytes
         _free(mapped)
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the transport closes (what else lives as long as the run's shared memory)."""
+        self._closing.append(callback)
+
     def close(self) -> None:
+        while self._closing:
+            self._closing.pop()()
         with self._pool_lock:
             for segment in self._pool:
                 segment.destroy()
