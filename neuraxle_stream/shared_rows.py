@@ -206,6 +206,11 @@ class SharedRows:
             return False
         return True
 
+    @property
+    def closed(self) -> bool:
+        """Whether the descriptor is closed (the file cannot be written to, nor reused)."""
+        return not self._close.alive
+
     def close(self) -> None:
         """Close the descriptor (the memory lives on while an array maps it); safe twice."""
         self._close()
@@ -230,9 +235,14 @@ class RowsPool:
 
     #: Bytes of unused files a pool keeps: 512 MiB, or an eighth of ``/dev/shm`` if smaller.
     max_free_bytes = min(512 << 20, shm_size() // 8)
+    #: Files of arrays still alive whose descriptors a pool keeps, to reuse them once the arrays
+    #: are garbage; the others' are closed at the end of their call. (Each array also holds a
+    #: descriptor of its own, as every ``mmap`` does: a caller keeping many outputs keeps many.)
+    max_held = 16
 
     def __init__(self) -> None:
         self._free: list[SharedRows] = []  # oldest first
+        self._held: set[SharedRows] = set()  # files of arrays still alive, kept open
         # Files come back in whichever thread drops their last array, maybe in a garbage
         # collection run while this thread holds the lock: reentrant.
         self._lock = threading.RLock()
@@ -251,10 +261,19 @@ class RowsPool:
                 return best
         return SharedRows.create(nbytes)
 
+    def hold(self, rows: SharedRows) -> None:
+        """The call that wrote ``rows`` is over and its array lives on: keep the file open to reuse it, within bounds."""
+        with self._lock:
+            if len(self._held) < self.max_held and not self.closed:
+                self._held.add(rows)
+                return
+        rows.close()
+
     def give_back(self, rows: SharedRows) -> None:
         """Keep ``rows`` for a later call (dropping the oldest to stay within budget), or close it."""
         with self._lock:
-            if not (self.closed or rows.tainted) and rows.capacity <= self.max_free_bytes:
+            self._held.discard(rows)
+            if not (self.closed or rows.tainted or rows.closed) and rows.capacity <= self.max_free_bytes:
                 while self._free and sum(r.capacity for r in self._free) + rows.capacity > self.max_free_bytes:
                     self._free.pop(0).close()
                 self._free.append(rows)
@@ -266,6 +285,7 @@ class RowsPool:
         with self._lock:
             self.closed = True
             free, self._free = self._free, []
+            self._held.clear()
         for rows in free:
             rows.close()
 
@@ -379,8 +399,12 @@ class SharedRowAccumulator(RowAccumulator):
 
     def result(self) -> Any:
         out = super().result()
-        if self._pool is not None and self._first is not False:
-            self._pool.predictions[self.key] = self._first  # type: ignore[assignment]
+        pool = self._pool
+        if pool is not None:
+            if self._first is not False:
+                pool.predictions[self.key] = self._first  # type: ignore[assignment]
+            for shared in self._files:
+                pool.hold(shared)
         return out
 
     def discard(self) -> None:

@@ -459,3 +459,46 @@ def test_no_room_in_dev_shm_means_no_shared_array(monkeypatch: pytest.MonkeyPatc
     out = acc.result()
     assert not is_shared(out)
     np.testing.assert_array_equal(out, np.concatenate([np.ones((4, ROW)), np.zeros((4, ROW))]))
+
+
+@pytest.mark.timeout(120)
+def test_a_caller_keeping_many_outputs_keeps_few_descriptors(spy, no_leak, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sr.RowsPool, "max_held", 2)
+    fds = open_shm_files()
+    X = np.arange(12)
+    pipe = pipeline(widen, batch_size=4)
+    with pipe:
+        kept = [pipe.transform(X) for _ in range(5)]
+        assert all(is_shared(out) for out in kept) and spy["written"] > 0
+        # one descriptor per array (its mmap's), and the pool's of at most 2 files to reuse
+        assert open_shm_files() - fds == 5 + 2
+        for out in kept:
+            np.testing.assert_array_equal(out, widen(X))
+        del kept, out
+
+
+def test_worker_processes_reuse_the_memory_they_free() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, numpy as np\n"
+        "from neuraxle_stream.workers import reuse_freed_memory\n"
+        "def faults(): return resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "def minibatch():\n"
+        "    a = np.ones((16, 16384), np.float32); b = np.tanh(a); del a, b\n"
+        "for _ in range(5): minibatch()\n"
+        "before = faults()\n"
+        "for _ in range(50): minibatch()\n"
+        "print(faults() - before)\n"
+        "reuse_freed_memory()\n"
+        "for _ in range(5): minibatch()\n"
+        "before = faults()\n"
+        "for _ in range(50): minibatch()\n"
+        "print(faults() - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    default, reused = (int(line) for line in out.stdout.split())
+    if default < 50 * 256:
+        pytest.skip(f"this C library reuses freed 1 MiB blocks already ({default} faults)")
+    assert reused < 50, f"{reused} page faults for 50 minibatches"
