@@ -35,17 +35,30 @@ the parent or a worker; a file's memory lives as long as the parent holds its
 descriptor or an array maps it. Writing with ``pwrite`` into a tmpfs file
 allocates its pages without zeroing them first and without a page fault per
 page; a file reused from the pool has its pages already.
+
+The parent maps a file with the C library's ``mmap`` (through ``ctypes``), not
+with Python's ``mmap.mmap``, which keeps a duplicate of the file's descriptor
+for as long as it lives: a caller keeping thousands of outputs would run out of
+descriptors (``EMFILE`` at 1,024 by default), as it never does with plain
+arrays. The array's base (a :class:`_Mapping`) owns the mapping alone and
+unmaps it when it is garbage; only the pool keeps descriptors, of at most
+:attr:`RowsPool.max_held` files of arrays still alive, to reuse them. A
+mapping that fails (no address space left, say) gives a plain array; where no
+C library can be called, Python's ``mmap.mmap`` maps the file, a descriptor per
+array as before. The whole module needs ``/dev/shm`` and ``/proc`` (Linux):
+:func:`pool_for` gives no pool elsewhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import mmap
 import os
 import threading
 import weakref
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +166,49 @@ def _nameless_file() -> int:
     return fd
 
 
+@functools.cache
+def _libc() -> Any | None:
+    """The C library, its ``mmap`` and ``munmap`` typed; ``None`` where it cannot be called."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)  # an instance of our own: its functions' types are ours
+        libc.mmap.restype = ctypes.c_void_p
+        # off_t is a C long on Linux (64-bit, or 32-bit without large-file offsets); ours is always 0
+        libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+        libc.munmap.restype = ctypes.c_int
+        libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    except (ImportError, OSError, AttributeError, TypeError):  # no ctypes, or no C library to load
+        return None
+    return libc
+
+
+class _Mapping:
+    """The first ``nbytes`` of a file, mapped shared and writable, that holds no descriptor of the file.
+
+    ``np.asarray`` of it is a ``uint8`` array over the mapping (its
+    ``__array_interface__``), which keeps it alive; once it is garbage the
+    memory is unmapped, then ``then`` is called (any thread). Not at
+    interpreter exit: an array still alive then may still be read.
+    """
+
+    def __init__(self, libc: Any, fd: int, nbytes: int, then: Callable[[], None]) -> None:
+        import ctypes
+
+        length = max(nbytes, 1)  # mmap refuses 0 bytes
+        address = libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+        if address is None or address == ctypes.c_void_p(-1).value:  # MAP_FAILED
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"cannot map {nbytes} bytes of shared memory: {os.strerror(errno)}")
+        self.__array_interface__ = {"version": 3, "shape": (nbytes,), "typestr": "|u1", "data": (address, False)}
+        weakref.finalize(self, _unmap, libc, address, length, then).atexit = False
+
+
+def _unmap(libc: Any, address: int, length: int, then: Callable[[], None]) -> None:
+    libc.munmap(address, length)
+    then()
+
+
 class SharedRows:
     """One file of shared memory for an output array: its descriptor, held by the parent.
 
@@ -188,11 +244,25 @@ class SharedRows:
             raise
 
     def map(self, shape: tuple[int, ...], dtype: np.dtype[Any], pool: RowsPool) -> np.ndarray:
-        """An array over the file; the file goes back to ``pool`` when the array (and every view of it) is garbage."""
+        """An array over the file; the file goes back to ``pool`` when the array (and every view of it) is garbage.
+
+        The array holds no descriptor of the file (see the module
+        docstring): it stays valid once :meth:`close` has closed it.
+
+        Raises
+        ------
+        OSError
+            The file could not be mapped (no address space or mappings left).
+        """
         nbytes = dtype.itemsize * math.prod(shape)
-        mapped = mmap.mmap(self.fd, nbytes)
-        weakref.finalize(mapped, _unmapped, weakref.ref(pool), self)
-        return np.ndarray(shape, dtype=dtype, buffer=mapped)
+        then = functools.partial(_unmapped, weakref.ref(pool), self)
+        libc = _libc()
+        if libc is None:  # Python's mmap, which keeps a descriptor of its own
+            mapped = mmap.mmap(self.fd, nbytes)
+            weakref.finalize(mapped, then)
+            return np.ndarray(shape, dtype=dtype, buffer=mapped)
+        flat: np.ndarray = np.asarray(_Mapping(libc, self.fd, nbytes, then))
+        return flat.view(dtype).reshape(shape)
 
     def target(self, start: int, rows: int, dtype: str, row_shape: tuple[int, ...]) -> RowsTarget:
         """Where minibatch rows ``start:start + rows`` go."""
@@ -236,8 +306,8 @@ class RowsPool:
     #: Bytes of unused files a pool keeps: 512 MiB, or an eighth of ``/dev/shm`` if smaller.
     max_free_bytes = min(512 << 20, shm_size() // 8)
     #: Files of arrays still alive whose descriptors a pool keeps, to reuse them once the arrays
-    #: are garbage; the others' are closed at the end of their call. (Each array also holds a
-    #: descriptor of its own, as every ``mmap`` does: a caller keeping many outputs keeps many.)
+    #: are garbage; the others' are closed at the end of their call. (The arrays hold none: a
+    #: caller keeping many outputs keeps at most this many descriptors open.)
     max_held = 16
 
     def __init__(self) -> None:
@@ -368,12 +438,16 @@ class SharedRowAccumulator(RowAccumulator):
         if pool is not None and dtype.char in _PLAIN_DTYPES and row_bytes * min(self.batch_size, shape[0]) >= MIN_BYTES:
             shared = pool.take(nbytes)
             if shared is not None:
-                array = shared.map(shape, dtype, pool)
-                self._files.append(shared)
-                self._arrays[shared.inode] = array
-                self._shared = shared
-                self._aim = (shared, dtype.str, shape[1:])
-                return array
+                try:
+                    array = shared.map(shape, dtype, pool)
+                except OSError:  # no address space or mappings left, say: a plain array; the file stays free
+                    pool.give_back(shared)
+                else:
+                    self._files.append(shared)
+                    self._arrays[shared.inode] = array
+                    self._shared = shared
+                    self._aim = (shared, dtype.str, shape[1:])
+                    return array
         return super()._allocate(shape, dtype)
 
     def _write(self, out: np.ndarray, start: int, part: np.ndarray) -> bool:

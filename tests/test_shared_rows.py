@@ -7,9 +7,15 @@ their messages, and that nothing is left in ``/dev/shm`` nor held open.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import gc
 import mmap
 import os
+import pickle
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -123,6 +129,9 @@ def shm_names() -> list[str]:
     return sorted(n for n in os.listdir(SHM_DIR) if n.startswith((f"nxs-{pid}-", f"nxs-rows-{pid}-")))
 
 
+OUTPUT_FILES = (f"{SHM_DIR}/#", f"{SHM_DIR}/nxs-rows-")
+
+
 def open_shm_files() -> int:
     """Descriptors this process holds on output files (no name: ``/dev/shm/#<inode> (deleted)``)."""
     count = 0
@@ -131,25 +140,33 @@ def open_shm_files() -> int:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        count += target.startswith((f"{SHM_DIR}/#", f"{SHM_DIR}/nxs-rows-"))
+        count += target.startswith(OUTPUT_FILES)
     return count
+
+
+def mapped_shm_files() -> int:
+    """Mappings of output files in this process (``/proc/self/maps``)."""
+    with open("/proc/self/maps") as maps:  # address perms offset dev inode path
+        paths = [line.split(maxsplit=5)[5:] for line in maps]
+    return sum(path[0].startswith(OUTPUT_FILES) for path in paths if path)
 
 
 @pytest.fixture
 def no_leak():
-    """Nothing left in /dev/shm, and no descriptor of it left open once the arrays are garbage."""
-    names, fds = shm_names(), open_shm_files()
+    """Nothing left in /dev/shm, and no descriptor or mapping of it left once the arrays are garbage."""
+    names, fds, maps = shm_names(), open_shm_files(), mapped_shm_files()
     yield
     gc.collect()
     assert shm_names() == names
     assert open_shm_files() == fds
+    assert mapped_shm_files() == maps
 
 
 def is_shared(out: np.ndarray) -> bool:
     base = out
     while isinstance(base, np.ndarray):
         base = base.base
-    return isinstance(base, mmap.mmap)
+    return isinstance(base, (sr._Mapping, mmap.mmap))
 
 
 def pipeline(step, n_workers: int = 2, batch_size: int = 4, **kwargs) -> SequentialQueuedPipeline:
@@ -470,17 +487,151 @@ def test_a_caller_keeping_many_outputs_keeps_few_descriptors(spy, no_leak, monke
     with pipe:
         kept = [pipe.transform(X) for _ in range(5)]
         assert all(is_shared(out) for out in kept) and spy["written"] > 0
-        # one descriptor per array (its mmap's), and the pool's of at most 2 files to reuse
-        assert open_shm_files() - fds == 5 + 2
+        # none of the arrays', only the pool's of at most 2 files to reuse
+        assert open_shm_files() - fds == 2
         for out in kept:
             np.testing.assert_array_equal(out, widen(X))
         del kept, out
 
 
-def test_worker_processes_reuse_the_memory_they_free() -> None:
-    import subprocess
-    import sys
+@pytest.mark.timeout(120)
+def test_views_outlive_their_array_and_a_pickled_array_is_a_copy(no_leak) -> None:
+    X = np.arange(24)
+    pipe = pipeline(widen, batch_size=4)
+    with pipe:
+        out = pipe.transform(X)
+        assert is_shared(out)
+        view, flat = out[3:7, ::2], out.reshape(-1)
+        copy = pickle.loads(pickle.dumps(out))
+        del out
+        gc.collect()
+        assert _pool_files(pipe) == [], "its views keep the file"
+        assert not is_shared(copy)
+        copy[:] = -1
+        np.testing.assert_array_equal(view, widen(X)[3:7, ::2])
+        np.testing.assert_array_equal(flat, widen(X).reshape(-1))
+        assert pickle.loads(pickle.dumps(view)).tolist() == view.tolist()
+        del view
+        gc.collect()
+        assert _pool_files(pipe) == []
+        del flat
+        gc.collect()
+        assert len(_pool_files(pipe)) == 1, "the last view gone, the file is back for the next call"
 
+
+def test_arrays_hold_no_descriptor_of_their_file(no_leak) -> None:
+    pool = sr.RowsPool()
+    fds = len(os.listdir("/proc/self/fd"))
+    kept = []
+    for i in range(1100):  # more than a default soft limit of 1,024 descriptors
+        rows = pool.take(4096)
+        assert rows is not None
+        out = rows.map((4, 128), np.dtype(np.float64), pool)
+        assert rows.write(0, np.full((4, 128), float(i)))
+        pool.hold(rows)  # the end of its call: the pool keeps at most max_held descriptors
+        kept.append(out)
+    assert len(os.listdir("/proc/self/fd")) - fds == pool.max_held
+    assert len(pool._held) == pool.max_held
+    for i, out in enumerate(kept):
+        assert out[3, 127] == i and out.sum() == 512 * i
+    kept[-1][:] = 7.0  # writable through a closed file's mapping
+    assert kept[-1].min() == 7.0
+    del kept, out
+    gc.collect()
+    assert len(pool._free) == pool.max_held, "the files whose descriptors it kept came back"
+    pool.close()
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+class FailingLibc:
+    """A C library whose ``mmap`` fails with ENOMEM."""
+
+    def mmap(self, *args: object) -> int | None:
+        ctypes.set_errno(errno.ENOMEM)
+        return ctypes.c_void_p(-1).value
+
+    def munmap(self, *args: object) -> int:
+        raise AssertionError("nothing was mapped")
+
+
+def test_a_file_that_cannot_be_mapped_gives_a_plain_array(monkeypatch: pytest.MonkeyPatch, no_leak) -> None:
+    monkeypatch.setattr(sr, "_libc", FailingLibc)
+    pool = sr.RowsPool()
+    rows = pool.take(4096)
+    assert rows is not None
+    with pytest.raises(OSError, match="cannot map 4096 bytes of shared memory: Cannot allocate memory"):
+        rows.map((4, 128), np.dtype(np.float64), pool)
+    pool.give_back(rows)
+    acc = sr.SharedRowAccumulator(8, 4, "k")
+    acc.open(pool)
+    acc.add(np.ones((4, ROW)))
+    assert acc.target(4, 4) is None
+    acc.add(np.zeros((4, ROW)))
+    out = acc.result()
+    assert not is_shared(out)
+    np.testing.assert_array_equal(out, np.concatenate([np.ones((4, ROW)), np.zeros((4, ROW))]))
+    assert len(pool._free) == 2, "the files stay free for a later call"
+    pool.close()
+
+
+def test_without_a_c_library_python_mmap_maps_the_file(monkeypatch: pytest.MonkeyPatch, no_leak) -> None:
+    monkeypatch.setattr(sr, "_libc", lambda: None)
+    pool = sr.RowsPool()
+    rows = pool.take(4096)
+    assert rows is not None
+    out = rows.map((4, 128), np.dtype(np.float64), pool)
+    rows.close()
+    assert open_shm_files() >= 1, "an mmap.mmap holds a descriptor of its own"
+    out[:] = 3.0
+    assert is_shared(out) and out.sum() == 3.0 * 512
+    del out
+    gc.collect()
+    assert pool._free == [], "closed: not reused"
+    pool.close()
+
+
+KEEP_OUTPUTS = textwrap.dedent(
+    """
+    import os, resource, sys
+    import numpy as np
+    from neuraxle_stream import BaseTransformer, NonFittableMixin, SequentialQueuedPipeline
+
+    class Widen(NonFittableMixin, BaseTransformer):
+        def transform(self, data_inputs):
+            return np.asarray(data_inputs, dtype=np.float64)[:, None] + np.arange(8192)
+
+    if __name__ == "__main__":
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        X = np.arange(2)
+        pipe = SequentialQueuedPipeline([("b", 1, Widen())], batch_size=1, backend="process")
+        with pipe:
+            kept = [pipe.transform(X + i) for i in range(400)]
+        base = kept[0]
+        while isinstance(base, np.ndarray):
+            base = base.base
+        assert type(base).__name__ == "_Mapping", type(base)
+        for i, out in enumerate(kept):
+            np.testing.assert_array_equal(out, Widen().transform(X + i))
+        print(os.getpid(), len(os.listdir("/proc/self/fd")))
+    """
+)
+
+
+@pytest.mark.timeout(300)
+def test_a_caller_keeps_more_outputs_than_it_may_open_descriptors(tmp_path) -> None:
+    script = tmp_path / "keep.py"
+    script.write_text(KEEP_OUTPUTS)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sr.__file__)))  # this tree, not an installed copy
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    pid, fds = (int(word) for word in done.stdout.split())
+    assert fds < 100, f"{fds} descriptors open with 400 outputs alive"
+    assert not [n for n in os.listdir(SHM_DIR) if n.startswith((f"nxs-{pid}-", f"nxs-rows-{pid}-"))]
+
+
+def test_worker_processes_reuse_the_memory_they_free() -> None:
     code = (
         "import resource, numpy as np\n"
         "from neuraxle_stream.workers import reuse_freed_memory\n"
