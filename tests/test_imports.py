@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("steps and messages", {"steps", "messages", "minibatches", "queues", "savers", "joiner",
                             "trace_results", "tracing", "cache_keys", "caching", "torch_steps", "retries"}),
     ("observation", {"timeline", "stats", "hooks", "otel"}),
-    ("workers", {"workers", "pool", "backends", "ray_actors"}),
+    ("workers", {"workers", "pool", "start_methods", "backends", "ray_actors"}),
     ("runtimes", {"runtime_base", "feeder", "supervision", "replacement", "runtime", "ray_calls", "ray_backend", "monitor"}),
     # above the engine: description, plan, lifecycle, call, estimators (docs/architecture.md)
     ("description", {"_validation", "_routing", "_branches"}),

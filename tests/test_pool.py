@@ -282,7 +282,7 @@ def test_idle_workers_exit_when_the_parent_dies() -> None:
 def test_step_modules_name_what_a_worker_imports_to_load_the_steps() -> None:
     from sklearn.preprocessing import StandardScaler
 
-    from neuraxle_stream.backends import step_modules
+    from neuraxle_stream.start_methods import step_modules
     from neuraxle_stream.steps import Identity, ItemFunction
 
     def local(x: Any) -> Any:
@@ -294,7 +294,7 @@ def test_step_modules_name_what_a_worker_imports_to_load_the_steps() -> None:
 
 
 def test_lean_steps_preload_no_scikit_learn_and_others_do() -> None:
-    from neuraxle_stream.backends import STEP_LAYER, WORKER_MODULES, is_lean, server_modules
+    from neuraxle_stream.start_methods import STEP_LAYER, WORKER_MODULES, is_lean, server_modules
 
     assert is_lean([]) and is_lean(["numpy", "math"])
     assert not is_lean(["test_pool"])  # it imports scikit-learn (through the package, at least)
@@ -314,7 +314,7 @@ _TIERS = """
     from sklearn.preprocessing import StandardScaler
 
     from neuraxle_stream import SequentialQueuedPipeline, config_context, shutdown_workers
-    from neuraxle_stream import backends
+    from neuraxle_stream import start_methods
     from neuraxle_stream.pool import worker_pool
 
     def has_sklearn(x):
@@ -332,8 +332,8 @@ _TIERS = """
         X = np.arange(16.0).reshape(8, 2)
         heavy = SequentialQueuedPipeline([("scale", 2, StandardScaler())], batch_size=2).fit(X)
         np.testing.assert_allclose(heavy.transform(X), StandardScaler().fit_transform(X))
-        out["full_server"] = backends._FULL_SERVER._preload_modules
-        out["full_pid"] = backends._FULL_SERVER._forkserver_pid
+        out["full_server"] = start_methods._FULL_SERVER._preload_modules
+        out["full_pid"] = start_methods._FULL_SERVER._forkserver_pid
         out["heavy_parents"] = parents()
         victim = sorted(worker_pool().idle_pids())[0]
         psutil.Process(victim).kill()

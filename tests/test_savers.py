@@ -25,8 +25,9 @@ from neuraxle_stream import (
     SequentialQueuedPipeline,
     TorchSaver,
 )
-from neuraxle_stream.backends import ProcessBackend, resolve_context, uses_cuda
+from neuraxle_stream.backends import ProcessBackend
 from neuraxle_stream.savers import load_step, save_step, saver_for
+from neuraxle_stream.start_methods import resolve_context, uses_cuda
 
 # --- the registry -----------------------------------------------------------------------
 
