@@ -57,8 +57,9 @@ the call (or when ``with pipeline:`` ends), and a broken run's at once.
 
 Over ~400 lines, on purpose: the Ray driver is one runtime (the verbs of the
 supervisor loop, actor replacement for retries, the close that waits until
-Ray reports the actors gone); its bookkeeping is already in ``ray_calls`` and
-the actor body in ``ray_actors``.
+Ray reports the actors gone); its bookkeeping is in ``ray_calls``, the
+start of its actors (placed, through ``setup()``) in ``ray_startup`` and the
+actor body in ``ray_actors``.
 """
 
 from __future__ import annotations
@@ -73,12 +74,10 @@ from .exceptions import BrokenPipelineError, PipelineStoppedError
 from .messages import QueuedMinibatchTask
 from .ray_actors import (
     DRIVER_CPUS,
-    StageActor,
     actor_options,
     check_ray_options,
     connect,
     import_ray,
-    options_key,
 )
 from .ray_calls import (
     KILL_GRACE,
@@ -89,13 +88,15 @@ from .ray_calls import (
     actor_died,
     actor_of,
     all_actors,
-    busy_since,
     dispatch,
     emit,
     first_line,
     kill_all,
     overdue,
+    teardown,
+    wait_timeout,
 )
+from .ray_startup import PLACEMENT_TIMEOUT, WAIT_CHECK, ActorStarter
 from .runtime_base import STOP_GRACE, BaseRuntime, Minibatch, RunFailed, RunState, minibatch_task
 from .stages import StageSpec
 from .workers import _parent_log_levels
@@ -104,11 +105,6 @@ __all__ = [
     "DRIVER_CPUS", "KILL_GRACE", "PLACEMENT_TIMEOUT", "ActorPool", "RayRuntime", "actor_options", "check_ray_options",
     "connect",
 ]
-
-#: Seconds the actors of a run may take to be placed (their processes started); ``setup()`` is bounded by ``timeout``.
-PLACEMENT_TIMEOUT = 120.0
-#: Seconds between two checks for :meth:`RayRuntime.stop` while the driver waits on the actors.
-_WAIT_CHECK = 0.2
 
 
 class RayRuntime(BaseRuntime):
@@ -148,7 +144,6 @@ class RayRuntime(BaseRuntime):
         self.address = address
         self.actor_pool = actor_pool
         self.share_among = share_among
-        self._levels: dict[str, int] = {}
         self._stages: list[list[RayStage]] = []
         self._stop_requested = threading.Event()
         #: The current run's source, and its calls in flight by status ref.
@@ -157,7 +152,7 @@ class RayRuntime(BaseRuntime):
         #: Seconds ``ray.init`` took when this runtime started Ray (0 when Ray was running).
         self.connect_seconds = 0.0
         self._run: RunState | None = None
-        self._make_actor: Any = None
+        self._starter: ActorStarter | None = None
 
     @property
     def actors(self) -> list[Any]:
@@ -169,9 +164,8 @@ class RayRuntime(BaseRuntime):
     def start(self) -> None:
         """Connect to Ray, take (or create) one actor per worker and wait until each has run ``setup()``.
 
-        Idle actors of the pool created with a stage's options serve it;
-        idle ones that no stage can use are killed first (they hold
-        resources the new actors may need); the others are created.
+        Idle actors of the pool created with a stage's options serve it
+        (:meth:`~neuraxle_stream.ray_startup.ActorStarter.take`); the others are created.
         """
         began = time.perf_counter()
         was_running = import_ray().is_initialized()
@@ -179,72 +173,16 @@ class RayRuntime(BaseRuntime):
         if not was_running:
             self.connect_seconds = time.perf_counter() - began
         options = actor_options(self.lanes, self.ray_options, ray.cluster_resources(), self.share_among)
-        remote = ray.remote(StageActor)
-        self._levels = levels = _parent_log_levels()
-
-        def make_actor(spec: StageSpec) -> Any:
-            opts = {**options[spec.name], "max_restarts": 0, "max_task_retries": 0}
-            return remote.options(**opts).remote(levels)
-
-        self._make_actor = make_actor
+        self._starter = starter = ActorStarter(ray, options, _parent_log_levels())
         self.started = True
-        pool = self.actor_pool
-        for lane in self.lanes:
-            stages = []
-            for i, spec in enumerate(lane):
-                stage = RayStage(spec, last=i + 1 == len(lane), options_key=options_key(options[spec.name]),
-                                 spec_ref=ray.put(spec))
-                for w in range(spec.n_workers):
-                    handle = pool.take(stage.options_key, spec.name, w) if pool is not None else None
-                    stage.actors.append(RayActor(stage, w, handle, reused=handle is not None))
-                stages.append(stage)
-            self._stages.append(stages)
-        if pool is not None:
-            kill_all(ray, pool.take_all())
-        for actor in all_actors(self._stages):
-            if actor.handle is None:
-                actor.handle = make_actor(actor.stage.spec)
-        self._wait_ready(ray)
+        starter.take(self.lanes, self.actor_pool, self._stages)
+        self._ready(starter.wait_ready(all_actors(self._stages), self.timeout))
 
-    def _wait_ready(self, ray: Any) -> None:
-        """Wait until every actor is placed, then for every actor's ``setup()``; raise what fails.
-
-        Placing actors (starting their processes) is bounded by
-        :data:`PLACEMENT_TIMEOUT`; ``setup()`` by ``timeout``, as on the other backends.
-        """
-        actors = all_actors(self._stages)
-        self._wait_all(ray, {a.handle.ping.remote(): a for a in actors}, PLACEMENT_TIMEOUT, "placed")
-        self._wait_all(ray, {self._setup(a): a for a in actors}, self.timeout, "setup()")
-
-    def _setup(self, actor: RayActor) -> Any:
-        """Ship the run's step to ``actor`` and run its ``setup()``: the ref of the reply."""
-        return actor.handle.setup.remote(actor.stage.spec_ref, actor.worker, self._levels)
-
-    def _wait_all(self, ray: Any, pending: dict[Any, RayActor], limit: float | None, what: str) -> None:
-        deadline = None if limit is None else time.monotonic() + limit
-        while pending:
-            remaining = _WAIT_CHECK if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                self.broken = True
-                raise _not_ready(ray, next(iter(pending.values())), limit, what)
-            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=min(remaining, _WAIT_CHECK))
-            for ref in ready:
-                actor = pending.pop(ref)
-                try:
-                    reply = ray.get(ref)
-                except ray.exceptions.RayActorError as exc:
-                    if what == "placed" and actor.reused:  # an idle actor died (killed from outside): a new one
-                        actor.handle, actor.reused = self._make_actor(actor.stage.spec), False
-                        pending[actor.handle.ping.remote()] = actor
-                        continue
-                    self.broken = True
-                    raise actor_died(actor, "setup()" if what == "setup()" else "start-up", exc) from None
-                if what == "setup()":
-                    failure, logs = reply
-                    emit(logs)
-                    if failure is not None:
-                        self.broken = True
-                        raise failure.to_exception()
+    def _ready(self, error: BaseException | None) -> None:
+        """Raise ``error``, from waiting for actors (:class:`~neuraxle_stream.ray_startup.ActorStarter`), if any: the runtime is broken."""
+        if error is not None:
+            self.broken = True
+            raise error
 
     def close(self, graceful: bool = True) -> None:
         """Run each actor's ``teardown()`` (when ``graceful`` and not broken), then give the actors back or kill them; safe twice.
@@ -272,7 +210,7 @@ class RayRuntime(BaseRuntime):
         healthy: list[RayActor] = []
         try:
             if graceful and not self.broken and ray.is_initialized():
-                errors, healthy = self._teardown(ray)
+                errors, healthy = teardown(ray, all_actors(self._stages), STOP_GRACE)
         finally:
             pool = self.actor_pool
             given: set[int] = set()
@@ -282,24 +220,6 @@ class RayRuntime(BaseRuntime):
             self._stages.clear()
         if errors:
             raise errors[0]
-
-    def _teardown(self, ray: Any) -> tuple[list[BaseException], list[RayActor]]:
-        """Tear every actor's step down: the errors, and the actors whose teardown went well."""
-        refs = {a.handle.teardown.remote(): a for a in all_actors(self._stages)}
-        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=STOP_GRACE)
-        errors: list[BaseException] = []
-        healthy: list[RayActor] = []
-        for ref in ready:
-            try:
-                failures, logs = ray.get(ref)
-            except ray.exceptions.RayActorError as exc:
-                errors.append(actor_died(refs[ref], "teardown()", exc))
-                continue
-            emit(logs)
-            errors.extend(f.to_exception() for f in failures)
-            if not failures:
-                healthy.append(refs[ref])
-        return errors, healthy
 
     def stop(self) -> None:
         """Stop the current run from any thread: its caller gets :class:`~neuraxle_stream.PipelineStoppedError`."""
@@ -335,12 +255,12 @@ class RayRuntime(BaseRuntime):
         dispatch(self._stages, self._calls)
 
     def _collect(self, run: RunState) -> None:
-        """Wait for calls to finish (at most :data:`_WAIT_CHECK`, to see ``stop()``); take every one done."""
+        """Wait for calls to finish (at most :data:`WAIT_CHECK`, to see ``stop()``); take every one done."""
         calls = self._calls
         if not calls:
             return
         ray = import_ray()
-        ready, _ = ray.wait(list(calls), num_returns=1, timeout=self._wait_timeout())
+        ready, _ = ray.wait(list(calls), num_returns=1, timeout=wait_timeout(self._stages, self.timeout, WAIT_CHECK))
         if ready:  # take every call done by now, not only the first
             ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=0)
         for call in [calls.pop(ref) for ref in ready]:
@@ -358,7 +278,7 @@ class RayRuntime(BaseRuntime):
         try:
             failure, logs = self._get(ray, call.status, call)
         except _ActorDied as died:
-            self._replace(ray, run, actor, [call], head, died.error)
+            self._replace(run, actor, [call], head, died.error)
             return
         emit(logs)
         if failure is not None:
@@ -383,7 +303,7 @@ class RayRuntime(BaseRuntime):
         try:
             result: QueuedMinibatchTask = self._get(ray, call.task, call)
         except _ActorDied as died:  # it died as its output was being fetched: run it again
-            self._replace(ray, run, actor, [call], call, died.error)
+            self._replace(run, actor, [call], call, died.error)
             return
         run.add_output(result, stage.spec.lane)
 
@@ -433,14 +353,12 @@ class RayRuntime(BaseRuntime):
             ray = import_ray()
             with contextlib.suppress(Exception):
                 ray.kill(actor.handle, no_restart=True)
-            self._replace(ray, run, actor, [], actor.calls[0], error)
+            self._replace(run, actor, [], actor.calls[0], error)
             return
         self.broken = True
         raise error
 
-    def _replace(
-        self, ray: Any, run: RunState, actor: RayActor, taken: list[RayCall], head: RayCall, error: BaseException,
-    ) -> None:
+    def _replace(self, run: RunState, actor: RayActor, taken: list[RayCall], head: RayCall, error: BaseException) -> None:
         """``actor`` died (or overran ``timeout``) running ``head``: replace it and run its calls again.
 
         ``head`` counts a failed attempt (its worker died); the other calls
@@ -455,24 +373,16 @@ class RayRuntime(BaseRuntime):
         if fate == "raise":
             self.broken = True
             raise error
-        with contextlib.suppress(Exception):  # already dead
-            ray.kill(actor.handle, no_restart=True)
-        spec = actor.stage.spec
-        actor.handle, actor.reused = self._make_actor(spec), False
+        starter = self._starter
+        assert starter is not None  # set by start(), before any run
+        starter.renew(actor)
         if run.observer is not None:
-            for step in spec.steps:  # a chained actor held a copy of each step
+            for step in actor.stage.spec.steps:  # a chained actor held a copy of each step
                 run.observer.add_restarts(step.name)
-        self._wait_all(ray, {actor.handle.ping.remote(): actor}, PLACEMENT_TIMEOUT, "placed")
-        self._wait_all(ray, {self._setup(actor): actor}, self.timeout, "setup()")
+        self._ready(starter.wait_ready([actor], self.timeout))
         again = sorted((c for c in dead if c is not head or fate == "retry"), key=lambda c: c.index, reverse=True)
         for call in again:
             actor.stage.waiting.appendleft((call.index, call.arg))
-
-    def _wait_timeout(self) -> float:
-        oldest = busy_since(self._stages)
-        if self.timeout is None or oldest is None:
-            return _WAIT_CHECK
-        return max(0.01, min(_WAIT_CHECK, oldest + self.timeout - time.monotonic()))
 
     def _end_run(self, run: RunState, ok: bool) -> None:
         """After a failed or closed run: cancel its queued calls and clear its waiting minibatches."""
@@ -508,23 +418,3 @@ def _next_batch(source: Iterator[Minibatch], count: int) -> Minibatch | None:
     except BaseException as exc:
         exc.add_note(f"Raised by the input of the queued pipeline, reading minibatch {count}.")
         raise RunFailed(exc) from None
-
-
-def _not_ready(ray: Any, actor: RayActor, limit: float | None, what: str) -> BaseException:
-    """The error for ``actor``, not placed (``what == "placed"``) or not through ``setup()`` within ``limit``."""
-    name = actor.stage.spec.name
-    if what == "placed":
-        message = (
-            f"Worker {actor.worker} of step {name!r} (a Ray actor) was not placed within "
-            f"{limit:g} s; the pipeline was stopped. The cluster has "
-            f"{ray.available_resources()} available; check the step's ray_options."
-        )
-        error: BaseException = BrokenPipelineError(message)
-    else:
-        error = TimeoutError(
-            f"Step {name!r} (worker {actor.worker}) spent more than {limit} s on setup(); "
-            "the pipeline was stopped."
-        )
-    during = "start-up" if what == "placed" else "setup()"
-    error.add_note(f"In the queued pipeline: step {name!r}, worker {actor.worker}, {during}.")
-    return error

@@ -40,7 +40,7 @@ from .stages import StageSpec
 
 __all__ = [
     "KILL_GRACE", "ActorPool", "RayActor", "RayCall", "RayStage", "actor_died", "actor_of", "dispatch", "kill_all",
-    "overdue", "wait_dead",
+    "overdue", "teardown", "wait_dead", "wait_timeout",
 ]
 
 #: Seconds a close (or :meth:`ActorPool.drain`) waits for killed actors to be gone.
@@ -130,6 +130,14 @@ def busy_since(lanes: list[list[RayStage]]) -> float | None:
     return min((a.head_since for a in all_actors(lanes) if a.calls), default=None)
 
 
+def wait_timeout(lanes: list[list[RayStage]], timeout: float | None, check: float) -> float:
+    """How long the driver may wait for calls: ``check``, or less when the oldest call's ``timeout`` comes sooner."""
+    oldest = busy_since(lanes)
+    if timeout is None or oldest is None:
+        return check
+    return max(0.01, min(check, oldest + timeout - time.monotonic()))
+
+
 def overdue(lanes: list[list[RayStage]], timeout: float) -> tuple[TimeoutError, RayActor] | None:
     """The error for the first actor whose current minibatch has run more than ``timeout`` seconds, and the actor."""
     now = time.monotonic()
@@ -213,6 +221,25 @@ def kill_all(ray: ModuleType, handles: list[Any], grace: float = KILL_GRACE) -> 
         with contextlib.suppress(Exception):  # already dead, or Ray is going down
             ray.kill(handle, no_restart=True)
     wait_dead(ray, handles, grace)
+
+
+def teardown(ray: ModuleType, actors: list[RayActor], grace: float) -> tuple[list[BaseException], list[RayActor]]:
+    """Tear every actor's step down (at most ``grace`` seconds): the errors, and the actors whose teardown went well."""
+    refs = {a.handle.teardown.remote(): a for a in actors}
+    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=grace)
+    errors: list[BaseException] = []
+    healthy: list[RayActor] = []
+    for ref in ready:
+        try:
+            failures, logs = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            errors.append(actor_died(refs[ref], "teardown()", exc))
+            continue
+        emit(logs)
+        errors.extend(f.to_exception() for f in failures)
+        if not failures:
+            healthy.append(refs[ref])
+    return errors, healthy
 
 
 @dataclass
