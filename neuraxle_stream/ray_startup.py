@@ -101,9 +101,9 @@ class ActorStarter:
         error = self._wait_all({a.handle.ping.remote(): a for a in actors}, PLACEMENT_TIMEOUT, "placed")
         if error is not None:
             return error
-        return self._wait_all({self.setup(a): a for a in actors}, timeout, "setup()")
+        return self._wait_all({self._setup(a): a for a in actors}, timeout, "setup()")
 
-    def setup(self, actor: RayActor) -> Any:
+    def _setup(self, actor: RayActor) -> Any:
         """Ship the run's step to ``actor`` and run its ``setup()``: the ref of the reply."""
         return actor.handle.setup.remote(actor.stage.spec_ref, actor.worker, self.levels)
 
