@@ -120,11 +120,10 @@ class ThreadResultChannel(ResultChannel):
         except queue.Empty:
             return [], []
         items = [first]
-        while True:
-            try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                return items, []
+        q = self._queue
+        while not q.empty():  # only this thread gets: what is there stays there
+            items.append(q.get_nowait())
+        return items, []
 
 
 class ProcessChannel(Channel):

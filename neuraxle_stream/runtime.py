@@ -134,6 +134,8 @@ class Runtime(BaseRuntime):
         self._refeed = Refeed()
         self._deaths = DeathWatch()
         self._retired: list[Channel | ResultChannel] = []
+        self._handles: list[WorkerHandle] = []
+        self._sentinel_list: list[Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class Runtime(BaseRuntime):
         self._active = backend.shared_int(-1, lock=False)
         handles: list[WorkerHandle] = []
         self._handles = handles
+        self._sentinel_list = None
         self._finalizer = weakref.finalize(self, kill_all, handles)
         shm_prefix = getattr(getattr(backend, "transport", None), "prefix", None)
         self.started = True
@@ -284,6 +287,7 @@ class Runtime(BaseRuntime):
                     handle.kill()
                     handle.join(timeout=1.0)
         self._stages.clear()
+        self._sentinel_list = None
 
     def _release_threads(self, deadline: float) -> None:
         """Wake the worker threads of an aborted runtime until they exit or ``deadline``.
@@ -522,6 +526,7 @@ class Runtime(BaseRuntime):
         handle = self.backend.start_worker(stage.spec, w, stage.io)
         stage.handles[w] = handle
         self._handles.append(handle)
+        self._sentinel_list = None
         if run.observer is not None:
             for step in stage.spec.steps:  # a chained worker held a copy of each step
                 run.observer.add_restarts(step.name)
@@ -570,7 +575,10 @@ class Runtime(BaseRuntime):
         self._retired = []
 
     def _sentinels(self) -> list[Any]:
-        return [h.sentinel for s in self._stages for h in s.handles if h.sentinel is not None]
+        # read on every wait: made again only when workers were started, replaced or joined
+        if self._sentinel_list is None:
+            self._sentinel_list = [h.sentinel for s in self._stages for h in s.handles if h.sentinel is not None]
+        return self._sentinel_list
 
     def _wait_timeout(self) -> float | None:
         if self.timeout is None:

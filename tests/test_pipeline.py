@@ -833,6 +833,24 @@ def test_sklearn_config_of_the_caller_reaches_the_workers(backend: str) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_each_call_runs_under_its_own_sklearn_config_inside_with(backend: str) -> None:
+    # The workers set the caller's configuration once in their thread, not per minibatch:
+    # a call under another configuration still gets it, and the caller's own is left alone.
+    X = np.random.RandomState(0).rand(10, 2)
+    p = SequentialQueuedPipeline([("s", StandardScaler()), ("t", StandardScaler())], batch_size=3, backend=backend)
+    with p:
+        p.fit(X)
+        with sklearn.config_context(transform_output="pandas"):
+            assert isinstance(p.transform(X), pd.DataFrame)
+        plain = p.transform(X)
+        assert isinstance(plain, np.ndarray)
+        with sklearn.config_context(transform_output="pandas"):
+            assert isinstance(p.transform(X), pd.DataFrame)
+    assert sklearn.get_config()["transform_output"] == "default"
+    np.testing.assert_allclose(plain, Pipeline([("s", StandardScaler()), ("t", StandardScaler())]).fit_transform(X))
+
+
+@pytest.mark.timeout(60)
 def test_routing_reaches_a_nested_sklearn_pipeline_in_the_workers(backend: str) -> None:
     X = np.random.RandomState(1).rand(10, 2)
     offset = np.arange(10.0)
