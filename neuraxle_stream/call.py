@@ -120,8 +120,10 @@ def run(
 
         # closing(): whatever ends this frame (Ctrl-C between two minibatches included), the
         # runtime's run ends now, its feeder stopped, not when a reference cycle is collected.
+        # cutting a sequence (an array, a list, a frame) never waits: the supervisor feeds it itself
         with contextlib.closing(runtime.run(minibatches(), ordered=ordered, observer=monitor.collector,
-                                            tracer=plan.trace, policy=plan.retry)) as results:
+                                            tracer=plan.trace, policy=plan.retry,
+                                            source_waits=not _containers.is_sequence(X))) as results:
             for index, outputs in results:
                 out = plan.join(outputs)
                 batch = padded.pop(index, None)

@@ -13,6 +13,10 @@ is over. When the source is exhausted (or raised) it tells the supervisor
 with :class:`FeederDone`, which carries the number of minibatches fed. The
 source's error is kept in :attr:`Feeder.error`, with a note naming the
 minibatch, for the supervisor to raise in the caller's thread.
+
+An input in memory (an array, a list, a frame) never makes its reader wait:
+:class:`InlineFeeder` feeds it from the supervisor's thread, between its
+waits, within the same credits, and no thread is woken per minibatch.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from .runtime_base import Credits, Minibatch, minibatch_task
 if TYPE_CHECKING:  # pragma: no cover
     from .stats import StatsCollector
 
-__all__ = ["Feeder", "FeederDone"]
+__all__ = ["Feeder", "FeederDone", "InlineFeeder"]
 
 #: Seconds between two checks for the end of a run while the feeder waits on a full queue.
 _FEED_CHECK = 0.05
@@ -113,29 +117,31 @@ class Feeder:
 
     def _feed(self) -> None:
         count = 0
+        source, credits, stop, run_id, on_task = self.source, self.credits, self._stop, self.run_id, self.on_task
+        lanes = range(len(self.firsts))
         try:
             while True:
                 try:
-                    batch = next(self.source)
+                    batch = next(source)
                 except StopIteration:
                     break
                 except BaseException as exc:
                     exc.add_note(f"Raised by the input of the queued pipeline, reading minibatch {count}.")
                     raise
-                self.credits.take()
-                if self._stop.is_set():
+                credits.take()
+                if stop.is_set():
                     return
-                task = minibatch_task(batch, count, self.run_id)
-                if self.on_task is not None:
-                    self.on_task(task, batch.rows or _rows(batch.data))
-                for lane in range(len(self.firsts)):
+                task = minibatch_task(batch, count, run_id)
+                if on_task is not None:
+                    on_task(task, batch.rows or _rows(batch.data))
+                for lane in lanes:
                     if not self._put(lane, task):
                         return
                 count += 1
         except BaseException as exc:
             self.error = exc
         self.count = count
-        if not self._stop.is_set():
+        if not stop.is_set():
             self.results.put(FeederDone(self.run_id, count, failed=self.error is not None))
 
     def _put(self, lane: int, task: QueuedMinibatchTask) -> bool:
@@ -163,3 +169,96 @@ def _rows(data: object) -> int:
         return _containers.num_rows(data)
     except TypeError:
         return 1
+
+
+class InlineFeeder:
+    """Feeds the minibatches of run ``run_id`` from the supervisor's own thread, between its waits.
+
+    For a source whose reading never waits (the minibatches of an array,
+    a list or a frame in memory): no feeder thread, so no thread to wake
+    and hand the interpreter to on every minibatch (on threads, that
+    handover was most of the per-minibatch cost). :meth:`feed` puts as many
+    minibatches as the credits and the first queues' room allow, and never
+    blocks; a minibatch that finds a first queue full waits, with its
+    credit, for the next call. The parameters and :attr:`count`,
+    :attr:`error`, :meth:`repoint` and :meth:`stop` are :class:`Feeder`'s;
+    the source's errors, and a minibatch that cannot be sent, are raised by
+    :meth:`feed` with the same notes.
+    """
+
+    def __init__(
+        self,
+        source: Iterator[Minibatch],
+        run_id: int,
+        firsts: list[tuple[str, Channel]],
+        credits: Credits,
+        observer: StatsCollector | None = None,
+        on_task: Callable[[QueuedMinibatchTask, int], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.run_id = run_id
+        self.firsts = firsts
+        self.credits = credits
+        self.observer = observer
+        self.on_task = on_task
+        #: Minibatches fed, once the source is exhausted; ``None`` before.
+        self.count: int | None = None
+        #: Always ``None``: :meth:`feed` raises what the source raises.
+        self.error: BaseException | None = None
+        self._fed = 0
+        #: A minibatch not yet on the first queue of every lane: the task, the lanes left, since when.
+        self._pending: tuple[QueuedMinibatchTask, list[int], float] | None = None
+
+    def repoint(self, firsts: list[tuple[str, Channel]], results: ResultChannel | None = None) -> None:
+        """Feed the new first queues (the old ones are retired)."""
+        self.firsts = firsts
+
+    def stop(self) -> None:
+        """Nothing runs on its own: nothing to stop."""
+
+    def feed(self) -> int | None:
+        """Feed what the credits and the first queues' room allow; the count once the source is exhausted."""
+        if self._pending is not None and not self._put_pending():
+            return None
+        credits, source = self.credits, self.source
+        while self.count is None:
+            if not credits.take(blocking=False):
+                return None
+            try:
+                batch = next(source)
+            except StopIteration:
+                credits.give()
+                self.count = self._fed
+                break
+            except BaseException as exc:
+                credits.give()
+                exc.add_note(f"Raised by the input of the queued pipeline, reading minibatch {self._fed}.")
+                raise
+            task = minibatch_task(batch, self._fed, self.run_id)
+            if self.on_task is not None:
+                self.on_task(task, batch.rows or _rows(batch.data))
+            self._fed += 1
+            self._pending = (task, list(range(len(self.firsts))), 0.0)
+            if not self._put_pending():
+                return None
+        return self.count
+
+    def _put_pending(self) -> bool:
+        """Put the pending minibatch on the first queues it is not on yet; ``False`` if one is full."""
+        assert self._pending is not None
+        task, lanes, since = self._pending
+        while lanes:
+            name, channel = self.firsts[lanes[0]]
+            try:
+                if not channel.put(task, timeout=0):
+                    if not since:  # backpressure: how long it waits, for the stats
+                        self._pending = (task, lanes, time.perf_counter())
+                    return False
+            except Exception as exc:
+                exc.add_note(f"Raised sending minibatch {task.index} to step {name!r}.")
+                raise
+            if self.observer is not None:
+                self.observer.add_feed_wait(name, time.perf_counter() - since if since else 0.0)
+            lanes.pop(0)
+        self._pending = None
+        return True

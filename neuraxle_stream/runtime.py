@@ -18,7 +18,11 @@ a run is live (or inside ``with pipeline:``). The data flow of one lane::
                                                                    outputs to the caller
 
 A union has one lane per branch; the feeder puts every minibatch on the first
-queue of every lane. Who puts and gets:
+queue of every lane. For an input in memory (an array, a list, a frame), whose
+reading never waits, there is no feeder thread: the supervisor puts the
+minibatches itself between its waits (:class:`~neuraxle_stream.feeder.InlineFeeder`),
+so no thread is woken, and handed the interpreter, on every minibatch. Who
+puts and gets:
 
 - queue i of a lane: put by stage i-1 (the feeder for i = 0), got by stage i;
   bounded by the stage's ``max_queue_size`` (backpressure);
@@ -75,7 +79,7 @@ from typing import Any
 
 from .backends import Backend, WorkerHandle
 from .exceptions import BrokenPipelineError, PipelineStoppedError
-from .feeder import Feeder, FeederDone
+from .feeder import Feeder, FeederDone, InlineFeeder
 from .messages import (
     STOP,
     MinibatchError,
@@ -125,7 +129,7 @@ class Runtime(BaseRuntime):
         self._channels: list[Channel] = []
         self._results: ResultChannel | None = None
         self._finalizer: weakref.finalize[[list[WorkerHandle]], Runtime] | None = None
-        self._feeder: Feeder | None = None
+        self._feeder: Feeder | InlineFeeder | None = None
         self._run_id = IDLE_RUN
         self._stop_pending = False
         self._done_before: dict[str, tuple[int, int]] = {}
@@ -341,29 +345,46 @@ class Runtime(BaseRuntime):
     # -- the verbs of the supervisor loop (BaseRuntime.run) ----------------------
 
     def _begin_run(self, run: RunState, source: Iterator[Minibatch]) -> None:
-        """Start the run's feeder thread: it puts the minibatches on the first queue of each lane."""
+        """Start the run's feeder thread: it puts the minibatches on the first queue of each lane.
+
+        A source that never waits (``run.source_waits`` false) gets no thread:
+        the supervisor feeds it itself (:meth:`_feed`).
+        """
         assert self._results is not None
         self._done_before = self._count_done()
         if run.observer is not None:  # the progress bars read each stage's count as it goes
             run.observer.live_counts = self.done_in_run
         self._active.value = run.run_id
         firsts = [(lane[0].name, channel) for lane, channel in zip(self.lanes, self._first_channels)]
-        feeder = Feeder(source, run.run_id, firsts, self._results, run.credits, run.observer, run.register)
-        # Known before it starts: a Ctrl-C landing right after start() must still find it to stop.
         self._run_id = run.run_id
         self._run = run
         self._refeed.clear()
-        self._feeder = feeder
-        feeder.start()
+        if not run.source_waits:
+            self._feeder = InlineFeeder(source, run.run_id, firsts, run.credits, run.observer, run.register)
+        else:
+            feeder = Feeder(source, run.run_id, firsts, self._results, run.credits, run.observer, run.register)
+            # Known before it starts: a Ctrl-C landing right after start() must still find it to stop.
+            self._feeder = feeder
+            feeder.start()
         if self._stop_pending:  # stop() came while the run was starting
             self._results.put(_StopRequested(run.run_id))
 
     def _feed(self, run: RunState) -> None:
-        """Nothing to do: the feeder thread feeds."""
+        """Feed a source that never waits, within the credits; a feeder thread feeds any other."""
+        feeder = self._feeder
+        if type(feeder) is InlineFeeder and feeder.count is None:
+            try:
+                count = feeder.feed()
+            except Exception as exc:  # the source's error, or a minibatch that cannot be sent
+                raise RunFailed(exc) from None
+            if count is not None:
+                run.total = count
 
     def _collect(self, run: RunState) -> None:
         """Wait for results or dead workers; take each message; report a dead worker."""
         assert self._results is not None
+        if run.complete:  # fed inline, and every output is out already: nothing to wait for
+            return
         self._refeed.put(self._first_channels)
         wait = self._deaths.wait(self._wait_timeout())
         if self._refeed:  # waiting for room on a first queue: look again soon

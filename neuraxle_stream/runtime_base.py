@@ -151,6 +151,9 @@ class RunState:
     observer: StatsCollector | None = None
     tracer: Assembler | None = None
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Whether reading the next minibatch may wait (a generator, a file, a socket): a
+    #: feeder thread reads it; else the supervisor feeds between its waits.
+    source_waits: bool = True
     #: Minibatches fed so far.
     fed: int = 0
     #: Minibatches in the run, known once the source is exhausted.
@@ -327,6 +330,7 @@ class BaseRuntime(ABC):
         observer: StatsCollector | None = None,
         tracer: Assembler | None = None,
         policy: RetryPolicy | None = None,
+        source_waits: bool = True,
     ) -> Generator[tuple[int, list[Any]], None, None]:
         """Feed ``batches`` through the lanes; yield ``(index, lane_outputs)``.
 
@@ -349,6 +353,11 @@ class BaseRuntime(ABC):
         policy : RetryPolicy or None
             What a failed minibatch becomes (run again, skipped, or the end
             of the run: the default).
+        source_waits : bool, default=True
+            Whether reading the next minibatch of ``batches`` may wait (a
+            generator reading a file or a socket). ``False`` (the minibatches
+            of an array or a list in memory): the supervisor feeds them
+            itself, between its waits, with no thread of its own.
 
         Yields
         ------
@@ -359,7 +368,7 @@ class BaseRuntime(ABC):
         """
         self._ensure_started()
         run = RunState(next_run_id(), WorkersJoiner(n_worker_wrappers_to_join=len(self.lanes)), Credits(self.max_in_flight))
-        run.ordered, run.observer, run.tracer = ordered, observer, tracer
+        run.ordered, run.observer, run.tracer, run.source_waits = ordered, observer, tracer, source_waits
         if policy is not None:
             run.policy = policy
         ok = False

@@ -107,6 +107,53 @@ def test_outputs_in_input_order_or_as_completed(backend: str) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_source_that_never_waits_is_fed_by_the_supervisor_within_the_bound(backend: str) -> None:
+    rt = Runtime(chain(PassThrough(), PassThrough(), queue=2), make_backend(backend))
+    reads: list[int] = []
+
+    def source():
+        for i in range(200):
+            reads.append(i)
+            yield Minibatch(i, [i], rows=1)
+
+    try:
+        run = rt.run(source(), source_waits=False)
+        try:
+            for taken in (1, 2, 3):
+                assert next(run)[1] == [[taken - 1]]
+                # read between the supervisor's waits: no thread of its own, never past the bound
+                assert not [t for t in threading.enumerate() if t.name == "neuraxle_stream-feeder"]
+                assert taken <= len(reads) <= rt.max_in_flight + taken
+            assert [out[0][0] for _, out in run] == list(range(3, 200))
+        finally:
+            run.close()
+        assert outputs(rt, [5, 6]) == [5, 6]
+        assert list(rt.run([], source_waits=False)) == []
+    finally:
+        rt.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_error_of_a_source_fed_by_the_supervisor_ends_the_run_only(backend: str) -> None:
+    rt = Runtime(chain(PassThrough(), queue=2), make_backend(backend))
+
+    def source():
+        for i in range(10):
+            if i == 6:
+                raise LookupError("source failed at 6")
+            yield Minibatch(i, [i], rows=1)
+
+    try:
+        with pytest.raises(LookupError, match="source failed at 6") as info:
+            list(rt.run(source(), source_waits=False))
+        assert info.value.__notes__[-1] == "Raised by the input of the queued pipeline, reading minibatch 6."
+        assert not rt.broken
+        assert outputs(rt, [1, 2, 3]) == [1, 2, 3]
+    finally:
+        rt.close()
+
+
+@pytest.mark.timeout(60)
 def test_source_is_read_lazily_within_the_in_flight_bound() -> None:
     rt = Runtime(chain(PassThrough(), PassThrough(), queue=2), ThreadBackend())
     reads: list[int] = []
