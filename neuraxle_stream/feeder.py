@@ -15,7 +15,7 @@ source's error is kept in :attr:`Feeder.error`, with a note naming the
 minibatch, for the supervisor to raise in the caller's thread.
 
 An input in memory (an array, a list, a frame) never makes its reader wait:
-:class:`InlineFeeder` feeds it from the supervisor's thread, between its
+on threads, :class:`InlineFeeder` feeds it from the supervisor's thread, between its
 waits, within the same credits, and no thread is woken per minibatch.
 """
 
@@ -215,6 +215,11 @@ class InlineFeeder:
 
     def stop(self) -> None:
         """Nothing runs on its own: nothing to stop."""
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a minibatch waits for room on a first queue (the supervisor must look again soon)."""
+        return self._pending is not None
 
     def feed(self) -> int | None:
         """Feed what the credits and the first queues' room allow; the count once the source is exhausted."""

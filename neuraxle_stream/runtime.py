@@ -18,8 +18,8 @@ a run is live (or inside ``with pipeline:``). The data flow of one lane::
                                                                    outputs to the caller
 
 A union has one lane per branch; the feeder puts every minibatch on the first
-queue of every lane. For an input in memory (an array, a list, a frame), whose
-reading never waits, there is no feeder thread: the supervisor puts the
+queue of every lane. On threads, for an input in memory (an array, a list, a
+frame), whose reading never waits, there is no feeder thread: the supervisor puts the
 minibatches itself between its waits (:class:`~neuraxle_stream.feeder.InlineFeeder`),
 so no thread is woken, and handed the interpreter, on every minibatch. Who
 puts and gets:
@@ -347,8 +347,10 @@ class Runtime(BaseRuntime):
     def _begin_run(self, run: RunState, source: Iterator[Minibatch]) -> None:
         """Start the run's feeder thread: it puts the minibatches on the first queue of each lane.
 
-        A source that never waits (``run.source_waits`` false) gets no thread:
-        the supervisor feeds it itself (:meth:`_feed`).
+        On threads, a source that never waits (``run.source_waits`` false)
+        gets no thread: the supervisor feeds it itself (:meth:`_feed`). On
+        processes the feeder thread stays: its pickling and pipe writes
+        overlap the supervisor's reads.
         """
         assert self._results is not None
         self._done_before = self._count_done()
@@ -359,7 +361,8 @@ class Runtime(BaseRuntime):
         self._run_id = run.run_id
         self._run = run
         self._refeed.clear()
-        if not run.source_waits:
+        if not run.source_waits and not self.backend.portable:
+            # threads: the feeder thread would be woken, and handed the interpreter, per minibatch
             self._feeder = InlineFeeder(source, run.run_id, firsts, run.credits, run.observer, run.register)
         else:
             feeder = Feeder(source, run.run_id, firsts, self._results, run.credits, run.observer, run.register)
@@ -387,7 +390,10 @@ class Runtime(BaseRuntime):
             return
         self._refeed.put(self._first_channels)
         wait = self._deaths.wait(self._wait_timeout())
-        if self._refeed:  # waiting for room on a first queue: look again soon
+        feeder = self._feeder
+        if self._refeed or (type(feeder) is InlineFeeder and feeder.waiting):
+            # waiting for room on a first queue (its workers may be dropping the tasks of a
+            # cancelled run, which send nothing back): look again soon
             wait = 0.02 if wait is None else min(wait, 0.02)
         messages, fired = self._results.get_ready(wait, self._sentinels())
         for msg in messages:
