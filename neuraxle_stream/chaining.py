@@ -7,9 +7,15 @@ tuple sets nothing for them alone (no ``worker_arguments``, no explicit
 workers, each running the steps one after another on its minibatch, in its
 own memory: the data never cross a queue (nor a process boundary) between
 them. A chain of steps with ``n_1 ... n_m`` workers gets
-``k = n_1 + ... + n_m`` workers on threads and Ray, and on processes
+``k = n_1 + ... + n_m`` workers on Ray, and on processes
 ``k = min(n_1 + ... + n_m, max(cores, n_1, ..., n_m))``: no more processes
-than the cores, unless a step asked for more itself. A fittable (stateful)
+than the cores, unless a step asked for more itself. On threads, before
+anything is measured, a chain forms only where all its workers fit,
+``n_1 + ... + n_m <= max(cores, n_1, ..., n_m)``, and gets them all: more
+threads than cores, each running every step, thrash the cores and contend
+for the interpreter on work that keeps a core busy (W1 on 2 cores: 2 + 2
+threads chained into 4 ran slower than as written), while fewer could slow
+down steps that wait (on I/O, the usual reason for threads). A fittable (stateful)
 step joins a chain only if ``k <= n_i`` of that step, so no fitted step ever
 has more copies than its ``n_workers``. Why never slower: with per-step
 times ``c_i``, the unchained stages pass at most
@@ -28,10 +34,12 @@ that mostly *waits* (its workers' CPU time in the step below
 :data:`WAITING_CPU_SHARE` of their time in it, over at least
 :data:`MIN_MEASURED_BUSY` seconds: I/O, a remote service, sleep) does not
 need a core while it waits, so a chain holding it is not capped by the
-cores: it gets ``k = n_1 + ... + n_m``, the processes the steps would have
+cores (on threads: chained, whatever the cores): it gets ``k = n_1 + ... + n_m``, the processes the steps would have
 had unchained, and passes ``k / sum c_i >= min_i n_i / c_i`` minibatches per
 second (the mediant), never fewer than unchained, without the hops. The
-first call, with nothing measured, uses the rule above; the decision is a
+first call, with nothing measured, uses the rule above; on threads, steps
+all measured computing chain capped by the cores, as on processes (W1: 2 + 2
+threads become one chain of 2 from the second call); the decision is a
 pure function of the parsed steps, the settings and the measured times, so
 the same measurements give the same layout. Each group's reason is in
 ``stats_.plan.reasons``.
@@ -126,10 +134,17 @@ def chainable(desc: StageDesc, ray_options: dict[str, dict[str, Any]] | None = N
     return _own_settings(desc, ray_options) is None
 
 
-def _chain_workers(group: Sequence[StageDesc], cores: int | None) -> int | None:
-    """The workers of a chain of ``group`` (see the module docstring), ``None`` when it may not be chained."""
+def _chain_workers(group: Sequence[StageDesc], cores: int | None, within: bool = False) -> int | None:
+    """The workers of a chain of ``group`` (see the module docstring), ``None`` when it may not be chained.
+
+    ``within``: no cap, but no chain either where all its workers would not
+    fit ``max(cores, n_1, ..., n_m)`` (threads, before anything is measured).
+    """
     total = sum(d.n_workers for d in group)
-    k = total if cores is None else min(total, max(cores, *(d.n_workers for d in group)))
+    room = total if cores is None else max(cores, *(d.n_workers for d in group))
+    if within and total > room:
+        return None
+    k = min(total, room)
     if any(d.n_workers < k and is_fittable(d.runnable) for d in group):
         return None  # a fitted step would get more copies than its n_workers
     return k
@@ -166,14 +181,14 @@ def chain_layout(
 
     ``chain=False``: one group per step, with its own ``n_workers``. Else
     consecutive :func:`chainable` steps join a chain while
-    ``_chain_workers`` allows it; ``cores`` (processes only) defaults to the
-    cores this process may use. ``costs`` (what earlier calls measured, by
+    ``_chain_workers`` allows it; ``cores`` (processes and threads) defaults
+    to the cores this process may use. ``costs`` (what earlier calls measured, by
     step name): a chain holding a step that mostly waits is not capped by
     the cores (see the module docstring).
     """
     costs = costs or {}
     # processes cost start-up and memory each, and busy cores gain nothing from more of them
-    cap = (cores if cores is not None else _cores()) if backend == "process" else None
+    cap = (cores if cores is not None else _cores()) if backend in ("process", "thread") else None
     groups: list[ChainGroup] = []
     refused: str | None = None  # why the step could not join the chain before it
     for d in lane:
@@ -183,11 +198,21 @@ def chain_layout(
             candidate = (*group, d)
             if all(chainable(g, ray_options) for g in group):
                 waiting = [g.name for g in candidate if g.name in costs and costs[g.name].waits]
-                k = _chain_workers(candidate, None if waiting else cap)
+                # threads, nothing measured yet: chained only where every thread fits the cores
+                within = backend == "thread" and not waiting and not all(
+                    g.name in costs and costs[g.name].busy_time >= MIN_MEASURED_BUSY for g in candidate
+                )
+                k = _chain_workers(candidate, None if waiting else cap, within)
                 if k is not None:
                     groups[-1] = ChainGroup(candidate, k, _chained_reason(candidate, k, cap, waiting, costs))
                     continue
-                refused = f"a fitted step would get more than its n_workers copies chained with {group[-1].name!r}"
+                if within and _chain_workers(candidate, None) is not None:
+                    total = sum(g.n_workers for g in candidate)
+                    refused = (f"{total} threads chained with {group[-1].name!r} would not fit the {cap} cores "
+                               "(nothing measured yet)")
+                else:
+                    refused = (f"a fitted step would get more than its n_workers copies chained with "
+                               f"{group[-1].name!r}")
         if chain is False:
             reason = "as written (chain=False)"
         elif why is not None:

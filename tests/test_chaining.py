@@ -56,6 +56,14 @@ from neuraxle_stream.plan import MIN_MEASURED_BUSY, StepCost, chain_groups, chai
 CHAINS = ["auto", False]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def four_cores() -> Iterator[None]:
+    """The runs plan for 4 cores, whatever the machine: 2 + 2 thread workers chain into 4."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(chaining_module, "_cores", lambda: 4)
+        yield
+
+
 def layout(steps: list[Any], chain: Any = "auto", cores: int = 2, backend: str = "process",
            **kw: Any) -> list[tuple[tuple[str, ...], int]]:
     descs = parse_steps(steps, "SequentialQueuedPipeline", 1, None)
@@ -103,11 +111,17 @@ def test_steps_with_settings_of_their_own_are_never_chained() -> None:
     assert layout(steps[4:], ray_options={"e": {"num_cpus": 1}}) == [(("e",), 1), (("f",), 1)]
 
 
-def test_only_process_chains_are_capped_by_the_cores() -> None:
+def test_process_chains_are_capped_by_the_cores_thread_chains_form_within_them() -> None:
     steps = [("a", 2, add_one), ("b", 3, square)]
     assert layout(steps, cores=2) == [(("a", "b"), 3)]  # no fewer than a step asked for
     assert layout(steps, cores=4) == [(("a", "b"), 4)]
-    assert layout(steps, backend="thread", cores=2) == [(("a", "b"), 5)]
+    # threads: 5 threads running both steps on 2 cores would thrash them, and 3 could slow
+    # down steps that wait: as written; with the cores for all 5, chained
+    assert layout(steps, backend="thread", cores=2) == [(("a",), 2), (("b",), 3)]
+    assert layout(steps, backend="thread", cores=8) == [(("a", "b"), 5)]
+    assert layout([("a", 1, add_one), ("b", 1, square)], backend="thread", cores=2) == [(("a", "b"), 2)]
+    # measured, every step computing: capped by the cores, as on processes
+    assert layout(steps, backend="thread", cores=2, costs={"a": COMPUTED, "b": COMPUTED}) == [(("a", "b"), 3)]
     assert layout(steps, backend="ray", cores=2) == [(("a", "b"), 5)]
 
 
@@ -122,8 +136,10 @@ def test_a_chain_holding_a_step_that_waits_is_not_capped_by_the_cores() -> None:
     assert layout(steps, costs={"read": COMPUTED, "mix": COMPUTED}) == [(("read", "mix"), 2)]
     too_short = StepCost(busy_time=MIN_MEASURED_BUSY / 2, cpu_time=0.0)  # a few minibatches decide nothing
     assert layout(steps, costs={"read": too_short}) == [(("read", "mix"), 2)]
-    # threads and Ray are never capped: nothing changes there
-    assert layout(steps, backend="thread", costs={"read": WAITED}) == layout(steps, backend="thread")
+    # threads: as written before anything is measured (4 threads, 2 cores), then as processes
+    assert layout(steps, backend="thread") == [(("read",), 2), (("mix",), 2)]
+    assert layout(steps, backend="thread", costs={"read": WAITED}) == [(("read", "mix"), 4)]
+    assert layout(steps, backend="thread", costs={"read": COMPUTED, "mix": COMPUTED}) == [(("read", "mix"), 2)]
     assert layout(steps, chain=False, costs={"read": WAITED}) == [(("read",), 2), (("mix",), 2)]
 
 
@@ -222,8 +238,9 @@ def test_hypothesis_rule_keeps_the_contract(
         assert chain == "auto"
         assert all(kind == "plain" for _, _, kind, _ in members)
         total, most = sum(n for n, *_ in members), max(n for n, *_ in members)
-        capped = backend == "process" and not any(waits for *_, waits in members)
-        assert k == (min(total, max(cores, most)) if capped else total)  # a step that waits lifts the cap
+        # every step measured: a step that waits lifts the cap (threads too), else capped
+        capped = not any(waits for *_, waits in members)
+        assert k == (min(total, max(cores, most)) if capped else total)
         assert k >= most  # no step has fewer workers than it asked for
         assert all(n >= k for n, fitted, _, _ in members if fitted)  # no fitted step gets more copies
 
