@@ -199,7 +199,8 @@ def chain_layout(
             if all(chainable(g, ray_options) for g in group):
                 waiting = [g.name for g in candidate if g.name in costs and costs[g.name].waits]
                 # threads, nothing measured yet: chained only where every thread fits the cores
-                within = backend == "thread" and not waiting and not all(
+                # (a step measured computing, none waiting: capped by the cores, as processes)
+                within = backend == "thread" and not waiting and not any(
                     g.name in costs and costs[g.name].busy_time >= MIN_MEASURED_BUSY for g in candidate
                 )
                 k = _chain_workers(candidate, None if waiting else cap, within)

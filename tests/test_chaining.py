@@ -140,6 +140,8 @@ def test_a_chain_holding_a_step_that_waits_is_not_capped_by_the_cores() -> None:
     assert layout(steps, backend="thread") == [(("read",), 2), (("mix",), 2)]
     assert layout(steps, backend="thread", costs={"read": WAITED}) == [(("read", "mix"), 4)]
     assert layout(steps, backend="thread", costs={"read": COMPUTED, "mix": COMPUTED}) == [(("read", "mix"), 2)]
+    # a cheap step measured too briefly: the one that computes decides
+    assert layout(steps, backend="thread", costs={"read": too_short, "mix": COMPUTED}) == [(("read", "mix"), 2)]
     assert layout(steps, chain=False, costs={"read": WAITED}) == [(("read",), 2), (("mix",), 2)]
 
 
