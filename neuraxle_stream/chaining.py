@@ -37,9 +37,11 @@ need a core while it waits, so a chain holding it is not capped by the
 cores (on threads: chained, whatever the cores): it gets ``k = n_1 + ... + n_m``, the processes the steps would have
 had unchained, and passes ``k / sum c_i >= min_i n_i / c_i`` minibatches per
 second (the mediant), never fewer than unchained, without the hops. The
-first call, with nothing measured, uses the rule above; on threads, steps
-all measured computing chain capped by the cores, as on processes (W1: 2 + 2
-threads become one chain of 2 from the second call); the decision is a
+first call, with nothing measured, uses the rule above; on threads, a chain
+is judged whole (its measured steps' CPU time together against their time in
+the steps: a thread in a cheap step loses the cores to the threads that
+compute), and one that computes is capped by the cores, as on processes
+(W1: 2 + 2 threads run as written, then as one chain of 2 from the second call); the decision is a
 pure function of the parsed steps, the settings and the measured times, so
 the same measurements give the same layout. Each group's reason is in
 ``stats_.plan.reasons``.
@@ -150,6 +152,24 @@ def _chain_workers(group: Sequence[StageDesc], cores: int | None, within: bool =
     return k
 
 
+def _threads_waiting(group: Sequence[StageDesc], costs: dict[str, StepCost]) -> tuple[list[str], bool]:
+    """On threads: the step that makes ``group`` a chain that waits (or none), and whether nothing is measured.
+
+    A thread's CPU share in a cheap step is no sign that it waits: threads
+    that compute elsewhere take the cores (and the interpreter) from it
+    while it is in the step. So the chain is judged as a whole, on the
+    CPU share of all its measured steps together; with none measured, it
+    forms only where all its threads fit the cores (``within``).
+    """
+    measured = [g.name for g in group if g.name in costs and costs[g.name].busy_time >= MIN_MEASURED_BUSY]
+    if not measured:
+        return [], True
+    busy = sum(costs[name].busy_time for name in measured)
+    if sum(costs[name].cpu_time for name in measured) >= WAITING_CPU_SHARE * busy:
+        return [], False  # it computes: capped by the cores, as processes
+    return [max(measured, key=lambda name: costs[name].busy_time)], False
+
+
 @dataclass(frozen=True)
 class ChainGroup:
     """Consecutive steps of a lane that share one set of workers, their number, and why so."""
@@ -198,11 +218,10 @@ def chain_layout(
             candidate = (*group, d)
             if all(chainable(g, ray_options) for g in group):
                 waiting = [g.name for g in candidate if g.name in costs and costs[g.name].waits]
-                # threads, nothing measured yet: chained only where every thread fits the cores
-                # (a step measured computing, none waiting: capped by the cores, as processes)
-                within = backend == "thread" and not waiting and not any(
-                    g.name in costs and costs[g.name].busy_time >= MIN_MEASURED_BUSY for g in candidate
-                )
+                if backend == "thread":
+                    waiting, within = _threads_waiting(candidate, costs)
+                else:
+                    within = False
                 k = _chain_workers(candidate, None if waiting else cap, within)
                 if k is not None:
                     groups[-1] = ChainGroup(candidate, k, _chained_reason(candidate, k, cap, waiting, costs))
