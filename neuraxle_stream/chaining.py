@@ -9,8 +9,8 @@ own memory: the data never cross a queue (nor a process boundary) between
 them. A chain of steps with ``n_1 ... n_m`` workers gets
 ``k = n_1 + ... + n_m`` workers on Ray, and on processes
 ``k = min(n_1 + ... + n_m, max(cores, n_1, ..., n_m))``: no more processes
-than the cores, unless a step asked for more itself. On threads, before
-anything is measured, a chain forms only where all its workers fit,
+than the cores, unless a step asked for more itself. On threads, unless
+measured waiting (below), a chain forms only where all its workers fit,
 ``n_1 + ... + n_m <= max(cores, n_1, ..., n_m)``, and gets them all: more
 threads than cores, each running every step, thrash the cores and contend
 for the interpreter on work that keeps a core busy (W1 on 2 cores: 2 + 2
@@ -40,8 +40,7 @@ second (the mediant), never fewer than unchained, without the hops. The
 first call, with nothing measured, uses the rule above; on threads, a chain
 is judged whole (its measured steps' CPU time together against their time in
 the steps: a thread in a cheap step loses the cores to the threads that
-compute), and one that computes is capped by the cores, as on processes
-(W1: 2 + 2 threads run as written, then as one chain of 2 from the second call); the decision is a
+compute), and one that waits gets all its threads whatever the cores; the decision is a
 pure function of the parsed steps, the settings and the measured times, so
 the same measurements give the same layout. Each group's reason is in
 ``stats_.plan.reasons``.
@@ -153,20 +152,20 @@ def _chain_workers(group: Sequence[StageDesc], cores: int | None, within: bool =
 
 
 def _threads_waiting(group: Sequence[StageDesc], costs: dict[str, StepCost]) -> tuple[list[str], bool]:
-    """On threads: the step that makes ``group`` a chain that waits (or none), and whether nothing is measured.
+    """On threads: the step that makes ``group`` a chain that waits (or none), and whether it must fit the cores.
 
     A thread's CPU share in a cheap step is no sign that it waits: threads
     that compute elsewhere take the cores (and the interpreter) from it
     while it is in the step. So the chain is judged as a whole, on the
-    CPU share of all its measured steps together; with none measured, it
-    forms only where all its threads fit the cores (``within``).
+    CPU share of all its measured steps together. One that waits gets all
+    its threads; any other forms only where all its threads fit the cores
+    (``within``): fewer threads than written could slow down steps that
+    wait, more than the cores slow down steps that compute.
     """
     measured = [g.name for g in group if g.name in costs and costs[g.name].busy_time >= MIN_MEASURED_BUSY]
-    if not measured:
-        return [], True
     busy = sum(costs[name].busy_time for name in measured)
-    if sum(costs[name].cpu_time for name in measured) >= WAITING_CPU_SHARE * busy:
-        return [], False  # it computes: capped by the cores, as processes
+    if not measured or sum(costs[name].cpu_time for name in measured) >= WAITING_CPU_SHARE * busy:
+        return [], True
     return [max(measured, key=lambda name: costs[name].busy_time)], False
 
 
@@ -228,8 +227,7 @@ def chain_layout(
                     continue
                 if within and _chain_workers(candidate, None) is not None:
                     total = sum(g.n_workers for g in candidate)
-                    refused = (f"{total} threads chained with {group[-1].name!r} would not fit the {cap} cores "
-                               "(nothing measured yet)")
+                    refused = f"{total} threads chained with {group[-1].name!r} would not fit the {cap} cores"
                 else:
                     refused = (f"a fitted step would get more than its n_workers copies chained with "
                                f"{group[-1].name!r}")
