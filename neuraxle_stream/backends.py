@@ -28,7 +28,7 @@ from .queues import (
     ThreadResultChannel,
 )
 from .stages import StageSpec
-from .start_methods import resolve_context, step_modules, uses_cuda
+from .start_methods import resolve_context
 from .transport import Transport, default_transport
 from .workers import WorkerIO, process_main, worker_loop
 
@@ -37,9 +37,6 @@ __all__ = [
     "ProcessBackend",
     "ThreadBackend",
     "WorkerHandle",
-    # of start_methods, for plan.py, which imports them from here
-    "step_modules",
-    "uses_cuda",
 ]
 
 _backend_ids = itertools.count()

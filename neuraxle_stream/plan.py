@@ -38,7 +38,7 @@ import sklearn
 
 from ._routing import RoutedParams, Style
 from ._validation import StageDesc, WorkersStage, check_hooks
-from .backends import Backend, ProcessBackend, ThreadBackend, step_modules, uses_cuda
+from .backends import Backend, ProcessBackend, ThreadBackend
 from .caching import CacheStore, NullStore, memory_location, open_store
 from .chaining import (
     MIN_MEASURED_BUSY,
@@ -57,6 +57,7 @@ from .runtime import Runtime
 from .runtime_base import BaseRuntime
 from .savers import save_step
 from .stages import StageSpec
+from .start_methods import step_modules, uses_cuda
 from .steps import worker_form
 from .tracing import Assembler
 
