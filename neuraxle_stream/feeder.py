@@ -50,7 +50,38 @@ class FeederDone:
     failed: bool = False
 
 
-class Feeder:
+class _Feeding:
+    """What both feeders hold: the run's source, first queues, credits and books."""
+
+    def __init__(
+        self,
+        source: Iterator[Minibatch],
+        run_id: int,
+        firsts: list[tuple[str, Channel]],
+        credits: Credits,
+        observer: StatsCollector | None,
+        on_task: Callable[[QueuedMinibatchTask, int], None] | None,
+    ) -> None:
+        self.source = source
+        self.run_id = run_id
+        self.firsts = firsts
+        self.credits = credits
+        self.observer = observer
+        self.on_task = on_task
+        #: Minibatches fed, once the source is exhausted (or failed); ``None`` before.
+        self.count: int | None = None
+        #: What the source raised (or a put), once the feeding failed.
+        self.error: BaseException | None = None
+
+    def _task(self, batch: Minibatch, index: int) -> QueuedMinibatchTask:
+        """Minibatch ``index`` as the task the stages get, handed to ``on_task`` first."""
+        task = minibatch_task(batch, index, self.run_id)
+        if self.on_task is not None:
+            self.on_task(task, batch.rows or _rows(batch.data))
+        return task
+
+
+class Feeder(_Feeding):
     """Feeds the minibatches of run ``run_id`` from ``source`` to ``firsts``, in a thread of its own.
 
     Parameters
@@ -86,17 +117,8 @@ class Feeder:
         observer: StatsCollector | None = None,
         on_task: Callable[[QueuedMinibatchTask, int], None] | None = None,
     ) -> None:
-        self.source = source
-        self.run_id = run_id
-        self.firsts = firsts
+        super().__init__(source, run_id, firsts, credits, observer, on_task)
         self.results = results
-        self.credits = credits
-        self.observer = observer
-        self.on_task = on_task
-        #: Minibatches fed, once the source is exhausted (or failed); ``None`` before.
-        self.count: int | None = None
-        #: What the source raised (or a put), once :class:`FeederDone` says ``failed``.
-        self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._feed, name="neuraxle_stream-feeder", daemon=True)
 
@@ -117,7 +139,7 @@ class Feeder:
 
     def _feed(self) -> None:
         count = 0
-        source, credits, stop, run_id, on_task = self.source, self.credits, self._stop, self.run_id, self.on_task
+        source, credits, stop = self.source, self.credits, self._stop
         lanes = range(len(self.firsts))
         try:
             while True:
@@ -131,9 +153,7 @@ class Feeder:
                 credits.take()
                 if stop.is_set():
                     return
-                task = minibatch_task(batch, count, run_id)
-                if on_task is not None:
-                    on_task(task, batch.rows or _rows(batch.data))
+                task = self._task(batch, count)
                 for lane in lanes:
                     if not self._put(lane, task):
                         return
@@ -171,7 +191,7 @@ def _rows(data: object) -> int:
         return 1
 
 
-class InlineFeeder:
+class InlineFeeder(_Feeding):
     """Feeds the minibatches of run ``run_id`` from the supervisor's own thread, between its waits.
 
     For a source whose reading never waits (the minibatches of an array,
@@ -195,16 +215,7 @@ class InlineFeeder:
         observer: StatsCollector | None = None,
         on_task: Callable[[QueuedMinibatchTask, int], None] | None = None,
     ) -> None:
-        self.source = source
-        self.run_id = run_id
-        self.firsts = firsts
-        self.credits = credits
-        self.observer = observer
-        self.on_task = on_task
-        #: Minibatches fed, once the source is exhausted; ``None`` before.
-        self.count: int | None = None
-        #: Always ``None``: :meth:`feed` raises what the source raises.
-        self.error: BaseException | None = None
+        super().__init__(source, run_id, firsts, credits, observer, on_task)
         self._fed = 0
         #: A minibatch not yet on the first queue of every lane: the task, the lanes left, since when.
         self._pending: tuple[QueuedMinibatchTask, list[int], float] | None = None
@@ -239,9 +250,7 @@ class InlineFeeder:
                 credits.give()
                 exc.add_note(f"Raised by the input of the queued pipeline, reading minibatch {self._fed}.")
                 raise
-            task = minibatch_task(batch, self._fed, self.run_id)
-            if self.on_task is not None:
-                self.on_task(task, batch.rows or _rows(batch.data))
+            task = self._task(batch, self._fed)
             self._fed += 1
             self._pending = (task, list(range(len(self.firsts))), 0.0)
             if not self._put_pending():
