@@ -1,9 +1,14 @@
-"""What a thread/process runtime keeps to replace dead workers and feed their minibatches again.
+"""How a thread/process runtime replaces dead workers and feeds their minibatches again.
 
 Used by the supervisor of :class:`~neuraxle_stream.runtime.Runtime` when the
-run's :class:`~neuraxle_stream.retries.RetryPolicy` may retry or skip::
+run's :class:`~neuraxle_stream.retries.RetryPolicy` may retry or skip. The
+functions take the runtime (typed by :class:`Replaceable`, what they read and
+change of it): :func:`on_dead_workers` reports a death or calls
+:func:`replace_dead`, which replaces a dead process alone
+(:func:`replace_worker`) or, on threads, every worker and queue
+(:func:`restart`, also called on a stall or a timeout)::
 
-    worker dies ──▶ Runtime._replace_dead ──▶ a new worker (process) or new workers and queues (threads)
+    worker dies ──▶ replace_dead ──▶ a new worker (process) or new workers and queues (threads)
                             │
                             └──▶ Refeed: every minibatch in flight, from its original input
                                    │ put when there is room (the supervisor never blocks on a put)
@@ -18,15 +23,30 @@ after a death (a process killed in the instant it read or wrote a message).
 from __future__ import annotations
 
 import time
+import weakref
 from collections import deque
+from typing import Any, Protocol
 
-from .messages import QueuedMinibatchTask
-from .queues import Channel
-from .runtime_base import RunState
-from .stages import IDLE
-from .supervision import LiveStage
+from .backends import Backend, WorkerHandle
+from .exceptions import BrokenPipelineError
+from .feeder import Feeder, InlineFeeder
+from .messages import MinibatchError, QueuedMinibatchTask, WorkerLog
+from .queues import Channel, ResultChannel
+from .runtime_base import RunFailed, RunState
+from .stages import IDLE, STARTING, StageSpec
+from .supervision import LiveStage, death, step_name
 
-__all__ = ["STALL", "DeathWatch", "Refeed"]
+__all__ = [
+    "STALL",
+    "DeathWatch",
+    "Refeed",
+    "Replaceable",
+    "on_dead_workers",
+    "replace_dead",
+    "replace_worker",
+    "restart",
+    "retire_channels",
+]
 
 #: Seconds without output, after a worker died, while every worker waits, that make a stall.
 STALL = 2.0
@@ -104,3 +124,167 @@ class DeathWatch:
     def restarted(self) -> None:
         """Every worker and queue was replaced: watch again from now."""
         self.watching, self._last_output = True, time.monotonic()
+
+
+class Replaceable(Protocol):
+    """What replacing workers reads and changes of a :class:`~neuraxle_stream.runtime.Runtime`.
+
+    Its books (stages, handles, queues, progress counts, what to feed again)
+    and the lifecycle verbs a restart goes through. A protocol, not the class:
+    the runtime imports this module, not the other way round.
+    """
+
+    lanes: list[list[StageSpec]]
+    backend: Backend
+    broken: bool
+    _active: Any
+    _stages: list[LiveStage]
+    _handles: list[WorkerHandle]
+    _channels: list[Channel]
+    _first_channels: list[Channel]
+    _sentinel_list: list[Any] | None
+    _done_before: dict[str, tuple[int, int]]
+    _retired: list[Channel | ResultChannel]
+    _refeed: Refeed
+    _deaths: DeathWatch
+
+    @property
+    def _results(self) -> ResultChannel | None: ...
+
+    @property
+    def _feeder(self) -> Feeder | InlineFeeder | None: ...
+
+    @property
+    def _finalizer(self) -> weakref.finalize[..., Any] | None: ...
+
+    @property
+    def _stop_pending(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def _abort(self) -> None: ...
+
+    def _join(self) -> None: ...
+
+    def _count_done(self) -> dict[str, tuple[int, int]]: ...
+
+
+# -- long runs: replaced workers, retried minibatches (docs/reliability.md) ------
+
+
+def on_dead_workers(rt: Replaceable, run: RunState, fired: list[Any]) -> None:
+    """A worker died: report its own error if it sent one, else BrokenPipelineError.
+
+    With retries, the workers are replaced instead (:func:`replace_dead`)
+    and the minibatches in flight run again.
+    """
+    assert rt._results is not None
+    dead = [(s, w) for s in rt._stages for w, h in enumerate(s.handles) if h.sentinel in fired]
+    if dead and run.policy.active and not rt._stop_pending:
+        replace_dead(rt, run, dead)
+        return
+    rt.broken = True
+    if not dead:
+        raise BrokenPipelineError("A worker of the pipeline died; the pipeline was stopped.")
+    error = death(*dead[0])  # waits for the worker to be reaped
+    drain = getattr(rt._results, "drain", None)
+    for msg in drain() if drain is not None else ():
+        if isinstance(msg, WorkerLog):
+            msg.emit()
+        if isinstance(msg, MinibatchError) and (msg.phase != "transform" or msg.run_id == run.run_id):
+            raise msg.to_exception()  # it said why, before it went
+    raise error
+
+
+def replace_dead(rt: Replaceable, run: RunState, dead: list[tuple[LiveStage, int]]) -> None:
+    """Workers died: count an attempt for what each was running, then replace them.
+
+    The minibatch a dead worker was running counts one failed attempt;
+    when it has failed every attempt it is skipped or ends the run. A
+    dead process is replaced by a new one (its step loaded through its
+    saver, ``worker_arguments`` set, ``setup()`` run), and every minibatch
+    in flight runs again from the first stage on its original input. Worker
+    threads are replaced with their queues (:func:`restart`).
+    """
+    for stage, w in dead:
+        deaths = rt._deaths.died(run)
+        current = stage.io.current[w]
+        error = death(stage, w)
+        if current < 0:
+            # Between minibatches, in setup() or at start-up: no minibatch to blame. A
+            # worker that dies again and again before any output comes ends the run.
+            if deaths > max(3, run.policy.max_retries + 1):
+                rt.broken = True
+                raise error
+            continue
+        if run.failed(step_name(stage, w), current, error, died=True) == "raise":
+            rt.broken = True
+            raise error
+    if not rt.backend.portable:
+        restart(rt, run)  # worker threads: replaced with their queues (see restart)
+        return
+    for stage, w in dead:
+        replace_worker(rt, run, stage, w)
+    # A killed worker may have held a minibatch it had taken, or an output it was
+    # putting on the next queue: every minibatch in flight runs again (the run drops
+    # the outputs that come twice).
+    rt._refeed.everything_in_flight(run, len(rt.lanes))
+    rt._refeed.put(rt._first_channels)
+
+
+def replace_worker(rt: Replaceable, run: RunState, stage: LiveStage, w: int) -> None:
+    """Start a new worker ``w`` of ``stage`` in place of the dead one (its step loaded again, ``setup()`` run)."""
+    stage.handles[w].join(timeout=1.0)
+    stage.io.current[w] = STARTING
+    handle = rt.backend.start_worker(stage.spec, w, stage.io)
+    stage.handles[w] = handle
+    rt._handles.append(handle)
+    rt._sentinel_list = None
+    if run.observer is not None:
+        for step in stage.spec.steps:  # a chained worker held a copy of each step
+            run.observer.add_restarts(step.name)
+
+
+def restart(rt: Replaceable, run: RunState) -> None:
+    """Replace every worker and queue, then feed the minibatches in flight again."""
+    feeder = rt._feeder
+    assert feeder is not None
+    counts = rt._count_done()
+    rt._abort()
+    rt._join()  # threads stuck in a step stay behind, told to exit; their outputs go nowhere
+    if rt._finalizer is not None:
+        rt._finalizer.detach()
+    retired: list[Channel | ResultChannel] = [*rt._channels]
+    if rt._results is not None:
+        retired.append(rt._results)
+    rt._channels, rt._first_channels = [], []
+    rt.start()
+    rt._active.value = run.run_id
+    # progress counts go on from where the replaced workers left them
+    rt._done_before = {
+        name: (before[0] - counts.get(name, (0, 0))[0], before[1] - counts.get(name, (0, 0))[1])
+        for name, before in rt._done_before.items()
+    }
+    assert rt._results is not None
+    feeder.repoint([(lane[0].name, ch) for lane, ch in zip(rt.lanes, rt._first_channels)], rt._results)
+    # The feeder may still be putting on a retired queue: release its pipes at the next restart.
+    retire_channels(rt)
+    rt._retired = retired
+    if run.observer is not None:
+        for lane in rt.lanes:
+            for spec in lane:
+                for step in spec.steps:
+                    run.observer.add_restarts(step.name, spec.n_workers)
+    if feeder.count is not None:  # its end message may have gone to the retired channel
+        if feeder.error is not None:
+            raise RunFailed(feeder.error)
+        run.total = feeder.count
+    rt._refeed.everything_in_flight(run, len(rt.lanes))
+    rt._refeed.put(rt._first_channels)
+
+
+def retire_channels(rt: Replaceable) -> None:
+    """Retire the queues a restart replaced (at the next restart, or when the runtime closes)."""
+    for channel in rt._retired:
+        channel.retire()
+    rt._retired = []

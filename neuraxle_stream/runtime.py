@@ -63,10 +63,10 @@ the run's shared memory) if the parent dies.
 
 With ``max_retries`` or ``on_error="skip"`` (long runs), a failed minibatch
 may run again instead (``RunState.failed`` decides): a dead worker process is
-replaced alone and every minibatch in flight is fed again
-(:mod:`~neuraxle_stream.replacement`); worker threads, and processes whose
-queues stalled, are replaced with all their queues (``_restart``). Over ~400
-lines on purpose: those verbs extend the supervisor's and read best beside them.
+replaced alone and every minibatch in flight is fed again; worker threads, and
+processes whose queues stalled, are replaced with all their queues. The
+supervisor's verbs call :mod:`~neuraxle_stream.replacement` for that
+(``on_dead_workers``, ``restart``), passing the runtime, whose books it changes.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import Backend, WorkerHandle
-from .exceptions import BrokenPipelineError, PipelineStoppedError
+from .exceptions import PipelineStoppedError
 from .feeder import Feeder, FeederDone, InlineFeeder
 from .messages import (
     STOP,
@@ -88,7 +88,7 @@ from .messages import (
     WorkerLog,
 )
 from .queues import Channel, ResultChannel
-from .replacement import DeathWatch, Refeed
+from .replacement import DeathWatch, Refeed, on_dead_workers, restart, retire_channels
 from .runtime_base import STOP_GRACE, BaseRuntime, Minibatch, RunFailed, RunState
 from .stages import CLOSING, IDLE_RUN, STARTING, STOPPED, StageSpec
 from .supervision import LiveStage, busy_since, death, kill_all, overdue_worker, step_name
@@ -222,7 +222,7 @@ class Runtime(BaseRuntime):
                 reuse = stopped and not errors and not self.broken and self.reuse_workers
                 self.backend.release_workers(handles, reuse)
         finally:
-            self._retire_channels()
+            retire_channels(self)
             for channel in self._channels:
                 channel.close()
             self._channels.clear()
@@ -399,10 +399,10 @@ class Runtime(BaseRuntime):
         for msg in messages:
             self._take(run, msg)
         if fired:
-            self._on_dead_workers(run, fired)
+            on_dead_workers(self, run, fired)
         elif self._deaths.stalled(self._stages, run):
             # a process killed as it read or wrote a message left a queue stuck: replace them all
-            self._restart(run)
+            restart(self, run)
             self._deaths.restarted()
 
     def _take(self, run: RunState, msg: Any) -> None:
@@ -442,7 +442,7 @@ class Runtime(BaseRuntime):
         if run is not None and run.policy.active and current >= 0:
             fate = run.failed(step_name(stage, w), current, error, died=True, stopping=self._stop_pending)
             if fate != "raise":
-                self._restart(run)
+                restart(self, run)
                 return
         self.broken = True
         raise error
@@ -485,121 +485,6 @@ class Runtime(BaseRuntime):
     def _lane_of(self, step_name: str) -> int:
         # a chained step runs in its chain's stage: its minibatch runs again from the chain's first step
         return next(i for i, lane in enumerate(self.lanes) if any(t.name == step_name for s in lane for t in s.steps))
-
-    def _on_dead_workers(self, run: RunState, fired: list[Any]) -> None:
-        """A worker died: report its own error if it sent one, else BrokenPipelineError.
-
-        With retries, the workers are replaced instead (:meth:`_restart`)
-        and the minibatches in flight run again.
-        """
-        assert self._results is not None
-        dead = [(s, w) for s in self._stages for w, h in enumerate(s.handles) if h.sentinel in fired]
-        if dead and run.policy.active and not self._stop_pending:
-            self._replace_dead(run, dead)
-            return
-        self.broken = True
-        if not dead:
-            raise BrokenPipelineError("A worker of the pipeline died; the pipeline was stopped.")
-        error = death(*dead[0])  # waits for the worker to be reaped
-        drain = getattr(self._results, "drain", None)
-        for msg in drain() if drain is not None else ():
-            if isinstance(msg, WorkerLog):
-                msg.emit()
-            if isinstance(msg, MinibatchError) and (msg.phase != "transform" or msg.run_id == run.run_id):
-                raise msg.to_exception()  # it said why, before it went
-        raise error
-
-    # -- long runs: replaced workers, retried minibatches (docs/reliability.md) ------
-
-    def _replace_dead(self, run: RunState, dead: list[tuple[LiveStage, int]]) -> None:
-        """Workers died: count an attempt for what each was running, then replace them.
-
-        The minibatch a dead worker was running counts one failed attempt;
-        when it has failed every attempt it is skipped or ends the run. A
-        dead process is replaced by a new one (its step loaded through its
-        saver, ``worker_arguments`` set, ``setup()`` run), and every minibatch
-        in flight runs again from the first stage on its original input. Worker
-        threads are replaced with their queues (:meth:`_restart`).
-        """
-        for stage, w in dead:
-            deaths = self._deaths.died(run)
-            current = stage.io.current[w]
-            error = death(stage, w)
-            if current < 0:
-                # Between minibatches, in setup() or at start-up: no minibatch to blame. A
-                # worker that dies again and again before any output comes ends the run.
-                if deaths > max(3, run.policy.max_retries + 1):
-                    self.broken = True
-                    raise error
-                continue
-            if run.failed(step_name(stage, w), current, error, died=True) == "raise":
-                self.broken = True
-                raise error
-        if not self.backend.portable:
-            self._restart(run)  # worker threads: replaced with their queues (see _restart)
-            return
-        for stage, w in dead:
-            self._replace_worker(run, stage, w)
-        # A killed worker may have held a minibatch it had taken, or an output it was
-        # putting on the next queue: every minibatch in flight runs again (the run drops
-        # the outputs that come twice).
-        self._refeed.everything_in_flight(run, len(self.lanes))
-        self._refeed.put(self._first_channels)
-
-    def _replace_worker(self, run: RunState, stage: LiveStage, w: int) -> None:
-        """Start a new worker ``w`` of ``stage`` in place of the dead one (its step loaded again, ``setup()`` run)."""
-        stage.handles[w].join(timeout=1.0)
-        stage.io.current[w] = STARTING
-        handle = self.backend.start_worker(stage.spec, w, stage.io)
-        stage.handles[w] = handle
-        self._handles.append(handle)
-        self._sentinel_list = None
-        if run.observer is not None:
-            for step in stage.spec.steps:  # a chained worker held a copy of each step
-                run.observer.add_restarts(step.name)
-
-    def _restart(self, run: RunState) -> None:
-        """Replace every worker and queue, then feed the minibatches in flight again."""
-        assert self._feeder is not None
-        counts = self._count_done()
-        self._abort()
-        self._join()  # threads stuck in a step stay behind, told to exit; their outputs go nowhere
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        retired: list[Channel | ResultChannel] = [*self._channels]
-        if self._results is not None:
-            retired.append(self._results)
-        self._channels, self._first_channels = [], []
-        self.start()
-        self._active.value = run.run_id
-        # progress counts go on from where the replaced workers left them
-        self._done_before = {
-            name: (before[0] - counts.get(name, (0, 0))[0], before[1] - counts.get(name, (0, 0))[1])
-            for name, before in self._done_before.items()
-        }
-        assert self._results is not None
-        self._feeder.repoint(
-            [(lane[0].name, ch) for lane, ch in zip(self.lanes, self._first_channels)], self._results
-        )
-        # The feeder may still be putting on a retired queue: release its pipes at the next restart.
-        self._retire_channels()
-        self._retired = retired
-        if run.observer is not None:
-            for lane in self.lanes:
-                for spec in lane:
-                    for step in spec.steps:
-                        run.observer.add_restarts(step.name, spec.n_workers)
-        if self._feeder.count is not None:  # its end message may have gone to the retired channel
-            if self._feeder.error is not None:
-                raise RunFailed(self._feeder.error)
-            run.total = self._feeder.count
-        self._refeed.everything_in_flight(run, len(self.lanes))
-        self._refeed.put(self._first_channels)
-
-    def _retire_channels(self) -> None:
-        for channel in self._retired:
-            channel.retire()
-        self._retired = []
 
     def _sentinels(self) -> list[Any]:
         # read on every wait: made again only when workers were started, replaced or joined
