@@ -344,7 +344,9 @@ def test_a_wrong_prediction_falls_back_and_gives_the_right_output(spy, no_leak) 
         out = pipe.transform(np.arange(12))
         assert out.dtype == np.float32
         np.testing.assert_array_equal(out, as_dtype("float32")(np.arange(12)))
-        assert spy["written"] == 0
+        # the float64 prediction aims no float32 rows: the first minibatch comes back as data
+        # (how many later ones are written into an array made from it depends on the timing)
+        assert spy["data"] >= 1
         del out
 
 

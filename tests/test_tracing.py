@@ -121,7 +121,10 @@ def test_stream_trace_reads_only_n_items(backend: str) -> None:
 
 @pytest.mark.timeout(60)
 def test_failed_trace_hands_back_partial_result(backend: str) -> None:
-    p = SequentialQueuedPipeline([("add", AddConstant(1)), ("bad", RaiseOn(4))], batch_size=2, backend=backend)
+    # One worker per step, as written: minibatch 0 reaches the parent before minibatch 1 fails
+    # (a chain of the two steps would run them on 2 workers at once, and the failure could win).
+    steps = [("add", AddConstant(1)), ("bad", RaiseOn(4))]
+    p = SequentialQueuedPipeline(steps, batch_size=2, backend=backend, chain=False)
     with pytest.raises(DoubleFailure) as info:
         p.transform(list(range(10)), trace=6)
     partial = info.value.trace  # type: ignore[attr-defined]
