@@ -333,23 +333,15 @@ def targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             ratio = row["items_per_s"] / peer["items_per_s"]
             ratio_target(name, ratio, goal, f"{row_name} vs {peer['name']}")
 
-    w1 = ref.get(W1_PROCESS_ROW)
-    ratio_target(
-        "W1 processes (2 + 2) vs no-transfer ceiling",
-        w1.get("x_ceiling") if w1 else None,
-        TARGET_CEILING_RATIO,
-        "" if w1 else f"no row {W1_PROCESS_ROW}",
-    )
+    def vs_ceiling(name: str, row_name: str, goal: float) -> None:
+        row = ref.get(row_name)
+        ratio_target(name, row.get("x_ceiling") if row else None, goal, "" if row else f"no row {row_name}")
+
+    vs_ceiling("W1 processes (2 + 2) vs no-transfer ceiling", W1_PROCESS_ROW, TARGET_CEILING_RATIO)
     vs_peer("W1 processes vs best process peer", W1_PROCESS_ROW, "process", TARGET_PROCESS_PEER_RATIO)
     vs_peer("W1 processes vs best thread peer", W1_PROCESS_ROW, "thread", TARGET_THREAD_PEER_RATIO)
     vs_peer("W1 threads vs best thread peer", W1_THREAD_ROW, "thread", TARGET_THREAD_PEER_RATIO)
-    w2 = ref.get(W2_ROW)
-    ratio_target(
-        "W2 balanced, 1 + 1 processes, vs ceiling",
-        w2.get("x_ceiling") if w2 else None,
-        TARGET_BALANCED_CEILING_RATIO,
-        "" if w2 else f"no row {W2_ROW}",
-    )
+    vs_ceiling("W2 balanced, 1 + 1 processes, vs ceiling", W2_ROW, TARGET_BALANCED_CEILING_RATIO)
 
     # W3: parent -> stage -> stage -> parent, transform() (hops and join) against the same
     # topology of multiprocessing.Queue hops; stream() (hops only) against one Queue hop.
