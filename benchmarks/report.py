@@ -257,6 +257,7 @@ _SKLEARN_ROWS = {
     "grid-process-warm": "(info) the same, after a smaller grid warmed the workers up",
     "grid-thread": "W4 grid, our pipeline on threads",
     "grid-sklearn": "W4 grid, a plain scikit-learn Pipeline in its place",
+    "server-start": "(info) a fresh interpreter importing what the W4 fork server imports",
 }
 
 
@@ -408,6 +409,15 @@ def targets(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         None if grid is None else grid <= TARGET_W4_THREAD_RATIO,
         "",
     )
+    seconds = {r["name"]: r["seconds"] for r in w4}
+    if {"server-start", "grid-process-warm", "grid-thread"} <= seconds.keys():
+        add(
+            "(info) W4 grid, fresh interpreter: floor (server start + warm grid) / threads",
+            (seconds["server-start"] + seconds["grid-process-warm"]) / seconds["grid-thread"],
+            "-",
+            None,
+            "a clean fork server imports scikit-learn once",
+        )
     startup = next((r["first_call_s"] for r in w4 if r.get("first_call_s") is not None), None)
     add(
         "start-up: first call on processes (s)",

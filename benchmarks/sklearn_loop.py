@@ -19,7 +19,12 @@ suite (the first call's start-up only counts in a fresh one):
   workers in its first fit, as a user's script would;
   ``grid-process-warm`` is the same grid after a smaller one (1,000 rows)
   warmed the pool up (for information: what each later grid of a script
-  costs).
+  costs);
+- ``server-start``: a fresh interpreter importing what the fork server of
+  the W4 steps imports (scikit-learn through them): what the first call of a
+  fresh interpreter waits for at least, since a clean server must import
+  scikit-learn once; with the warm grid it bounds the fresh grid from below
+  (for information).
 
 Every task reports ``seconds`` (lower is better; the best round is kept).
 ``python -m benchmarks.sklearn_loop [--quick]`` runs this section alone
@@ -132,6 +137,21 @@ def warm_call_ms(calls: int = 30) -> float:
     return statistics.median(times) * 1e3
 
 
+def server_start_s() -> float:
+    """Seconds for a fresh interpreter to import what the fork server of the W4 steps imports."""
+    import subprocess
+
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    from neuraxle_stream.start_methods import server_modules, step_modules
+
+    modules = server_modules(step_modules([StandardScaler(), PCA(4)]))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import " + ", ".join(modules)], check=True)
+    return time.perf_counter() - t0
+
+
 def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     """Measure one task of this section (in the fresh interpreter of ``_child.py``)."""
     name = spec["name"]
@@ -141,6 +161,8 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     if name == "warm-call":
         ms = warm_call_ms()
         return {"seconds": ms / 1e3, "fixed_ms": ms}
+    if name == "server-start":
+        return {"seconds": server_start_s()}
     return {"seconds": grid_seconds(spec["kind"], spec["rows"]), "rows": spec["rows"]}
 
 
@@ -149,6 +171,7 @@ def specs(rows: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [
         {"section": "sklearn", "module": "sklearn_loop", "name": "first-call", "kind": "process"},
         {"section": "sklearn", "module": "sklearn_loop", "name": "warm-call", "kind": "process"},
+        {"section": "sklearn", "module": "sklearn_loop", "name": "server-start", "kind": "process"},
     ]
     out += [{"section": "sklearn", "module": "sklearn_loop", "name": f"grid-{kind}", "kind": kind, "rows": rows} for kind in GRID_KINDS]
     return out
