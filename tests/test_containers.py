@@ -20,9 +20,12 @@ from sklearn.pipeline import FeatureUnion
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from neuraxle_stream._containers import (
+    PLAIN_PAGES_BYTES,
+    RowAccumulator,
     check_same_length,
     concat_rows,
     empty_rows,
+    empty_rows_array,
     is_sequence,
     iter_row_batches,
     join_columns,
@@ -413,3 +416,47 @@ def test_module_imports_neither_torch_nor_pandas() -> None:
         "assert mod.concat_rows([[1], (2,)]) == [1, 2]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The ``VmFlags`` of this process's mapping that holds ``address`` (``/proc/self/smaps``)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):
+                low, high = (int(bound, 16) for bound in head.split("-"))
+                inside = low <= address < high
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="no /proc/self/smaps (not Linux)")
+def test_a_large_joined_array_is_kept_off_huge_pages() -> None:
+    """NumPy advises huge pages from 4 MiB on; the joined output is advised against them ("nh")."""
+    rows = 64
+    row_shape = (PLAIN_PAGES_BYTES // (rows * 4), 2)  # float32: 8 MiB in all
+    acc = RowAccumulator(total_rows=rows)
+    parts = [np.full((16, *row_shape), k, dtype=np.float32) for k in range(rows // 16)]
+    for part in parts:
+        acc.add(part)
+    out = acc.result()
+    assert type(out) is np.ndarray and out.flags.owndata and out.flags.writeable
+    np.testing.assert_array_equal(out, np.concatenate(parts))
+    middle = out.__array_interface__["data"][0] + out.nbytes // 2
+    assert "nh" in _vm_flags(middle) and "hg" not in _vm_flags(middle)
+    big = np.empty(out.shape, out.dtype)  # NumPy's own array, for contrast: its advice is untouched
+    assert "nh" not in _vm_flags(big.__array_interface__["data"][0] + big.nbytes // 2)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"), [((8,), np.float64), ((PLAIN_PAGES_BYTES // 8, 2), object), ((0, 4), np.int8)]
+)
+def test_empty_rows_array_is_numpy_empty(shape: tuple[int, ...], dtype: Any) -> None:
+    """Small arrays, object arrays and empty ones are what ``numpy.empty`` gives, as they are."""
+    out = empty_rows_array(shape, np.dtype(dtype))
+    expected = np.empty(shape, dtype)
+    assert (type(out), out.shape, out.dtype, out.flags.owndata) == (np.ndarray, shape, expected.dtype, True)
+    if out.dtype.hasobject:
+        assert all(item is None for item in out.flat)
