@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import mmap
 import sys
 from collections.abc import Iterator
@@ -274,7 +275,7 @@ def concat_rows(parts: list[Any]) -> Any:
         return list(itertools.chain.from_iterable(parts))
     same_type = all(type(p) is type(first) for p in parts)
     if same_type and isinstance(first, np.ndarray) and first.ndim > 0:
-        return first if len(parts) == 1 else np.concatenate(parts)
+        return first if len(parts) == 1 else _concatenate(parts)
     if same_type and _is_pandas(first):
         return first if len(parts) == 1 else sys.modules["pandas"].concat(parts)
     if all(_issparse(p) for p in parts):
@@ -282,6 +283,16 @@ def concat_rows(parts: list[Any]) -> Any:
     if all(_is_tensor(p) for p in parts) and first.ndim > 0:
         return first if len(parts) == 1 else sys.modules["torch"].cat(parts)
     return list(itertools.chain.from_iterable(_items(p) for p in parts))
+
+
+def _concatenate(parts: list[np.ndarray]) -> np.ndarray:
+    """``numpy.concatenate(parts)``; into an `empty_rows_array` when it is large and every part has one dtype and row shape."""
+    first = parts[0]
+    rows = sum(p.shape[0] for p in parts)
+    large = first.dtype.itemsize * math.prod(first.shape[1:]) * rows >= PLAIN_PAGES_BYTES
+    if large and all(p.dtype == first.dtype and p.shape[1:] == first.shape[1:] for p in parts):
+        return np.concatenate(parts, out=empty_rows_array((rows, *first.shape[1:]), first.dtype))
+    return np.concatenate(parts)
 
 
 def empty_rows(data: Any) -> Any:

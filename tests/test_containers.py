@@ -448,6 +448,13 @@ def test_a_large_joined_array_is_kept_off_huge_pages() -> None:
     assert "nh" in _vm_flags(middle) and "hg" not in _vm_flags(middle)
     big = np.empty(out.shape, out.dtype)  # NumPy's own array, for contrast: its advice is untouched
     assert "nh" not in _vm_flags(big.__array_interface__["data"][0] + big.nbytes // 2)
+    joined = concat_rows(parts)  # the join at the end (an input of unknown length), the same
+    assert type(joined) is np.ndarray and joined.flags.owndata and joined.dtype == np.float32
+    np.testing.assert_array_equal(joined, out)
+    assert "nh" in _vm_flags(joined.__array_interface__["data"][0] + joined.nbytes // 2)
+    mixed = concat_rows([parts[0], parts[1].astype(np.float64)])  # dtypes differ: NumPy's promotion
+    assert mixed.dtype == np.float64
+    np.testing.assert_array_equal(mixed, np.concatenate(parts[:2]))
 
 
 @pytest.mark.parametrize(
