@@ -415,10 +415,10 @@ def empty_rows_array(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray
     NumPy asks the kernel for transparent huge pages (``madvise(MADV_HUGEPAGE)``)
     for any array of 4 MiB or more. A joined output is filled a minibatch at
     a time, and each first write to a huge page makes the kernel find and
-    zero 2 MiB at once: where free memory is cold (a virtual machine whose
-    free pages go back to its host), that costs up to about 2 s of system
-    time per GB, in the caller's thread, against about 0.5 s with small
-    pages, and it varies with what ran before. So the array's pages are
+    zero 2 MiB at once: where free memory is cold (a virtual machine that
+    hands free pages back to its host), that costs up to about 2 s of system
+    time per GB, in the caller's thread, against 0.3-0.5 s with small pages,
+    and it varies with what ran before. So the array's pages are
     advised ``MADV_NOHUGEPAGE`` before any is touched: only this array's,
     nothing global changes (NumPy's own switch is left alone). The array is
     the one ``numpy.empty`` made (it owns its data); where the C library
@@ -449,7 +449,7 @@ def empty_rows_array(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray
 def _madvise() -> Any | None:
     """The C library's ``madvise``, typed; ``None`` where it cannot be called."""
     try:
-        import ctypes  # here: workers never import it for this
+        import ctypes  # here: only a process that makes a large output imports it
 
         libc = ctypes.CDLL(None)  # an instance of our own: its functions' types are ours
         advise = libc.madvise
