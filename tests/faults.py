@@ -28,6 +28,7 @@ from neuraxle_stream import BaseTransformer, NonFittableMixin
 __all__ = [
     "POSITIONS",
     "BadInitError",
+    "BigOutputAt",
     "BlocksAt",
     "BlocksInSetup",
     "CorruptItems",
@@ -37,6 +38,7 @@ __all__ = [
     "FailsToPickle",
     "FailsToUnpickle",
     "FlakyAt",
+    "HoldsUntil",
     "KillsItselfAt",
     "MultiArgError",
     "OutOfMemoryAt",
@@ -54,6 +56,9 @@ __all__ = [
     "blocking_armed",
     "raising_source",
     "release_blocked",
+    "kill_once_blocked",
+    "kill_when_blocked",
+    "put_and_wait",
     "shm_segments",
     "slow_items",
     "three_stages",
@@ -428,3 +433,118 @@ class CorruptItems(NonFittableMixin, BaseTransformer):
                 os._exit(9)
             raise ValueError(f"corrupt item {hit[0]}")
         return [x * 10 for x in items]
+
+
+# -- a worker killed while it sends a large message ------------------------------
+
+#: Bytes of the output :class:`BigOutputAt` gives for its item: far more than a pipe holds (64 KiB).
+BIG = 4 << 20
+
+
+def big_output(x: int) -> Any:
+    """What :class:`BigOutputAt` gives for ``x`` when it is the item ``at``: ``BIG`` bytes, pickled in band."""
+    return bytes([x % 256]) * BIG
+
+
+class BigOutputAt(NonFittableMixin, BaseTransformer):
+    """Passes items through, except item ``at``, whose output is :func:`big_output` (4 MiB of bytes).
+
+    Bytes are pickled in band (no shared memory for them): the message that
+    carries the output is as large as the output. Just before it returns that
+    output, it writes its process id to a file ``returned-<n>`` in
+    ``folder`` (one per attempt), so that a test can kill it while it sends
+    the output (:func:`kill_when_blocked`).
+    """
+
+    def __init__(self, folder: str = "", at: int = 1) -> None:
+        self.folder, self.at = folder, at
+
+    def transform(self, data_inputs: Any) -> Any:
+        items = list(data_inputs)
+        if self.at not in items:
+            return items
+        out = [big_output(x) if x == self.at else x for x in items]
+        signal_file = Path(self.folder, f"returned-{len(os.listdir(self.folder))}")
+        signal_file.with_suffix(".tmp").write_text(str(os.getpid()))
+        signal_file.with_suffix(".tmp").replace(signal_file)
+        return out
+
+
+class HoldsUntil(NonFittableMixin, BaseTransformer):
+    """Passes each minibatch through once the file ``release`` exists (30 s at most): a reader that stops reading."""
+
+    def __init__(self, release: str = "") -> None:
+        self.release = release
+
+    def transform(self, data_inputs: Any) -> Any:
+        deadline = time.monotonic() + 30.0
+        while not os.path.exists(self.release) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return data_inputs
+
+
+def _state(pid: int) -> str:
+    """The state letter of process ``pid`` (``R`` running, ``S`` sleeping...), ``""`` once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def kill_when_blocked(folder: str, timeout: float = 30.0) -> tuple[int, str]:
+    """SIGKILL the worker of :class:`BigOutputAt` once its step returned the large output and it sleeps.
+
+    It waits for ``folder/returned-0``, then for the worker process to block
+    (state ``S``): before it can wait on anything else, a worker that sends
+    the output blocks there, in the middle of the message when it writes it
+    to a pipe that nobody reads. Returns the pid and what it was waiting on
+    (``/proc/<pid>/wchan``: ``pipe_write`` in the middle of a message).
+    """
+    signal_file = Path(folder, "returned-0")
+    deadline = time.monotonic() + timeout
+    while not signal_file.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError("the step never returned its large output")
+        time.sleep(0.005)
+    pid = int(signal_file.read_text())
+    while _state(pid) not in ("S", ""):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"worker {pid} never blocked (state {_state(pid)!r})")
+        time.sleep(0.001)
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        wchan = ""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return pid, wchan
+
+
+def put_and_wait(channel: Any, item: Any, putting: Any, done: Any) -> None:
+    """Target of a writer process: set ``putting``, put ``item`` on ``channel`` (either kind), set ``done``, wait."""
+    putting.set()
+    channel.put(item)
+    done.set()
+    time.sleep(60)
+
+
+def kill_once_blocked(pid: int, putting: Any, done: Any, timeout: float = 30.0) -> str:
+    """SIGKILL writer ``pid`` (:func:`put_and_wait`) once it has put its item or blocks in the middle of it.
+
+    Returns what it was waiting on (``pipe_write``: in the middle of a message).
+    """
+    deadline = time.monotonic() + timeout
+    if not putting.wait(timeout):
+        raise AssertionError(f"writer {pid} never started its put")
+    while not done.is_set() and _state(pid) not in ("S", ""):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"writer {pid} never blocked nor finished")
+        time.sleep(0.001)
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        wchan = ""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return wchan
