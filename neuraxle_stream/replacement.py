@@ -33,7 +33,7 @@ from .feeder import Feeder, InlineFeeder
 from .messages import MinibatchError, QueuedMinibatchTask, WorkerLog
 from .queues import Channel, ResultChannel
 from .runtime_base import RunFailed, RunState
-from .stages import IDLE, STARTING, StageSpec
+from .stages import IDLE, STARTING, StageSpec, sent_minibatch
 from .supervision import LiveStage, death, step_name
 
 __all__ = [
@@ -116,14 +116,27 @@ class DeathWatch:
         return STALL / 4 if wait is None else min(wait, STALL / 4)
 
     def stalled(self, stages: list[LiveStage], run: RunState) -> bool:
-        """No output for :data:`STALL` s since a death while minibatches are in flight and every worker waits."""
+        """No output for :data:`STALL` s since a death while minibatches are in flight and every worker waits.
+
+        Every worker waits on a queue (for input, or for room for its
+        output) with nothing moving: what a death in the middle of a queue
+        operation could leave (a slot of a bounded queue taken and never
+        given back; on a system without packet pipes, a reader killed in the
+        middle of a message). Writes cannot leave a queue stuck: each
+        message is one atomic write (:mod:`~neuraxle_stream.queues`).
+        """
         if not self.watching or not run.inflight or time.monotonic() - self._last_output < STALL:
             return False
-        return all(stage.io.current[w] == IDLE for stage in stages for w in range(stage.spec.n_workers))
+        return all(_waits(stage.io.current[w]) for stage in stages for w in range(stage.spec.n_workers))
 
     def restarted(self) -> None:
         """Every worker and queue was replaced: watch again from now."""
         self.watching, self._last_output = True, time.monotonic()
+
+
+def _waits(current: int) -> bool:
+    """Whether a worker waits on a queue: for input, or for room for its output."""
+    return current == IDLE or sent_minibatch(current) is not None
 
 
 class Replaceable(Protocol):
@@ -210,14 +223,15 @@ def replace_dead(rt: Replaceable, run: RunState, dead: list[tuple[LiveStage, int
         deaths = rt._deaths.died(run)
         current = stage.io.current[w]
         error = death(stage, w)
-        if current < 0:
+        index = current if current >= 0 else sent_minibatch(current)  # running it, or sending its output
+        if index is None:
             # Between minibatches, in setup() or at start-up: no minibatch to blame. A
             # worker that dies again and again before any output comes ends the run.
             if deaths > max(3, run.policy.max_retries + 1):
                 rt.broken = True
                 raise error
             continue
-        if run.failed(step_name(stage, w), current, error, died=True) == "raise":
+        if run.failed(step_name(stage, w), index, error, died=True) == "raise":
             rt.broken = True
             raise error
     if not rt.backend.portable:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "CLOSING", "IDLE", "IDLE_RUN", "SETUP", "STARTING", "STOPPED", "TEARDOWN", "StageSpec",
+    "CLOSING", "IDLE", "IDLE_RUN", "SENDING", "SETUP", "STARTING", "STOPPED", "TEARDOWN", "StageSpec", "sending",
+    "sent_minibatch",
 ]
 
 #: ``current`` value of a worker between minibatches.
@@ -31,6 +32,23 @@ STOPPED = -3
 STARTING = -4
 #: ``current`` value of a worker running its step's ``teardown()``.
 TEARDOWN = -5
+#: ``current`` values from here down: a worker sending the output of a minibatch
+#: (``SENDING - k`` for minibatch ``k``, see :func:`sending`), to the next queue or the parent.
+SENDING = -16
+
+
+def sending(index: int) -> int:
+    """The ``current`` value of a worker sending the output of minibatch ``index``.
+
+    Not a minibatch it runs (the wait for room downstream is backpressure:
+    no ``timeout``), but one a death names, and one a retry counts.
+    """
+    return SENDING - index
+
+
+def sent_minibatch(current: int) -> int | None:
+    """The minibatch whose output a worker is sending, from its ``current`` value (else ``None``)."""
+    return SENDING - current if current <= SENDING else None
 
 #: ``active_run`` value between runs: workers drop every task they get.
 IDLE_RUN = -1

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .backends import WorkerHandle
 from .exceptions import BrokenPipelineError
-from .stages import IDLE, SETUP, STARTING, STOPPED, TEARDOWN, StageSpec
+from .stages import IDLE, SETUP, STARTING, STOPPED, TEARDOWN, StageSpec, sent_minibatch
 from .workers import WorkerIO
 
 __all__ = [
@@ -119,6 +119,9 @@ def where(current: int) -> str:
         STOPPED: "after it stopped",
         STARTING: "at start-up",
     }
+    sent = sent_minibatch(current)
+    if sent is not None:
+        return f"sending the output of minibatch {sent}"
     return names.get(current, f"minibatch {current}")
 
 
@@ -126,6 +129,8 @@ def _during(current: int) -> str:
     """When a worker died, from its ``current`` value, for error messages."""
     if current >= 0 or current in (SETUP, TEARDOWN):
         return f"while running {where(current)}"
+    if sent_minibatch(current) is not None:
+        return f"while {where(current)}"
     return where(current)
 
 

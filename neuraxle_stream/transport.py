@@ -5,6 +5,12 @@ crosses a process boundary goes through exactly one ``dumps`` and one
 ``loads``: one pickle per hop. :class:`PickleTransport` is the baseline;
 :class:`SharedMemoryTransport` (the default on Linux) moves large arrays
 through reusable shared memory and puts only small headers on the pipe.
+
+A message too large for one atomic pipe write (lists of Python objects,
+strings, frames with object columns: anything pickled in band) is *spilled*
+(:meth:`Transport.spill`): its bytes go to shared memory (or a file) and the
+pipe carries a short reference, so that a writer killed at any instant never
+leaves half a message in a pipe (:mod:`~neuraxle_stream.queues`).
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import itertools
 import mmap
 import os
 import pickle
+import struct
 import sys
+import tempfile
 import threading
 import weakref
 from abc import ABC, abstractmethod
@@ -28,6 +36,7 @@ import cloudpickle
 import numpy as np
 
 __all__ = [
+    "SPILLED",
     "PickleTransport",
     "SharedMemoryTransport",
     "Transport",
@@ -41,6 +50,11 @@ _SHM_MAGIC = b"NXSHM1"
 _HEADER = 8
 _FREE = b"\x00" * _HEADER
 _BUSY = b"\x01" + b"\x00" * (_HEADER - 1)
+#: Starts a message that :meth:`Transport.spill` put aside: what follows says where.
+SPILLED = b"NXSPILL1"
+#: Segment size and message size of a message spilled to shared memory (then the segment name).
+_SPILL_HEAD = struct.Struct("!QQ")
+_pickle_ids = itertools.count()
 
 
 def shm_size() -> int:
@@ -65,6 +79,32 @@ class Transport(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most transports hold nothing
         """Release what the transport holds (shared memory, buffers)."""
+
+    #: Name prefix of the files :meth:`spill` writes; :meth:`close` unlinks what is left under it.
+    prefix = "nxs"
+
+    def spill(self, data: bytes) -> bytes:
+        """Put ``data`` (what :meth:`dumps` made) aside; return a short message that stands for it.
+
+        The message starts with :data:`SPILLED`; :meth:`load_spilled` reads
+        it back (once). Here ``data`` goes to a file of the temporary
+        directory, named with :attr:`prefix`.
+        """
+        fd, path = tempfile.mkstemp(prefix=f"{self.prefix}-spill-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return SPILLED + os.fsencode(path)
+
+    def load_spilled(self, message: bytes) -> Any:
+        """Decode the message that :meth:`spill` put aside, and release its bytes."""
+        path = os.fsdecode(message[len(SPILLED) :])
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return self.loads(data)
 
 
 def _dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None) -> bytes:
@@ -118,13 +158,31 @@ class _TensorPickler(_Pickler):
 
 
 class PickleTransport(Transport):
-    """Pickle protocol 5 with everything in band."""
+    """Pickle protocol 5 with everything in band (large messages are spilled to temporary files).
+
+    Parameters
+    ----------
+    prefix : str, optional
+        Name prefix of the spilled files; by default one unique to this transport.
+    """
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix = prefix or f"nxs-{os.getpid()}-p{next(_pickle_ids)}"
 
     def dumps(self, obj: Any) -> bytes:
         return _dumps(obj, None)
 
     def loads(self, data: bytes) -> Any:
         return pickle.loads(data)
+
+    def close(self) -> None:
+        """Unlink the spilled files nobody read (a writer or a reader killed, messages left in a queue)."""
+        folder = tempfile.gettempdir()
+        with contextlib.suppress(OSError):
+            for name in os.listdir(folder):
+                if name.startswith(f"{self.prefix}-spill-"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(folder, name))
 
 
 class SharedMemoryTransport(Transport):
@@ -242,9 +300,28 @@ class SharedMemoryTransport(Transport):
             self._pool.append(segment)
             return segment
 
-    def _lease(self, name: str, size: int, nbytes: int) -> np.ndarray:
-        """A view of segment ``name``'s data that frees the segment when it is garbage
-        (a copy, and the segment freed now, when this process is over its lease budget)."""
+    def spill(self, data: bytes) -> bytes:
+        """Put ``data`` in a segment of this process's pool, as the buffers of an array go."""
+        segment = self._segment_for(len(data))
+        try:
+            segment.write(memoryview(data))
+        except BaseException:
+            segment.release()
+            raise
+        return SPILLED + _SPILL_HEAD.pack(segment.size, len(data)) + segment.name.encode()
+
+    def load_spilled(self, message: bytes) -> Any:
+        """Copy the spilled bytes out, free their segment at once, then decode them."""
+        size, nbytes = _SPILL_HEAD.unpack_from(message, len(SPILLED))
+        mapped = self._map(message[len(SPILLED) + _SPILL_HEAD.size :].decode(), size)
+        try:
+            data = mapped[_HEADER : _HEADER + nbytes]
+        finally:
+            _free(mapped)
+        return self.loads(data)
+
+    def _map(self, name: str, size: int) -> mmap.mmap:
+        """Segment ``name`` of another process, mapped (kept mapped for its next messages)."""
         mapped = self._mapped.get(name)
         if mapped is None:
             fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
@@ -257,6 +334,12 @@ class SharedMemoryTransport(Transport):
             self._mapped[name] = mapped
         else:
             self._mapped.move_to_end(name)
+        return mapped
+
+    def _lease(self, name: str, size: int, nbytes: int) -> np.ndarray:
+        """A view of segment ``name``'s data that frees the segment when it is garbage
+        (a copy, and the segment freed now, when this process is over its lease budget)."""
+        mapped = self._map(name, size)
         view = np.frombuffer(mapped, np.uint8, nbytes, _HEADER)
         with self._lease_lock:
             over = self._leased + nbytes > self.lease_budget
@@ -383,4 +466,4 @@ def default_transport(prefix: str) -> Transport:
     """Shared memory where the system has it, pickle otherwise."""
     if os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK):
         return SharedMemoryTransport(prefix)
-    return PickleTransport()
+    return PickleTransport(prefix)

@@ -53,7 +53,7 @@ from .messages import (
 )
 from .queues import Channel, ResultChannel
 from .savers import load_step
-from .stages import CLOSING, IDLE, SETUP, STOPPED, TEARDOWN, StageSpec
+from .stages import CLOSING, IDLE, SETUP, STOPPED, TEARDOWN, StageSpec, sending
 from .transport import unlink_segments
 
 __all__ = [
@@ -331,9 +331,12 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
         last_put = None
         try:
             result, error, step_name = runner.run(task, got - waited, put_wait, on_step)
-        finally:
-            # Waiting for room downstream is backpressure, not this step's time.
+        except BaseException:
             io.current[worker_index] = IDLE
+            raise
+        # Waiting for room downstream is backpressure, not this step's time (no timeout);
+        # a death while sending still names the minibatch.
+        io.current[worker_index] = IDLE if error is not None else sending(task.index)
         if error is not None:
             report.failure(error, task.index, task.run_id, "transform", result.stats, result.trace, step=step_name)
             continue
@@ -350,6 +353,8 @@ def worker_loop(spec: StageSpec, worker_index: int, io: WorkerIO) -> None:
         except Exception as exc:  # the output cannot be encoded: say whose output it is
             exc.add_note(f"Raised sending the output of step {step_name!r} for minibatch {task.index}.")
             report.failure(exc, task.index, task.run_id, "transform", result.stats)  # no trace: it may be the cause
+        finally:
+            io.current[worker_index] = IDLE
     io.current[worker_index] = TEARDOWN
     for name, failure in runner.teardown():
         report.failure(failure, None, io.active_run.value, "teardown", step=name)
