@@ -198,7 +198,9 @@ class RunState:
     def add_records(self, index: int | None, stats: Iterable[TaskRecord], trace: tuple[TraceCall, ...]) -> None:
         """Pass the stats and trace records of minibatch ``index`` to the observer and the tracer."""
         if self.observer is not None:
-            self.observer.add(stats)
+            # the attempt these records are of: 1, plus the failed attempts counted before it
+            attempt = 1 if index is None or not self.keeps_inputs else self.attempts.failed.get(index, 0) + 1
+            self.observer.add(stats, attempt)
         if self.tracer is not None and index is not None:
             self.tracer.add(index, trace)
 

@@ -206,7 +206,7 @@ class PipelineStats:
         """Write the timeline as Chrome trace-event JSON (Perfetto, ``chrome://tracing``).
 
         A process per step, a thread per worker, a complete event per task
-        (``args``: ``minibatch``, ``n_items``), a counter per queue, the steps
+        (``args``: ``minibatch``, ``n_items``, ``attempt``...), a counter per queue, the steps
         fitted in the parent; see :mod:`neuraxle_stream.timeline`.
 
         Returns
@@ -469,8 +469,8 @@ class StatsCollector:
         start = self._run_started_wall if math.isinf(first) else max(self._run_started_wall, first)
         return max(0.0, time.time() - start)
 
-    def add(self, records: Iterable[TaskRecord]) -> None:
-        """Merge the records that came back with one minibatch (or its failure)."""
+    def add(self, records: Iterable[TaskRecord], attempt: int = 1) -> None:
+        """Merge the records that came back with one minibatch (or its failure), of its ``attempt``-th run."""
         with self._lock:
             for r in records:
                 totals = self._stages.get(r.stage)
@@ -491,7 +491,7 @@ class StatsCollector:
                     totals.put_wait += r.put_wait
                     self._stages[following].in_put_wait += r.put_wait
                     self._stages[following].in_puts += 1
-                self._timeline.add(r)
+                self._timeline.add(r, attempt)
         for listener in self.listeners:
             listener(records)
 

@@ -86,6 +86,8 @@ class TaskSpan(NamedTuple):
     n_items: int = 0
     lane: int = 0
     run: int = 0
+    #: 1 for a minibatch's first run, 2 for its first retry... (``max_retries``, DESIGN.md section 9).
+    attempt: int = 1
 
     @property
     def end(self) -> float:
@@ -182,7 +184,7 @@ class TimelineRecorder:
     def __init__(self, origin: float, limit: int | None = None) -> None:
         limit = TIMELINE_LIMIT if limit is None else limit
         self.origin = origin
-        self._records: deque[tuple[TaskRecord, int]] = deque(maxlen=limit)
+        self._records: deque[tuple[TaskRecord, int, int]] = deque(maxlen=limit)  # (record, run, attempt)
         self._added = self._built = 0
         self._tasks: deque[TaskSpan] = deque(maxlen=limit)
         self._fed: deque[tuple[str, int, int, float]] = deque(maxlen=limit)
@@ -206,9 +208,9 @@ class TimelineRecorder:
                 self._queues[key] = QueueInfo(spec.name, spec.lane, spec.max_queue_size, upstream, self._run)
                 upstream = spec.last.name
 
-    def add(self, r: TaskRecord) -> None:
-        """Keep the record of one task, of the current run."""
-        self._records.append((r, self._run))
+    def add(self, r: TaskRecord, attempt: int = 1) -> None:
+        """Keep the record of one task, of the current run (``attempt``: which run of its minibatch)."""
+        self._records.append((r, self._run, attempt))
         self._added += 1
 
     def fed(self, stage: str) -> None:
@@ -225,11 +227,11 @@ class TimelineRecorder:
         """The spans kept, in the order their records arrived (a record without a start is left out)."""
         new = min(self._added - self._built, len(self._records))
         origin, lanes = self.origin, self._lanes
-        for r, run in itertools.islice(self._records, len(self._records) - new, None):
+        for r, run, attempt in itertools.islice(self._records, len(self._records) - new, None):
             if not math.isnan(r.began):
                 self._tasks.append(TaskSpan(
                     r.stage, r.worker, r.began - origin, r.duration, r.failed,
-                    r.minibatch, r.n_items, lanes.get(r.stage, 0), run,
+                    r.minibatch, r.n_items, lanes.get(r.stage, 0), run, attempt,
                 ))
         self._built = self._added
         return tuple(self._tasks)
@@ -304,7 +306,8 @@ def chrome_trace(stats: _Timed) -> dict[str, Any]:
     One process per step (pid 1, 2, ... in stage order; its name says its
     lane), one thread per worker, a complete event (``"ph": "X"``, ``ts`` and
     ``dur`` in microseconds since the call started) per task with ``args``
-    ``minibatch``, ``n_items``, ``run`` and ``failed``; a counter
+    ``minibatch``, ``n_items``, ``run``, ``failed`` and ``attempt`` (1, then 2
+    for its first retry...); a counter
     (``"ph": "C"``) per queue on the process of the step that reads it; the
     steps fitted in the parent as complete events of process 0.
     """
@@ -326,7 +329,10 @@ def chrome_trace(stats: _Timed) -> dict[str, Any]:
         events.append({
             "name": s.stage, "cat": "failed" if s.failed else "task", "ph": "X",
             "ts": s.start * 1e6, "dur": s.duration * 1e6, "pid": pids[s.stage], "tid": s.worker,
-            "args": {"minibatch": s.minibatch, "n_items": s.n_items, "run": s.run, "failed": s.failed},
+            "args": {
+                "minibatch": s.minibatch, "n_items": s.n_items, "run": s.run, "failed": s.failed,
+                "attempt": s.attempt,
+            },
         })
     for name, points in queue_occupancy(stats).items():
         for t, n in points:

@@ -6,6 +6,7 @@ one after the other on the whole input, with no failure injected.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -306,3 +307,10 @@ def test_the_timeline_has_every_attempt(backend: str, tmp_path: Path) -> None:
     stats = p.stats_
     assert stats["flaky"].num_tasks == N // 4 + 1
     assert stats["flaky"].num_failures == 1
+    # the attempt of each task: 1, and 2 for the retry of the minibatch that failed once (minibatch 3: items 12..15)
+    spans = [s for s in stats.timeline if s.stage == "flaky"]
+    assert sorted((s.minibatch, s.attempt, s.failed) for s in spans if s.minibatch == 3) == [(3, 1, True), (3, 2, False)]
+    assert all(s.attempt == 1 for s in spans if s.minibatch != 3)
+    trace = json.loads(stats.to_chrome_trace(tmp_path / "trace.json").read_text())
+    events = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["name"] == "flaky"]
+    assert sorted(e["args"]["attempt"] for e in events) == [1] * (N // 4) + [2]
