@@ -14,6 +14,8 @@ and a run reports the death (naming the step and the minibatch) or, with
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,8 +33,9 @@ from faults import (
     shm_segments,
 )
 
-from neuraxle_stream import BrokenPipelineError, SequentialQueuedPipeline
+from neuraxle_stream import BrokenPipelineError, SequentialQueuedPipeline, queues
 from neuraxle_stream.backends import ProcessBackend
+from neuraxle_stream.transport import PickleTransport
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -66,10 +69,21 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+@pytest.fixture(params=["packets", "no packets"])
+def packets(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Queues between stages in packet mode (Linux), and as elsewhere (a reader lock)."""
+    if request.param == "no packets":
+        monkeypatch.setattr(queues, "_packet_pipe", lambda maxsize: None)
+    return bool(request.param == "packets")
+
+
+@pytest.mark.parametrize("transport", ["shared memory", "pickle"])
 @pytest.mark.parametrize("kind", ["stage", "result"])
-def test_messages_of_every_size_cross_whole(kind: str) -> None:
-    backend = ProcessBackend()
+def test_messages_of_every_size_cross_whole(kind: str, transport: str, packets: bool) -> None:
+    backend = ProcessBackend(transport=PickleTransport() if transport == "pickle" else None)
     channel = backend.channel(16) if kind == "stage" else backend.result_channel()
+    if kind == "stage":
+        assert (channel._rlock is None) == packets
     try:
         sent = _messages()
         for message in sent:
@@ -83,6 +97,18 @@ def test_messages_of_every_size_cross_whole(kind: str) -> None:
         assert all(_same(a, b) for a, b in zip(sent, got))
     finally:
         channel.close()
+    assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith(backend.transport.prefix)]
+
+
+def test_a_queue_bound_larger_than_a_pipe_holds_its_messages() -> None:
+    """A packet takes a page of the pipe (16 by default): a larger bound enlarges the pipe, so a put never blocks."""
+    channel = ProcessBackend().channel(40)
+    try:
+        assert all(channel.put(i, timeout=0) for i in range(40))
+        assert not channel.put(40, timeout=0)
+        assert [channel.get() for _ in range(40)] == list(range(40))
+    finally:
+        channel.close()
 
 
 def _start_writer(backend: ProcessBackend, channel: Any, item: Any) -> tuple[Any, Any, Any]:
@@ -94,7 +120,7 @@ def _start_writer(backend: ProcessBackend, channel: Any, item: Any) -> tuple[Any
 
 
 @pytest.mark.parametrize("kind", ["stage", "result"])
-def test_a_writer_killed_in_a_large_message_leaves_the_channel_usable(kind: str) -> None:
+def test_a_writer_killed_in_a_large_message_leaves_the_channel_usable(kind: str, packets: bool) -> None:
     """(a) the reader never waits for the rest of a message; (b) other writers are not locked out; (c) no garbage."""
     backend = ProcessBackend()
     channel = backend.channel(4) if kind == "stage" else backend.result_channel()
