@@ -17,7 +17,10 @@ change of it): :func:`on_dead_workers` reports a death or calls
 
 :class:`DeathWatch` notices what replacing one worker cannot mend: a worker
 that dies again and again before any output comes, and queues that stall
-after a death (a process killed in the instant it read or wrote a message).
+after a death (a slot of a bounded queue taken by a process killed before
+it wrote; without packet pipes, a reader killed in the middle of a
+message). A message is never left half written: each is one atomic write
+(:mod:`~neuraxle_stream.queues`).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from neuraxle_stream import BrokenPipelineError, SequentialQueuedPipeline, queue
 from neuraxle_stream.backends import ProcessBackend
 from neuraxle_stream.transport import PickleTransport
 
-pytestmark = pytest.mark.timeout(40)
+pytestmark = pytest.mark.timeout(60)
 
 X = list(range(6))
 
@@ -169,7 +169,7 @@ def test_a_worker_killed_while_sending_to_the_parent(tmp_path: Path, max_retries
         return
     with pytest.raises(BrokenPipelineError, match=r"Worker 0 of step 'big' was killed by SIGKILL") as info:
         list(out)
-    assert time.monotonic() - start < 10.0
+    assert time.monotonic() - start < 30.0  # at once, in fact: generous for a loaded machine
     if "pipe_write" in wchan:  # killed in the middle of the message: that minibatch is named
         assert "minibatch 1" in str(info.value)
 
@@ -203,6 +203,6 @@ def test_a_worker_killed_while_sending_to_the_next_stage(tmp_path: Path, method:
             with pytest.raises(BrokenPipelineError, match=r"Worker 0 of step 'big' was killed by SIGKILL.*"
                                                           r"while sending the output of minibatch \d"):
                 run()
-            assert time.monotonic() - start < 20.0
+            assert time.monotonic() - start < 30.0
     finally:
         killer.join(30.0)

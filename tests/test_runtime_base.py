@@ -136,13 +136,13 @@ def test_run_state_joins_counts_and_passes_records_on() -> None:
     seen: list[Any] = []
 
     class Observer:
-        def add(self, records: Any) -> None:
-            seen.append(tuple(records))
+        def add(self, records: Any, attempt: int = 1) -> None:
+            seen.append((*records, attempt))
 
     run = RunState(1, WorkersJoiner(n_worker_wrappers_to_join=1), Credits(4), observer=Observer())  # type: ignore[arg-type]
     record = TaskRecord("s", 0, 1, 0.0, 0.1, 0.0, None)
     run.add_records(0, (record,), ())
-    assert seen == [(record,)]
+    assert seen == [(record, 1)]  # the records, of the first attempt
     assert run.credits.take(blocking=False)
     run.add_output(minibatch_task(Minibatch(0, [5], rows=1), 0, 1), 0)
     run.total = 1
