@@ -1,0 +1,180 @@
+"""A parent killed with SIGKILL (the OOM killer, ``kill -9``) leaves no shared memory and no worker.
+
+A child Python runs process pipelines whose minibatches are large arrays
+(they cross in shared memory: the parent's segments going in, the workers'
+coming out) through two process stages, on streams still running; the test
+kills that child (alone, with its workers, or with its whole process
+group) and waits until nothing of it is left: no ``/dev/shm`` entry of its
+runs' prefix (``nxs-<pid>-``), no worker process, no fork server, no
+resource tracker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm")
+
+TESTS = Path(__file__).resolve().parent
+
+_CHILD = """
+    import itertools, sys, time
+    import numpy as np
+    from neuraxle_stream import SequentialQueuedPipeline
+
+    def double(x):
+        time.sleep(0.005)
+        return x * 2.0
+
+    def plus_one(x):
+        return x + 1.0
+
+    def items():
+        for i in itertools.count():
+            yield np.full(16_384, float(i))  # 128 KiB: over the shared-memory threshold
+
+    if __name__ == "__main__":
+        servers, method = sys.argv[1], sys.argv[2]
+        method = None if method == "default" else method
+        lean = [("double", double), ("plus_one", plus_one)]
+        if servers == "full":
+            # a lean first call starts the stdlib's fork server lean and leaves
+            # its workers warm (worker_idle_timeout: the default); the
+            # scikit-learn steps that follow come from the second server
+            SequentialQueuedPipeline(lean, batch_size=2, chain=False).transform([np.ones(16_384)] * 8)
+            from faults import PassThrough
+            pipelines = [lean, [("double", double), ("pass", 2, PassThrough())]]
+        else:
+            pipelines = [lean]
+        streams = []
+        for steps in pipelines:
+            p = SequentialQueuedPipeline(steps, batch_size=2, chain=False, mp_context=method)
+            stream = p.stream(items())
+            next(stream)
+            streams.append(stream)
+        print("RUNNING", flush=True)
+        while True:
+            for stream in streams:
+                next(stream)
+"""
+
+
+def start_child(*args: str) -> subprocess.Popen[str]:
+    """Run the child (its own session, so that a test can kill its whole group)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_CHILD), *args],
+        cwd=TESTS,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def segments_of(pid: int) -> list[str]:
+    """The shared-memory segments of the runs of process ``pid``."""
+    return sorted(name for name in os.listdir("/dev/shm") if name.startswith(f"nxs-{pid}-"))
+
+
+def wait_until(condition: object, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return bool(condition())  # type: ignore[operator]
+
+
+def workers_of(parent: psutil.Process) -> list[psutil.Process]:
+    """The worker processes of ``parent``: its descendants but the fork servers and the
+    resource tracker (its children that run those; a fork server's children, forked
+    from it, show its command line too)."""
+    helpers = set()
+    for process in parent.children():
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(process.cmdline())
+            if "forkserver" in cmdline or "resource_tracker" in cmdline:
+                helpers.add(process.pid)
+    return [p for p in parent.children(recursive=True) if p.pid not in helpers]
+
+
+SERVERS = [("lean", "default"), ("full", "default"), ("lean", "spawn"), ("lean", "fork")]
+SERVER_IDS = ["lean-forkserver", "sklearn-forkserver", "spawn", "fork"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("servers", "method", "victims"),
+    [
+        *[(*case, "parent") for case in SERVERS],
+        # the OOM killer may pick several (each big), a user may ``kill -9`` them all:
+        # no worker is left to sweep the run's prefix; the resource tracker unlinks it
+        *[(*case, "parent-and-workers") for case in SERVERS],
+        # a harness's timeout (``killpg``, as benchmarks/__main__.py does): every
+        # process of the group, the resource tracker too unless it has a session of its own
+        (*SERVERS[1], "process-group"),
+        (*SERVERS[3], "process-group"),
+    ],
+    ids=[
+        *[f"parent-{i}" for i in SERVER_IDS],
+        *[f"parent-and-workers-{i}" for i in SERVER_IDS],
+        "process-group-sklearn-forkserver",
+        "process-group-fork",
+    ],
+)
+def test_a_parent_killed_with_sigkill_leaves_no_segment_and_no_process(
+    servers: str, method: str, victims: str
+) -> None:
+    child = start_child(servers, method)
+    seen: list[str] = []
+    started: list[psutil.Process] = []
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            seen.append(line)
+            if line.strip() == "RUNNING":
+                break
+        else:
+            raise AssertionError("child ended before RUNNING:\n" + "".join(seen))
+        started = psutil.Process(child.pid).children(recursive=True)
+        workers = workers_of(psutil.Process(child.pid))
+        assert segments_of(child.pid), "the test needs minibatches that cross in shared memory"
+        if victims == "parent":
+            os.kill(child.pid, signal.SIGKILL)
+        elif victims == "process-group":
+            os.killpg(child.pid, signal.SIGKILL)
+        else:
+            # stopped first, so that no worker sees its parent die and sweeps the prefix
+            for sig in (signal.SIGSTOP, signal.SIGKILL):
+                os.kill(child.pid, sig)
+                for process in workers:
+                    with contextlib.suppress(psutil.Error):
+                        process.send_signal(sig)
+        child.wait(timeout=10)
+        gone = wait_until(lambda: segments_of(child.pid) == [], within=10.0)
+        _, alive = psutil.wait_procs(started, timeout=10.0)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait(10)
+    left = [p.cmdline() for p in alive]
+    for process in alive:  # nothing stays for the next test
+        process.kill()
+    stale = segments_of(child.pid)
+    for name in stale:
+        os.unlink(os.path.join("/dev/shm", name))
+    assert child.returncode == -signal.SIGKILL
+    assert gone, f"left in /dev/shm: {stale}"
+    assert left == [], f"left running: {left}"
