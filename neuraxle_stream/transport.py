@@ -23,16 +23,9 @@ No segment outlives the processes that use it, however they end::
         ──▶ multiprocessing's resource tracker unlinks them: each segment
             is registered with it when made and unregistered when unlinked
 
-The resource tracker is the standard library's (:mod:`multiprocessing.
-resource_tracker`): one process per program that unlinks what is still
-registered once every process holding its pipe has exited. The run's owner
-starts it (:func:`default_transport`); its workers inherit it under every
-start method; registering is one write to its pipe per *new* segment, and
-segments are reused, so messages pay nothing. A process without the
-tracker (not started by ``multiprocessing``) does not register; its
-segments carry no mark (:data:`_TRACKED`) and are never unregistered. The
-tracker dies with the rest when the whole process group is killed
-(``killpg``): then only the next sweep of the prefix unlinks them.
+Registering is one write to the tracker's pipe per *new* segment, and
+segments are reused, so messages pay nothing: see
+:mod:`~neuraxle_stream.shm_tracker` for which tracker, and where none is.
 """
 
 from __future__ import annotations
@@ -42,7 +35,6 @@ import copyreg
 import io
 import itertools
 import mmap
-import multiprocessing
 import os
 import pickle
 import struct
@@ -53,11 +45,12 @@ import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable
-from multiprocessing import resource_tracker, spawn, util
 from typing import Any
 
 import cloudpickle
 import numpy as np
+
+from .shm_tracker import TRACKED, register, start_tracker, tracking, unregister
 
 __all__ = [
     "SPILLED",
@@ -79,10 +72,6 @@ SPILLED = b"NXSPILL1"
 #: Segment size and message size of a message spilled to shared memory (then the segment name).
 _SPILL_HEAD = struct.Struct("!QQ")
 _pickle_ids = itertools.count()
-#: Ends the name of a segment registered with the resource tracker (see the module docstring).
-_TRACKED = "-rt"
-#: The tracker's kind of resource for a file of ``/dev/shm`` (it unlinks them with ``shm_unlink``).
-_RTYPE = "shared_memory"
 
 
 def shm_size() -> int:
@@ -327,7 +316,7 @@ class SharedMemoryTransport(Transport):
                     segment.destroy()
                     self._pool.remove(segment)
             name = f"{self.prefix}-{os.getpid()}-{next(self._counter)}"
-            segment = _Segment.create(name + _TRACKED if _tracking() else name, _round_up(nbytes))
+            segment = _Segment.create(name + TRACKED if tracking() else name, _round_up(nbytes))
             self._pool.append(segment)
             return segment
 
@@ -446,11 +435,11 @@ class _Segment:
     def create(cls, name: str, capacity: int) -> _Segment:
         # Registered before the file exists: whoever sees the file (and may
         # unlink and unregister it) comes after the registration in the pipe.
-        _register(name)
+        register(name)
         try:
             fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         except BaseException:
-            _unregister(name)
+            unregister(name)
             raise
         try:
             os.ftruncate(fd, capacity + _HEADER)
@@ -487,7 +476,7 @@ def _unlink(name: str) -> None:
         os.unlink(os.path.join(SHM_DIR, name))
     except FileNotFoundError:
         return  # another process unlinked (and unregistered) it first
-    _unregister(name)
+    unregister(name)
 
 
 def unlink_segments(prefix: str) -> int:
@@ -504,108 +493,6 @@ def unlink_segments(prefix: str) -> int:
     return count
 
 
-# -- the resource tracker ----------------------------------------------------------------
-
-
-def _start_tracker() -> None:
-    """Start ``multiprocessing``'s resource tracker for this process (the owner of a run), if none runs.
-
-    Before any worker starts: workers inherit this tracker (``spawn`` and
-    ``forkserver`` pass it on, ``fork`` copies it), so that every segment of
-    the run is registered with one tracker. It is the standard library's
-    tracker, started as ``multiprocessing`` starts it but in a session of its
-    own (:func:`_spawn_tracker`), so that it survives a kill of the whole
-    process group too. A tracker already running (``multiprocessing`` used
-    before) is kept. Nothing happens where none can start; segments are then
-    not registered.
-    """
-    tracker = getattr(resource_tracker, "_resource_tracker", None)
-    if tracker is None or _has_tracker():
-        return
-    with contextlib.suppress(Exception), tracker._lock:
-        if tracker._fd is None:
-            tracker._fd, tracker._pid = _spawn_tracker()
-    with contextlib.suppress(Exception):  # no tracker here: segments are swept as before
-        resource_tracker.ensure_running()
-
-
-def _spawn_tracker() -> tuple[int, int]:
-    """Start the standard library's resource tracker in a new session: (its pipe's write end, its pid).
-
-    As ``multiprocessing`` starts it (its ``main`` reading the read end of a
-    pipe, this process's stderr for its warnings), with ``setsid``: a kill
-    of the user's process group (``killpg``: a harness's timeout, a closed
-    terminal's SIGHUP) leaves it running until every process that holds the
-    pipe is gone, a moment later, to unlink what they left; then it exits.
-    """
-    r, w = os.pipe()
-    try:
-        os.set_inheritable(r, True)
-        exe = spawn.get_executable()
-        args = [exe, *util._args_from_interpreter_flags(), "-c", _TRACKER_MAIN % r]  # type: ignore[attr-defined]
-        # it keeps only stderr and its pipe, as multiprocessing's own start does
-        closed = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd not in (2, r)]
-        pid = os.posix_spawn(exe, args, os.environ, file_actions=closed, setsid=True)
-    except BaseException:
-        os.close(w)
-        raise
-    finally:
-        os.close(r)
-    return w, pid
-
-
-_TRACKER_MAIN = "from multiprocessing.resource_tracker import main;main(%d)"
-
-
-def _inheritable_fds() -> list[int]:
-    """This process's inheritable descriptors, where ``/proc`` lists them."""
-    try:
-        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
-    except OSError:
-        return []
-    inheritable = []
-    for fd in fds:
-        with contextlib.suppress(OSError):  # the listing's own descriptor, closed since
-            if os.get_inheritable(fd):
-                inheritable.append(fd)
-    return inheritable
-
-
-def _tracking() -> bool:
-    """Whether this process registers its segments: only with a tracker it has already.
-
-    A worker never starts one of its own: a tracker started in a worker would
-    unlink the worker's segments when the worker exits, while others may
-    still read them. A process not started by ``multiprocessing`` (a Ray
-    actor, a process whose parent is another program) has none, unless it
-    owns runs itself.
-    """
-    if _has_tracker():
-        return True
-    if multiprocessing.parent_process() is None:  # a process that owns runs
-        _start_tracker()
-        return _has_tracker()
-    return False
-
-
-def _has_tracker() -> bool:
-    """Whether this process holds a resource tracker (started here or inherited)."""
-    return getattr(getattr(resource_tracker, "_resource_tracker", None), "_fd", None) is not None
-
-
-def _register(name: str) -> None:
-    if name.endswith(_TRACKED) and _has_tracker():
-        with contextlib.suppress(Exception):  # the tracker is gone: the prefix sweeps still hold
-            resource_tracker.register("/" + name, _RTYPE)
-
-
-def _unregister(name: str) -> None:
-    """Unregister a segment that was registered (by whichever process made it: one tracker per program)."""
-    if name.endswith(_TRACKED) and _has_tracker():
-        with contextlib.suppress(Exception):
-            resource_tracker.unregister("/" + name, _RTYPE)
-
-
 def default_transport(prefix: str) -> Transport:
     """Shared memory where the system has it, pickle otherwise.
 
@@ -613,6 +500,6 @@ def default_transport(prefix: str) -> Transport:
     resource tracker that the workers will inherit (see the module docstring).
     """
     if os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK):
-        _start_tracker()
+        start_tracker()
         return SharedMemoryTransport(prefix)
     return PickleTransport(prefix)

@@ -22,8 +22,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "neuraxle_stream"
 #: name a layer's modules before they are written).
 LAYERS: list[tuple[str, set[str]]] = [
     # the engine
-    ("leaves", {"_version", "config", "_step_calls", "exceptions", "stages", "_containers", "transport", "shared_rows",
-                "quantiles"}),
+    ("leaves", {"_version", "config", "_step_calls", "exceptions", "stages", "_containers", "transport", "shm_tracker",
+                "shared_rows", "quantiles"}),
     ("steps and messages", {"steps", "messages", "minibatches", "queues", "savers", "joiner",
                             "trace_results", "tracing", "cache_keys", "caching", "torch_steps", "retries"}),
     ("observation", {"timeline", "stats", "hooks", "otel"}),
