@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -48,12 +49,12 @@ _CHILD = """
         method = None if method == "default" else method
         lean = [("double", double), ("plus_one", plus_one)]
         if servers == "full":
-            # a lean first call starts the stdlib's fork server lean and leaves
-            # its workers warm (worker_idle_timeout: the default); the
-            # scikit-learn steps that follow come from the second server
+            # a lean first call starts the stdlib's fork server lean; the
+            # scikit-learn steps that follow take its 2 warm workers and come
+            # from the second server for the rest
             SequentialQueuedPipeline(lean, batch_size=2, chain=False).transform([np.ones(16_384)] * 8)
             from faults import PassThrough
-            pipelines = [lean, [("double", double), ("pass", 2, PassThrough())]]
+            pipelines = [[("double", double), ("pass", 4, PassThrough())], lean]
         else:
             pipelines = [lean]
         streams = []
@@ -62,6 +63,9 @@ _CHILD = """
             stream = p.stream(items())
             next(stream)
             streams.append(stream)
+        if servers == "full":  # and 4 warm workers left idle (worker_idle_timeout: the default)
+            more = [("double", 2, double), ("plus_one", 2, plus_one)]
+            SequentialQueuedPipeline(more, batch_size=2, chain=False).transform([np.ones(16_384)] * 8)
         print("RUNNING", flush=True)
         while True:
             for stream in streams:
@@ -88,25 +92,31 @@ def segments_of(pid: int) -> list[str]:
     return sorted(name for name in os.listdir("/dev/shm") if name.startswith(f"nxs-{pid}-"))
 
 
-def wait_until(condition: object, within: float) -> bool:
+def wait_until(condition: Callable[[], bool], within: float) -> bool:
+    """Whether ``condition`` holds within ``within`` seconds."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
+        if condition():
             return True
         time.sleep(0.05)
-    return bool(condition())  # type: ignore[operator]
+    return condition()
 
 
-def workers_of(parent: psutil.Process) -> list[psutil.Process]:
-    """The worker processes of ``parent``: its descendants but the fork servers and the
-    resource tracker (its children that run those; a fork server's children, forked
-    from it, show its command line too)."""
-    helpers = set()
+def helpers_of(parent: psutil.Process) -> list[psutil.Process]:
+    """The fork servers and the resource tracker of ``parent``: its children that run those
+    (a fork server's children, forked from it, show its command line too)."""
+    helpers = []
     for process in parent.children():
         with contextlib.suppress(psutil.Error):
             cmdline = " ".join(process.cmdline())
             if "forkserver" in cmdline or "resource_tracker" in cmdline:
-                helpers.add(process.pid)
+                helpers.append(process)
+    return helpers
+
+
+def workers_of(parent: psutil.Process) -> list[psutil.Process]:
+    """The worker processes of ``parent``: its descendants but its helpers."""
+    helpers = {p.pid for p in helpers_of(parent)}
     return [p for p in parent.children(recursive=True) if p.pid not in helpers]
 
 
@@ -150,6 +160,10 @@ def test_a_parent_killed_with_sigkill_leaves_no_segment_and_no_process(
             raise AssertionError("child ended before RUNNING:\n" + "".join(seen))
         started = psutil.Process(child.pid).children(recursive=True)
         workers = workers_of(psutil.Process(child.pid))
+        if servers == "full":  # the lean server and the scikit-learn one
+            servers_seen = [p for p in helpers_of(psutil.Process(child.pid)) if "forkserver" in " ".join(p.cmdline())]
+            assert len(servers_seen) == 2, [p.cmdline() for p in started]
+            assert len(workers) == 5 + 2 + 4, [p.cmdline() for p in started]  # at work, idle
         assert segments_of(child.pid), "the test needs minibatches that cross in shared memory"
         if victims == "parent":
             os.kill(child.pid, signal.SIGKILL)
@@ -169,6 +183,8 @@ def test_a_parent_killed_with_sigkill_leaves_no_segment_and_no_process(
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait(10)
+        assert child.stdout is not None
+        child.stdout.close()
     left = [p.cmdline() for p in alive]
     for process in alive:  # nothing stays for the next test
         process.kill()
