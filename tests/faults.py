@@ -18,6 +18,9 @@ import faulthandler
 import os
 import resource
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -512,13 +515,18 @@ def kill_when_blocked(folder: str, timeout: float = 30.0) -> tuple[int, str]:
         if time.monotonic() > deadline:
             raise AssertionError(f"worker {pid} never blocked (state {_state(pid)!r})")
         time.sleep(0.001)
+    return pid, _kill_noting_wchan(pid)
+
+
+def _kill_noting_wchan(pid: int) -> str:
+    """SIGKILL ``pid``; what it was waiting on just before (``/proc/<pid>/wchan``, ``""`` if unknown)."""
     try:
         wchan = Path(f"/proc/{pid}/wchan").read_text()
     except OSError:
         wchan = ""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    return pid, wchan
+    return wchan
 
 
 def put_and_wait(channel: Any, item: Any, putting: Any, done: Any) -> None:
@@ -541,10 +549,22 @@ def kill_once_blocked(pid: int, putting: Any, done: Any, timeout: float = 30.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"writer {pid} never blocked nor finished")
         time.sleep(0.001)
-    try:
-        wchan = Path(f"/proc/{pid}/wchan").read_text()
-    except OSError:
-        wchan = ""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    return wchan
+    return _kill_noting_wchan(pid)
+
+
+#: This folder: what a child Python needs on its path to import ``faults``.
+TESTS = Path(__file__).resolve().parent
+
+
+def start_child(code: str, *args: str) -> subprocess.Popen[str]:
+    """Run ``code`` in a child Python that imports ``faults`` (its own session, so that a test can kill its whole group)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=TESTS,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )

@@ -15,8 +15,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -32,12 +30,12 @@ from faults import (
     blocking_armed,
     shm_segments,
     slow_items,
+    start_child,
     three_stages,
 )
 
 from neuraxle_stream import BrokenPipelineError, SequentialQueuedPipeline, shutdown_workers
 
-TESTS = Path(__file__).resolve().parent
 #: Items marked with this value make :class:`RaisesAt` fail.
 BAD = -1
 
@@ -221,19 +219,6 @@ def test_stream_error_stops_the_workers(backend: str) -> None:
 
 # -- signals -----------------------------------------------------------------------
 
-
-def start_child(code: str, *args: str) -> subprocess.Popen[str]:
-    """Run ``code`` in a child Python (its own session) that imports ``faults``."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        cwd=TESTS,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
 
 
 def wait_for_line(child: subprocess.Popen[str], expected: str, seen: list[str]) -> None:

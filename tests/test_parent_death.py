@@ -14,19 +14,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import psutil
 import pytest
+from faults import start_child
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm")
 
-TESTS = Path(__file__).resolve().parent
 
 _CHILD = """
     import itertools, sys, time
@@ -72,19 +68,6 @@ _CHILD = """
                 next(stream)
 """
 
-
-def start_child(*args: str) -> subprocess.Popen[str]:
-    """Run the child (its own session, so that a test can kill its whole group)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(_CHILD), *args],
-        cwd=TESTS,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
 
 
 def segments_of(pid: int) -> list[str]:
@@ -147,7 +130,7 @@ SERVER_IDS = ["lean-forkserver", "sklearn-forkserver", "spawn", "fork"]
 def test_a_parent_killed_with_sigkill_leaves_no_segment_and_no_process(
     servers: str, method: str, victims: str
 ) -> None:
-    child = start_child(servers, method)
+    child = start_child(_CHILD, servers, method)
     seen: list[str] = []
     started: list[psutil.Process] = []
     try:
