@@ -65,7 +65,8 @@ from typing import Any
 import numpy as np
 
 from ._containers import RowAccumulator
-from .transport import _PLAIN_DTYPES, SHM_DIR, SharedMemoryTransport, shm_size
+from .shm_segments import SHM_DIR, shm_size
+from .transport import _PLAIN_DTYPES, SharedMemoryTransport
 
 __all__ = ["RowsPool", "RowsTarget", "SharedRowAccumulator", "SharedRows", "WrittenRows", "pool_for"]
 

@@ -25,7 +25,7 @@ No segment outlives the processes that use it, however they end::
 
 Registering is one write to the tracker's pipe per *new* segment, and
 segments are reused, so messages pay nothing: see
-:mod:`~neuraxle_stream.shm_tracker` for which tracker, and where none is.
+:mod:`~neuraxle_stream.shm_segments` for which tracker, and where none is.
 """
 
 from __future__ import annotations
@@ -50,7 +50,19 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
-from .shm_tracker import TRACKED, register, start_tracker, tracking, unregister
+from .shm_segments import (
+    HEADER,
+    SHM_DIR,
+    TRACKED,
+    Segment,
+    close_mapping,
+    mark_free,
+    round_up,
+    shm_size,
+    start_tracker,
+    tracking,
+    unlink_segments,
+)
 
 __all__ = [
     "SPILLED",
@@ -58,29 +70,15 @@ __all__ = [
     "SharedMemoryTransport",
     "Transport",
     "default_transport",
-    "unlink_segments",
 ]
 
-SHM_DIR = "/dev/shm"
 #: Marks a message whose large buffers live in shared memory.
 _SHM_MAGIC = b"NXSHM1"
-_HEADER = 8
-_FREE = b"\x00" * _HEADER
-_BUSY = b"\x01" + b"\x00" * (_HEADER - 1)
 #: Starts a message that :meth:`Transport.spill` put aside: what follows says where.
 SPILLED = b"NXSPILL1"
 #: Segment size and message size of a message spilled to shared memory (then the segment name).
 _SPILL_HEAD = struct.Struct("!QQ")
 _pickle_ids = itertools.count()
-
-
-def shm_size() -> int:
-    """Bytes of ``/dev/shm`` (0 where there is none)."""
-    try:
-        stat = os.statvfs(SHM_DIR)
-    except OSError:
-        return 0
-    return stat.f_frsize * stat.f_blocks
 
 
 class Transport(ABC):
@@ -250,7 +248,7 @@ class SharedMemoryTransport(Transport):
         self.prefix = prefix
         self.threshold = threshold
         self._counter = itertools.count()
-        self._pool: list[_Segment] = []  # segments this process writes
+        self._pool: list[Segment] = []  # segments this process writes
         self._pool_lock = threading.Lock()  # the feeder and the supervisor may both send
         self._mapped: OrderedDict[str, mmap.mmap] = OrderedDict()  # segments this process reads
         self._leased = 0  # bytes of received segments that arrays still view
@@ -277,7 +275,7 @@ class SharedMemoryTransport(Transport):
         payload = _dumps(obj, keep_large)
         if not large:
             return payload
-        used: list[_Segment] = []
+        used: list[Segment] = []
         try:
             for raw in large:
                 segment = self._segment_for(raw.nbytes)
@@ -297,7 +295,7 @@ class SharedMemoryTransport(Transport):
         buffers = [self._lease(name, size, nbytes) for name, size, nbytes in header]
         return pickle.loads(payload, buffers=buffers)
 
-    def _segment_for(self, nbytes: int) -> _Segment:
+    def _segment_for(self, nbytes: int) -> Segment:
         with self._pool_lock:
             best = None
             n_free = 0
@@ -316,7 +314,7 @@ class SharedMemoryTransport(Transport):
                     segment.destroy()
                     self._pool.remove(segment)
             name = f"{self.prefix}-{os.getpid()}-{next(self._counter)}"
-            segment = _Segment.create(name + TRACKED if tracking() else name, _round_up(nbytes))
+            segment = Segment.create(name + TRACKED if tracking() else name, round_up(nbytes))
             self._pool.append(segment)
             return segment
 
@@ -335,9 +333,9 @@ class SharedMemoryTransport(Transport):
         size, nbytes = _SPILL_HEAD.unpack_from(message, len(SPILLED))
         mapped = self._map(message[len(SPILLED) + _SPILL_HEAD.size :].decode(), size)
         try:
-            data = mapped[_HEADER : _HEADER + nbytes]
+            data = mapped[HEADER : HEADER + nbytes]
         finally:
-            _free(mapped)
+            mark_free(mapped)
         return self.loads(data)
 
     def _map(self, name: str, size: int) -> mmap.mmap:
@@ -350,7 +348,7 @@ class SharedMemoryTransport(Transport):
             finally:
                 os.close(fd)
             if len(self._mapped) >= self.max_mapped:
-                _close_mapping(self._mapped.popitem(last=False)[1])
+                close_mapping(self._mapped.popitem(last=False)[1])
             self._mapped[name] = mapped
         else:
             self._mapped.move_to_end(name)
@@ -360,7 +358,7 @@ class SharedMemoryTransport(Transport):
         """A view of segment ``name``'s data that frees the segment when it is garbage
         (a copy, and the segment freed now, when this process is over its lease budget)."""
         mapped = self._map(name, size)
-        view = np.frombuffer(mapped, np.uint8, nbytes, _HEADER)
+        view = np.frombuffer(mapped, np.uint8, nbytes, HEADER)
         with self._lease_lock:
             over = self._leased + nbytes > self.lease_budget
             if not over:
@@ -369,7 +367,7 @@ class SharedMemoryTransport(Transport):
             out = np.empty(nbytes, dtype=np.uint8)
             np.copyto(out, view)
             del view
-            _free(mapped)
+            mark_free(mapped)
             return out
         # Every array unpickled from ``view`` holds it (as its base, or its base's).
         weakref.finalize(view, self._end_lease, mapped, nbytes)
@@ -378,7 +376,7 @@ class SharedMemoryTransport(Transport):
     def _end_lease(self, mapped: mmap.mmap, nbytes: int) -> None:
         with self._lease_lock:
             self._leased -= nbytes
-        _free(mapped)
+        mark_free(mapped)
 
     def on_close(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when the transport closes (what else lives as long as the run's shared memory)."""
@@ -392,105 +390,9 @@ class SharedMemoryTransport(Transport):
                 segment.destroy()
             self._pool.clear()
         for mapped in self._mapped.values():
-            _close_mapping(mapped)
+            close_mapping(mapped)
         self._mapped.clear()
         unlink_segments(self.prefix)
-
-
-def _free(mapped: mmap.mmap) -> None:
-    """Mark a received segment free: its sender may write the next message into it."""
-    with contextlib.suppress(ValueError):  # closed: the run is over and nobody reuses it
-        mapped[0:_HEADER] = _FREE
-
-
-def _close_mapping(mapped: mmap.mmap) -> None:
-    """Unmap a segment, unless arrays still view it (then it is unmapped with the last one)."""
-    with contextlib.suppress(BufferError):
-        mapped.close()
-
-
-def _round_up(nbytes: int) -> int:
-    """Capacity for ``nbytes``: the next power of two from 1 MiB, so segments get reused."""
-    capacity = 1 << 20
-    while capacity < nbytes:
-        capacity *= 2
-    return capacity
-
-
-class _Segment:
-    """One shared-memory file of a sender's pool: an 8-byte busy flag, then data.
-
-    Only the sender sets the flag (before sending); only the receiver clears it
-    (after copying the data out).
-    """
-
-    def __init__(self, name: str, capacity: int, mapped: mmap.mmap) -> None:
-        self.name, self.capacity, self.mapped = name, capacity, mapped
-
-    @property
-    def size(self) -> int:
-        return self.capacity + _HEADER
-
-    @classmethod
-    def create(cls, name: str, capacity: int) -> _Segment:
-        # Registered before the file exists: whoever sees the file (and may
-        # unlink and unregister it) comes after the registration in the pipe.
-        register(name)
-        try:
-            fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        except BaseException:
-            unregister(name)
-            raise
-        try:
-            os.ftruncate(fd, capacity + _HEADER)
-            mapped = mmap.mmap(fd, capacity + _HEADER)
-        except BaseException:
-            _unlink(name)
-            raise
-        finally:
-            os.close(fd)
-        segment = cls(name, capacity, mapped)
-        segment.mark_busy()
-        return segment
-
-    def is_free(self) -> bool:
-        return self.mapped[0] == 0
-
-    def mark_busy(self) -> None:
-        self.mapped[0:_HEADER] = _BUSY
-
-    def write(self, raw: memoryview) -> None:
-        memoryview(self.mapped)[_HEADER : _HEADER + raw.nbytes] = raw.cast("B")
-
-    def release(self) -> None:
-        self.mapped[0:_HEADER] = _FREE
-
-    def destroy(self) -> None:
-        _close_mapping(self.mapped)
-        _unlink(self.name)
-
-
-def _unlink(name: str) -> None:
-    """Unlink segment ``name``; the process whose unlink removed it unregisters it."""
-    try:
-        os.unlink(os.path.join(SHM_DIR, name))
-    except FileNotFoundError:
-        return  # another process unlinked (and unregistered) it first
-    unregister(name)
-
-
-def unlink_segments(prefix: str) -> int:
-    """Unlink every shared-memory segment whose name starts with ``prefix``."""
-    try:
-        names = os.listdir(SHM_DIR)
-    except OSError:
-        return 0
-    count = 0
-    for name in names:
-        if name.startswith(prefix):
-            _unlink(name)
-            count += 1
-    return count
 
 
 def default_transport(prefix: str) -> Transport:

@@ -53,8 +53,8 @@ from .messages import (
 )
 from .queues import Channel, ResultChannel
 from .savers import load_step
+from .shm_segments import unlink_segments
 from .stages import CLOSING, IDLE, SETUP, STOPPED, TEARDOWN, StageSpec, sending
-from .transport import unlink_segments
 
 __all__ = [
     "ChainRunner", "StepFailed", "StepRunner", "WorkerIO", "process_main", "reuse_freed_memory", "worker_loop",

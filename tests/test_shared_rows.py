@@ -31,7 +31,7 @@ from neuraxle_stream import (
     shutdown_workers,
 )
 from neuraxle_stream import shared_rows as sr
-from neuraxle_stream.transport import SHM_DIR
+from neuraxle_stream.shm_segments import SHM_DIR
 
 pytestmark = pytest.mark.skipif(
     not os.path.isdir(SHM_DIR) or not os.path.isdir("/proc/self/fd"), reason="needs /dev/shm and /proc"

@@ -11,12 +11,8 @@ from hypothesis import given, settings
 from hypothesis.extra import numpy as hnp
 
 from neuraxle_stream import SequentialQueuedPipeline
-from neuraxle_stream.transport import (
-    SHM_DIR,
-    PickleTransport,
-    SharedMemoryTransport,
-    unlink_segments,
-)
+from neuraxle_stream.shm_segments import SHM_DIR, unlink_segments
+from neuraxle_stream.transport import PickleTransport, SharedMemoryTransport
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm")
 

@@ -1,7 +1,13 @@
-"""Shared-memory segments and ``multiprocessing``'s resource tracker: none outlives its program.
+"""Shared-memory segments: the files under ``/dev/shm`` that the transport writes, and how none outlives its program.
 
-The transport's segments (:mod:`~neuraxle_stream.transport`) are files of
-``/dev/shm``; the run's owner unlinks them when the run closes, and workers
+A :class:`Segment` is one file of a sender's pool in
+:class:`~neuraxle_stream.transport.SharedMemoryTransport`: an 8-byte busy flag
+(:data:`HEADER`; set by the sender, cleared by the receiver with
+:func:`mark_free`), then the data. Segments are mapped once and reused; what
+the transport does with them (pools, leases, spilled messages) is in
+:mod:`~neuraxle_stream.transport`.
+
+The run's owner unlinks its segments when the run closes, and workers
 when they see their parent die. When nobody is left to do it (the parent
 killed with SIGKILL together with its workers, or its whole process group
 killed), the standard library's resource tracker does: one process per
@@ -32,11 +38,34 @@ unregistered twice, or never registered, as an error.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import multiprocessing
 import os
 from multiprocessing import resource_tracker, spawn, util
 
-__all__ = ["TRACKED", "register", "start_tracker", "tracking", "unregister"]
+__all__ = [
+    "HEADER",
+    "SHM_DIR",
+    "TRACKED",
+    "Segment",
+    "close_mapping",
+    "mark_free",
+    "register",
+    "round_up",
+    "shm_size",
+    "start_tracker",
+    "tracking",
+    "unlink",
+    "unlink_segments",
+    "unregister",
+]
+
+#: Where segments live: a memory-backed file system.
+SHM_DIR = "/dev/shm"
+#: Bytes before a segment's data: its busy flag (set by the sender, cleared by the receiver).
+HEADER = 8
+_FREE = b"\x00" * HEADER
+_BUSY = b"\x01" + b"\x00" * (HEADER - 1)
 
 #: Ends the name of a segment registered with the resource tracker.
 TRACKED = "-rt"
@@ -146,3 +175,111 @@ def unregister(name: str) -> None:
     if name.endswith(TRACKED) and _has_tracker():
         with contextlib.suppress(Exception):
             resource_tracker.unregister("/" + name, _RTYPE)
+
+
+# -- segment files ----------------------------------------------------------------------
+
+
+def shm_size() -> int:
+    """Bytes of ``/dev/shm`` (0 where there is none)."""
+    try:
+        stat = os.statvfs(SHM_DIR)
+    except OSError:
+        return 0
+    return stat.f_frsize * stat.f_blocks
+
+
+def mark_free(mapped: mmap.mmap) -> None:
+    """Mark a received segment free: its sender may write the next message into it."""
+    with contextlib.suppress(ValueError):  # closed: the run is over and nobody reuses it
+        mapped[0:HEADER] = _FREE
+
+
+def close_mapping(mapped: mmap.mmap) -> None:
+    """Unmap a segment, unless arrays still view it (then it is unmapped with the last one)."""
+    with contextlib.suppress(BufferError):
+        mapped.close()
+
+
+def round_up(nbytes: int) -> int:
+    """Capacity for ``nbytes``: the next power of two from 1 MiB, so segments get reused."""
+    capacity = 1 << 20
+    while capacity < nbytes:
+        capacity *= 2
+    return capacity
+
+
+class Segment:
+    """One shared-memory file of a sender's pool: an 8-byte busy flag, then data.
+
+    Only the sender sets the flag (before sending); only the receiver clears it
+    (after copying the data out).
+    """
+
+    def __init__(self, name: str, capacity: int, mapped: mmap.mmap) -> None:
+        self.name, self.capacity, self.mapped = name, capacity, mapped
+
+    @property
+    def size(self) -> int:
+        return self.capacity + HEADER
+
+    @classmethod
+    def create(cls, name: str, capacity: int) -> Segment:
+        # Registered before the file exists: whoever sees the file (and may
+        # unlink and unregister it) comes after the registration in the pipe.
+        register(name)
+        try:
+            fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        except BaseException:
+            unregister(name)
+            raise
+        try:
+            os.ftruncate(fd, capacity + HEADER)
+            mapped = mmap.mmap(fd, capacity + HEADER)
+        except BaseException:
+            unlink(name)
+            raise
+        finally:
+            os.close(fd)
+        segment = cls(name, capacity, mapped)
+        segment.mark_busy()
+        return segment
+
+    def is_free(self) -> bool:
+        return self.mapped[0] == 0
+
+    def mark_busy(self) -> None:
+        self.mapped[0:HEADER] = _BUSY
+
+    def write(self, raw: memoryview) -> None:
+        memoryview(self.mapped)[HEADER : HEADER + raw.nbytes] = raw.cast("B")
+
+    def release(self) -> None:
+        self.mapped[0:HEADER] = _FREE
+
+    def destroy(self) -> None:
+        close_mapping(self.mapped)
+        unlink(self.name)
+
+
+def unlink(name: str) -> None:
+    """Unlink segment ``name``; the process whose unlink removed it unregisters it."""
+    try:
+        os.unlink(os.path.join(SHM_DIR, name))
+    except FileNotFoundError:
+        return  # another process unlinked (and unregistered) it first
+    unregister(name)
+
+
+def unlink_segments(prefix: str) -> int:
+    """Unlink every shared-memory segment whose name starts with ``prefix``."""
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return 0
+    count = 0
+    for name in names:
+        if name.startswith(prefix):
+            unlink(name)
+            count += 1
+    return count
