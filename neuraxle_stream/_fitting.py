@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -122,6 +123,8 @@ def fit_sequential(plan: Plan, lifecycle: Lifecycle, X: Any, y: Any, monitor: Ca
         fit_stateless(descs, X, y, union=False)
     plan = _known_rows(plan, X)
     check_transform_input(plan.transform_input)
+    if _parent_fits_first(plan, fittable, transform):
+        plan.start_server()  # its imports overlap the fits below (start_methods.py)
     data, start = X, 0
     for k in fittable:
         if k > start:
@@ -144,6 +147,20 @@ def fit_sequential(plan: Plan, lifecycle: Lifecycle, X: Any, y: Any, monitor: Ca
     if start == len(descs):
         return complete_batches_only(plan, data, joined=True)
     return transform_range(plan, lifecycle, data, start, len(descs), monitor)
+
+
+def _parent_fits_first(plan: Plan, fittable: list[int], transform: bool) -> bool:
+    """Whether a pipeline's fit begins with steps fitted in the parent and runs stages in workers after them.
+
+    Then the workers' fork server starts before those fits
+    (:meth:`~neuraxle_stream.plan.Plan.start_server`), so that its imports
+    overlap them. Not with a cache: its outputs may spare every run.
+    """
+    descs = plan.stages
+    if not fittable or plan.store.enabled or any(d.kind != "passthrough" for d in descs[: fittable[0]]):
+        return False
+    ends = [*fittable, len(descs) if transform else fittable[-1]]
+    return any(d.kind != "passthrough" for a, b in itertools.pairwise(ends) for d in descs[a + 1 : b])
 
 
 def fitted_with_output(plan: Plan, position: int, n_steps: int, transform: bool) -> bool:
@@ -217,6 +234,10 @@ def fit_union(plan: Plan, lifecycle: Lifecycle, X: Any, y: Any, monitor: CallMon
     fit_params = {d.name: plan.routed.step_params(d.name, n_rows) for d in fittable}
     # in fit_transform, each branch's own fit_transform, as FeatureUnion (DESIGN.md section 6)
     in_parent = fitted_with_output(plan, 0, 1, transform)
+    if transform and fittable and not plan.store.enabled and any(
+        d.kind == "step" and not is_fittable(d.step) for d in descs
+    ):
+        plan.start_server()  # the other branches run in workers after the fits: its imports overlap them
     outputs: dict[str, Any] = {}
     if len(fittable) == 1:
         d = fittable[0]

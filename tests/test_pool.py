@@ -365,6 +365,57 @@ def test_a_lean_first_call_starts_a_lean_server_and_scikit_learn_steps_a_second_
     assert out["lean_again"] == 4
 
 
+_SERVER_FIRST = """
+    import json
+    from multiprocessing import forkserver
+
+    import numpy as np
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    from neuraxle_stream import SequentialQueuedPipeline, shutdown_workers
+    from neuraxle_stream import start_methods
+
+    def servers():
+        return [forkserver._forkserver._forkserver_pid, start_methods._FULL_SERVER._forkserver_pid]
+
+    class Seen(StandardScaler):
+        def fit(self, X, y=None, sample_weight=None):
+            self.servers_at_fit_ = servers()
+            return super().fit(X, y, sample_weight)
+
+    def half(x):
+        return x * 0.5
+
+    if __name__ == "__main__":
+        X = np.random.RandomState(0).rand(64, 3)
+        out = {}
+        # nothing runs in workers after these fits: no server starts
+        SequentialQueuedPipeline([("scaler", 2, StandardScaler()), ("pca", 2, PCA(2))]).fit(X)
+        SequentialQueuedPipeline([("seen", 2, Seen()), ("half", 2, half)], backend="thread").fit_transform(X)
+        out["after_fit_and_threads"] = servers()
+        pipe = SequentialQueuedPipeline([("seen", 2, Seen()), ("half", 2, half)], batch_size=8)
+        got = pipe.fit_transform(X)
+        np.testing.assert_allclose(np.asarray(got), StandardScaler().fit_transform(X) * 0.5)
+        out["at_fit"] = pipe.named_steps["seen"].servers_at_fit_
+        shutdown_workers()
+        print(json.dumps(out))
+"""
+
+
+def test_the_fork_server_starts_before_a_fit_in_the_parent_that_workers_run_after() -> None:
+    # a fresh interpreter: this one's fork server runs already
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_SERVER_FIRST)], cwd=TESTS, env=env,
+        capture_output=True, text=True, timeout=90,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    assert out["after_fit_and_threads"] == [None, None]
+    assert any(pid is not None for pid in out["at_fit"])  # its imports overlap the step's fit
+
+
 # -- W4: a per-item function's outputs ---------------------------------------------------
 
 

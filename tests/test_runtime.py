@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 from doubles import (
     LifecycleRecorder,
@@ -130,6 +131,20 @@ def test_a_source_that_never_waits_is_fed_by_the_supervisor_within_the_bound() -
             run.close()
         assert outputs(rt, [5, 6]) == [5, 6]
         assert list(rt.run([], source_waits=False)) == []
+    finally:
+        rt.close()
+
+
+@pytest.mark.timeout(60)
+def test_minibatches_that_fill_the_pipes_in_both_directions_flow(backend: str) -> None:
+    # 40 KB minibatches each way: the bytes of a few exceed a 64 KB pipe. On processes, a
+    # put must never wait for room on the first queue's pipe in the thread that reads the
+    # result pipe: the workers fill that one, and wait on it before they read again.
+    rt = Runtime(chain(PassThrough(), n_workers=2, queue=4), make_backend(backend))
+    items = [np.full(5000, float(i)) for i in range(24)]
+    try:
+        got = [out[0][0] for _, out in rt.run(batches(items), source_waits=False)]
+        assert len(got) == 24 and all(np.array_equal(a, b) for a, b in zip(got, items))
     finally:
         rt.close()
 
