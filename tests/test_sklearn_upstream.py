@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -115,9 +116,25 @@ def _exec(name: str, substitutes: dict[str, Any]) -> ModuleType:
     return module
 
 
+def _parametrize_with_tuples(module: ModuleType) -> None:
+    """Make each ``parametrize`` mark of the module's tests take a tuple where upstream passes a generator
+    (pytest deprecates iterators there: one would be consumed by the first collection)."""
+    for value in list(vars(module).values()):
+        marks = getattr(value, "pytestmark", None) if callable(value) else None
+        if not marks:
+            continue
+        value.pytestmark = [
+            pytest.mark.parametrize(m.args[0], tuple(m.args[1]), *m.args[2:], **m.kwargs).mark
+            if m.name == "parametrize" and len(m.args) > 1 and isinstance(m.args[1], Iterator)
+            else m
+            for m in marks
+        ]
+
+
 def _load(backend: str) -> ModuleType:
     name = f"sklearn_upstream_test_pipeline_{backend}"
     module = _exec(name, _substitutes(backend, name))
+    _parametrize_with_tuples(module)
     # the upstream test doubles (Transf, Mult...) reach process workers by value
     cloudpickle.register_pickle_by_value(module)
     return module
