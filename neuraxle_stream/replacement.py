@@ -26,17 +26,17 @@ message). A message is never left half written: each is one atomic write
 from __future__ import annotations
 
 import time
-import weakref
 from collections import deque
 from typing import Any, Protocol
 
-from .backends import Backend, WorkerHandle
+from .backends import WorkerHandle
 from .exceptions import BrokenPipelineError
 from .feeder import Feeder, InlineFeeder
 from .messages import MinibatchError, QueuedMinibatchTask, WorkerLog
 from .queues import Channel, ResultChannel
 from .runtime_base import RunFailed, RunState
-from .stages import IDLE, STARTING, StageSpec, sent_minibatch
+from .stages import IDLE, STARTING, sent_minibatch
+from .stopping import Stoppable, abort, join_workers, retire_channels
 from .supervision import LiveStage, death, step_name
 
 __all__ = [
@@ -48,7 +48,6 @@ __all__ = [
     "replace_dead",
     "replace_worker",
     "restart",
-    "retire_channels",
 ]
 
 #: Seconds without output, after a worker died, while every worker waits, that make a stall.
@@ -142,45 +141,27 @@ def _waits(current: int) -> bool:
     return current == IDLE or sent_minibatch(current) is not None
 
 
-class Replaceable(Protocol):
+class Replaceable(Stoppable, Protocol):
     """What replacing workers reads and changes of a :class:`~neuraxle_stream.runtime.Runtime`.
 
-    Its books (stages, handles, queues, progress counts, what to feed again)
-    and the lifecycle verbs a restart goes through. A protocol, not the class:
-    the runtime imports this module, not the other way round.
+    Its books (stages, handles, queues, progress counts, what to feed again;
+    what stopping them reads, :class:`~neuraxle_stream.stopping.Stoppable`)
+    and the lifecycle verbs a restart goes through. A protocol, not the
+    class: the runtime imports this module, not the other way round.
     """
 
-    lanes: list[list[StageSpec]]
-    backend: Backend
-    broken: bool
-    _active: Any
-    _stages: list[LiveStage]
     _handles: list[WorkerHandle]
-    _channels: list[Channel]
-    _first_channels: list[Channel]
-    _sentinel_list: list[Any] | None
     _done_before: dict[str, tuple[int, int]]
-    _retired: list[Channel | ResultChannel]
     _refeed: Refeed
     _deaths: DeathWatch
-
-    @property
-    def _results(self) -> ResultChannel | None: ...
 
     @property
     def _feeder(self) -> Feeder | InlineFeeder | None: ...
 
     @property
-    def _finalizer(self) -> weakref.finalize[..., Any] | None: ...
-
-    @property
     def _stop_pending(self) -> bool: ...
 
     def start(self) -> None: ...
-
-    def _abort(self) -> None: ...
-
-    def _join(self) -> None: ...
 
     def _count_done(self) -> dict[str, tuple[int, int]]: ...
 
@@ -267,8 +248,8 @@ def restart(rt: Replaceable, run: RunState) -> None:
     feeder = rt._feeder
     assert feeder is not None
     counts = rt._count_done()
-    rt._abort()
-    rt._join()  # threads stuck in a step stay behind, told to exit; their outputs go nowhere
+    abort(rt)
+    join_workers(rt)  # threads stuck in a step stay behind, told to exit; their outputs go nowhere
     if rt._finalizer is not None:
         rt._finalizer.detach()
     retired: list[Channel | ResultChannel] = [*rt._channels]
@@ -299,9 +280,3 @@ def restart(rt: Replaceable, run: RunState) -> None:
     rt._refeed.everything_in_flight(run, len(rt.lanes))
     rt._refeed.put(rt._first_channels)
 
-
-def retire_channels(rt: Replaceable) -> None:
-    """Retire the queues a restart replaced (at the next restart, or when the runtime closes)."""
-    for channel in rt._retired:
-        channel.retire()
-    rt._retired = []

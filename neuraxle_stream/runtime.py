@@ -52,14 +52,9 @@ How a run ends, and what the caller gets:
 - a worker dies (sentinel), fails its ``setup()``, overruns ``timeout``, or
   the caller is interrupted (Ctrl-C): the runtime is *broken* and aborted.
 
-Stopping is graceful or an abort. A graceful stop (the end of a call,
-``close()``) sends STOP down each lane: every worker finishes its minibatch
-and runs ``teardown()``, the last of a stage passes STOP on, and the
-supervisor waits for the last stage of each lane (at most ``STOP_GRACE``).
-An abort kills worker processes at once; worker threads, which cannot be
-killed, get STOP on every queue and see ``active_run == CLOSING`` as soon as
-their step returns. A worker process watches its parent and exits (unlinking
-the run's shared memory) if the parent dies.
+Stopping is graceful or an abort: :meth:`Runtime.close` calls
+:mod:`~neuraxle_stream.stopping` for it (``close_workers``), passing the
+runtime, whose workers and queues it stops, joins and closes.
 
 With ``max_retries`` or ``on_error="skip"`` (long runs), a failed minibatch
 may run again instead (``RunState.failed`` decides): a dead worker process is
@@ -80,24 +75,16 @@ from typing import Any
 from .backends import Backend, WorkerHandle
 from .exceptions import PipelineStoppedError
 from .feeder import Feeder, FeederDone, InlineFeeder
-from .messages import (
-    STOP,
-    MinibatchError,
-    StageResult,
-    StageStopped,
-    WorkerLog,
-)
+from .messages import MinibatchError, StageResult, WorkerLog
 from .queues import Channel, ResultChannel
-from .replacement import DeathWatch, Refeed, on_dead_workers, restart, retire_channels
+from .replacement import DeathWatch, Refeed, on_dead_workers, restart
 from .runtime_base import STOP_GRACE, BaseRuntime, Minibatch, RunFailed, RunState
-from .stages import CLOSING, IDLE_RUN, STARTING, STOPPED, StageSpec
-from .supervision import LiveStage, busy_since, death, kill_all, overdue_worker, step_name
+from .stages import IDLE_RUN, STARTING, StageSpec
+from .stopping import ABORT_GRACE, close_workers
+from .supervision import LiveStage, busy_since, kill_all, overdue_worker, step_name
 from .workers import WorkerIO
 
 __all__ = ["ABORT_GRACE", "STOP_GRACE", "Runtime"]
-
-#: Seconds an abort waits for worker threads (which cannot be killed) to exit.
-ABORT_GRACE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,106 +194,7 @@ class Runtime(BaseRuntime):
             return
         self.started = False
         self._stop_feeder()  # a run left suspended (a generator not yet closed)
-        errors: list[BaseException] = []
-        stopped = False
-        handles = [h for s in self._stages for h in s.handles]
-        try:
-            try:
-                if graceful and not self.broken:
-                    stopped, errors = self._stop_workers()
-            finally:  # also when Ctrl-C interrupts the graceful stop
-                if not stopped:
-                    self._abort()
-                self._join()
-                # warm process workers go back to the pool, unless anything went wrong
-                reuse = stopped and not errors and not self.broken and self.reuse_workers
-                self.backend.release_workers(handles, reuse)
-        finally:
-            retire_channels(self)
-            for channel in self._channels:
-                channel.close()
-            self._channels.clear()
-            self._first_channels.clear()
-            if self._results is not None:
-                self._results.close()
-            if self._finalizer is not None:
-                self._finalizer.detach()
-        if errors:
-            raise errors[0]
-
-    def _stop_workers(self) -> tuple[bool, list[BaseException]]:
-        """Send STOP down each lane and wait for the stop to reach its end.
-
-        Returns whether every lane stopped, and the errors of teardowns (a
-        ``teardown()`` that raised, a worker that died instead of stopping).
-        """
-        assert self._results is not None
-        self._active.value = IDLE_RUN
-        deadline = time.monotonic() + STOP_GRACE
-        errors: list[BaseException] = []
-        for lane, channel in zip(self.lanes, self._first_channels):
-            for _ in range(lane[0].n_workers):
-                if not channel.put(STOP, timeout=max(0.0, deadline - time.monotonic())):
-                    return False, errors
-        pending = set(range(len(self.lanes)))
-        last_stage = {i: len(lane) - 1 for i, lane in enumerate(self.lanes)}
-        watched = {
-            h.sentinel: (s, w) for s in self._stages for w, h in enumerate(s.handles) if h.sentinel is not None
-        }
-        while pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False, errors
-            messages, fired = self._results.get_ready(min(remaining, 1.0), list(watched))
-            for msg in messages:
-                if isinstance(msg, StageStopped) and msg.stage == last_stage[msg.lane]:
-                    pending.discard(msg.lane)
-                elif isinstance(msg, MinibatchError) and msg.phase in ("setup", "teardown"):
-                    errors.append(msg.to_exception())
-                elif isinstance(msg, WorkerLog):
-                    msg.emit()
-            for sentinel in fired:
-                stage, w = watched.pop(sentinel)
-                if stage.io.current[w] != STOPPED:  # died instead of stopping: the stop cannot finish
-                    errors.append(death(stage, w))
-                    return False, errors
-        return True, errors
-
-    def _abort(self) -> None:
-        """Stop at once: kill worker processes; tell worker threads to exit."""
-        self._active.value = CLOSING
-        for stage in self._stages:
-            for handle in stage.handles:
-                handle.kill()
-
-    def _join(self) -> None:
-        aborted = self._active.value == CLOSING
-        deadline = time.monotonic() + (ABORT_GRACE if aborted else STOP_GRACE)
-        if aborted and not self.backend.portable:
-            self._release_threads(deadline)
-        for stage in self._stages:
-            for handle in stage.handles:
-                handle.join(timeout=max(0.0, deadline - time.monotonic()))
-                if handle.is_alive() and self.backend.portable:
-                    handle.kill()
-                    handle.join(timeout=1.0)
-        self._stages.clear()
-        self._sentinel_list = None
-
-    def _release_threads(self, deadline: float) -> None:
-        """Wake the worker threads of an aborted runtime until they exit or ``deadline``.
-
-        A thread waiting on an empty queue needs a STOP there; one that is
-        busy, or has a full queue, sees CLOSING before its next get. A thread
-        stuck in its step cannot be killed: it exits when the step returns.
-        """
-        while time.monotonic() < deadline:
-            alive = [(stage, h) for stage in self._stages for h in stage.handles if h.is_alive()]
-            if not alive:
-                return
-            for stage, _ in alive:
-                stage.io.inbox.put(STOP, timeout=0)  # no room: its workers are not waiting
-            alive[0][1].join(timeout=0.02)
+        close_workers(self, graceful)
 
     @property
     def worker_pids(self) -> list[int]:

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                             "trace_results", "tracing", "cache_keys", "caching", "torch_steps", "retries"}),
     ("observation", {"timeline", "stats", "hooks", "otel"}),
     ("workers", {"workers", "pool", "start_methods", "backends", "ray_actors"}),
-    ("runtimes", {"runtime_base", "feeder", "supervision", "replacement", "runtime", "ray_calls", "ray_startup", "ray_backend", "monitor"}),
+    ("runtimes", {"runtime_base", "feeder", "supervision", "stopping", "replacement", "runtime", "ray_calls", "ray_startup", "ray_backend", "monitor"}),
     # above the engine: description, plan, lifecycle, call, estimators (docs/architecture.md)
     ("description", {"_validation", "_routing", "_branches"}),
     ("plan", {"plan", "chaining"}),

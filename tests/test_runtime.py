@@ -34,7 +34,7 @@ from faults import (
     shm_segments,
 )
 
-from neuraxle_stream import BrokenPipelineError, runtime
+from neuraxle_stream import BrokenPipelineError, stopping
 from neuraxle_stream.backends import Backend, ProcessBackend, ThreadBackend, WorkerHandle
 from neuraxle_stream.minibatches import Minibatch
 from neuraxle_stream.runtime import Runtime
@@ -311,7 +311,7 @@ def test_abort_with_a_stuck_thread_returns_promptly(tmp_path) -> None:
         assert wait_for_file(started, 30)  # the worker is stuck in setup(), not sleeping through a guess
         start = time.monotonic()
         rt.close(graceful=False)
-        assert time.monotonic() - start < runtime.ABORT_GRACE + 1.0
+        assert time.monotonic() - start < stopping.ABORT_GRACE + 1.0
         assert any(t.name == "neuraxle_stream:s1:0" for t in threading.enumerate())
     finally:
         release.touch()
@@ -322,7 +322,7 @@ def test_abort_with_a_stuck_thread_returns_promptly(tmp_path) -> None:
 def test_graceful_stop_that_does_not_finish_falls_back_to_abort(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(runtime, "STOP_GRACE", 0.5)
+    monkeypatch.setattr(stopping, "STOP_GRACE", 0.5)  # read where the stop waits
     rt = Runtime(chain(PassThrough(), BlocksInSetup(seconds=60.0)), ProcessBackend())
     with blocking_armed():
         rt.start()
