@@ -419,8 +419,11 @@ def empty_rows_array(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray
     hands free pages back to its host), that costs up to about 2 s of system
     time per GB, in the caller's thread, against 0.3-0.5 s with small pages,
     and it varies with what ran before. So the array's pages are
-    advised ``MADV_NOHUGEPAGE`` before any is touched: only this array's,
-    nothing global changes (NumPy's own switch is left alone). The array is
+    advised ``MADV_NOHUGEPAGE`` before any is touched: the advice is on the
+    array's address range, NumPy's own switch is left alone. (An array
+    below the C library's mmap threshold, 32 MiB at most, lies in the heap,
+    whose range a later allocation may reuse with the advice still on it;
+    larger ones are mappings of their own, gone when they are freed.) The array is
     the one ``numpy.empty`` made (it owns its data); where the C library
     cannot be called, or the advice is unknown (not Linux), it is left as
     NumPy made it.

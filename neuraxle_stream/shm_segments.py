@@ -272,7 +272,13 @@ def unlink(name: str) -> None:
 
 
 def unlink_segments(prefix: str) -> int:
-    """Unlink every shared-memory segment whose name starts with ``prefix``."""
+    """Unlink every shared-memory segment of the run whose name prefix is ``prefix``.
+
+    Segment names are ``<prefix>-<pid>-<n>``: those that start with
+    ``prefix`` and a dash, so that run ``nxs-7-1`` does not sweep the live
+    segments of run ``nxs-7-10``.
+    """
+    prefix += "-"
     try:
         names = os.listdir(SHM_DIR)
     except OSError:

@@ -45,6 +45,7 @@ from typing import Any
 
 from ._step_calls import PerItem
 from .exceptions import InvalidParameterError
+from .shm_segments import start_tracker
 from .steps import ItemFunction
 
 __all__ = [
@@ -221,7 +222,14 @@ def start_server(ctx: BaseContext) -> None:
     step fitted in the parent before the first run); the server is what
     that run would have started, with the same imports. A server already
     running is left as it is; ``spawn`` and ``fork`` have none.
+
+    Starting a server starts ``multiprocessing``'s resource tracker too: it is
+    started first our way (:func:`~neuraxle_stream.shm_segments.start_tracker`,
+    in a session of its own), as the run's transport would start it, so
+    that it still outlives a kill of the caller's process group.
     """
+    if isinstance(ctx, ForkServerContext):
+        start_tracker()
     if isinstance(ctx, _FullServerContext):
         _FULL_SERVER.ensure_running()
     elif isinstance(ctx, ForkServerContext):

@@ -53,6 +53,12 @@ _CHILD = """
             pipelines = [[("double", double), ("pass", 4, PassThrough())], lean]
         else:
             pipelines = [lean]
+        if servers == "fit":
+            # a step fitted in the parent before a run in workers: the fork server starts
+            # before any transport exists (start_methods.start_server)
+            from sklearn.preprocessing import StandardScaler
+            fitted = [("scale", StandardScaler()), ("double", 2, double)]
+            SequentialQueuedPipeline(fitted, batch_size=8).fit_transform(np.ones((64, 4)))
         streams = []
         for steps in pipelines:
             p = SequentialQueuedPipeline(steps, batch_size=2, chain=False, mp_context=method)
@@ -119,12 +125,14 @@ SERVER_IDS = ["lean-forkserver", "sklearn-forkserver", "spawn", "fork"]
         # process of the group, the resource tracker too unless it has a session of its own
         (*SERVERS[1], "process-group"),
         (*SERVERS[3], "process-group"),
+        ("fit", "default", "process-group"),
     ],
     ids=[
         *[f"parent-{i}" for i in SERVER_IDS],
         *[f"parent-and-workers-{i}" for i in SERVER_IDS],
         "process-group-sklearn-forkserver",
         "process-group-fork",
+        "process-group-after-a-fit-in-the-parent",
     ],
 )
 def test_a_parent_killed_with_sigkill_leaves_no_segment_and_no_process(

@@ -130,6 +130,22 @@ def test_unlink_segments_removes_only_its_prefix(pair) -> None:
     assert segments("nxs-test-other") == []
 
 
+def test_unlink_segments_spares_a_run_whose_prefix_extends_it() -> None:
+    """Run ``...-1`` closing must not sweep the live segments of run ``...-10``."""
+    base = f"nxs-test-{os.getpid()}-run"
+    one, ten = SharedMemoryTransport(f"{base}-1"), SharedMemoryTransport(f"{base}-10")
+    try:
+        one.dumps(np.ones(100_000))
+        message = ten.dumps(np.arange(100_000.0))
+        assert unlink_segments(f"{base}-1") == 1
+        assert len(segments(f"{base}-10")) == 1
+        np.testing.assert_array_equal(SharedMemoryTransport(f"{base}-10").loads(message), np.arange(100_000.0))
+    finally:
+        one.close()
+        ten.close()
+    assert segments(base) == []
+
+
 @pytest.mark.timeout(60)
 def test_process_pipeline_moves_large_arrays_and_leaks_nothing() -> None:
     before = segments()
