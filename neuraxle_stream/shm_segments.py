@@ -60,8 +60,11 @@ __all__ = [
     "unregister",
 ]
 
-#: Where segments live: a memory-backed file system.
-SHM_DIR = "/dev/shm"
+#: Where segments live: a memory-backed file system. For tests only, the
+#: environment variable ``NEURAXLE_STREAM_SHM_DIR`` (read once, at import, in
+#: each process) names another one: a small ``tmpfs`` to fill up, say.
+_DEV_SHM = "/dev/shm"
+SHM_DIR = os.environ.get("NEURAXLE_STREAM_SHM_DIR") or _DEV_SHM
 #: Bytes before a segment's data: its busy flag (set by the sender, cleared by the receiver).
 HEADER = 8
 _FREE = b"\x00" * HEADER
@@ -146,6 +149,8 @@ def tracking() -> bool:
     actor, a process whose parent is another program) has none, unless it
     owns runs itself.
     """
+    if SHM_DIR != _DEV_SHM:  # the tracker unlinks names of /dev/shm only
+        return False
     if _has_tracker():
         return True
     if multiprocessing.parent_process() is None:  # a process that owns runs
@@ -235,6 +240,9 @@ class Segment:
             raise
         try:
             os.ftruncate(fd, capacity + HEADER)
+            # Its pages now, or ENOSPC now: on tmpfs a page written
+            # later with no room left would raise SIGBUS in the writer.
+            _allocate(fd, capacity + HEADER)
             mapped = mmap.mmap(fd, capacity + HEADER)
         except BaseException:
             unlink(name)
@@ -260,6 +268,18 @@ class Segment:
     def destroy(self) -> None:
         close_mapping(self.mapped)
         unlink(self.name)
+
+
+def _allocate(fd: int, nbytes: int) -> None:
+    """Reserve the first ``nbytes`` of file ``fd`` (``OSError``: ``ENOSPC`` when there is no room).
+
+    ``posix_fallocate`` allocates a tmpfs file's pages (zeroed, as its
+    first writes would) or fails with nothing allocated. Where the system
+    has none, nothing is reserved.
+    """
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is not None:
+        fallocate(fd, 0, nbytes)
 
 
 def unlink(name: str) -> None:

@@ -34,6 +34,7 @@ import contextlib
 import copyreg
 import io
 import itertools
+import logging
 import mmap
 import os
 import pickle
@@ -192,12 +193,36 @@ class PickleTransport(Transport):
 
     def close(self) -> None:
         """Unlink the spilled files nobody read (a writer or a reader killed, messages left in a queue)."""
-        folder = tempfile.gettempdir()
-        with contextlib.suppress(OSError):
-            for name in os.listdir(folder):
-                if name.startswith(f"{self.prefix}-spill-"):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(folder, name))
+        _unlink_spilled_files(self.prefix)
+
+
+def _unlink_spilled_files(prefix: str) -> None:
+    """Unlink the files of the temporary directory that :meth:`Transport.spill` wrote under ``prefix``."""
+    folder = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            if name.startswith(f"{prefix}-spill-"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+
+
+_log = logging.getLogger(__name__)
+_warned_full = False
+
+
+def _shm_full(exc: OSError) -> None:
+    """Warn, once per process, that a segment could not be made (``/dev/shm`` full, most often)."""
+    global _warned_full
+    if _warned_full:
+        return
+    _warned_full = True
+    _log.warning(
+        "Cannot make a shared-memory segment in %s (%s): messages that do not fit go through the pipe "
+        "or a temporary file instead, more slowly. Give shared memory more room "
+        "(docker run --shm-size=1g, say; Docker's default is 64 MB).",
+        SHM_DIR,
+        exc,
+    )
 
 
 class SharedMemoryTransport(Transport):
@@ -281,6 +306,11 @@ class SharedMemoryTransport(Transport):
                 segment = self._segment_for(raw.nbytes)
                 used.append(segment)
                 segment.write(raw)
+        except OSError as exc:  # no room in /dev/shm: the arrays go in band, as PickleTransport sends them
+            for segment in used:
+                segment.release()
+            _shm_full(exc)
+            return _dumps(obj, None)
         except BaseException:
             for segment in used:
                 segment.release()
@@ -319,8 +349,13 @@ class SharedMemoryTransport(Transport):
             return segment
 
     def spill(self, data: bytes) -> bytes:
-        """Put ``data`` in a segment of this process's pool, as the buffers of an array go."""
-        segment = self._segment_for(len(data))
+        """Put ``data`` in a segment of this process's pool, as the buffers of an array go
+        (in a temporary file, as :class:`PickleTransport` spills, when ``/dev/shm`` has no room)."""
+        try:
+            segment = self._segment_for(len(data))
+        except OSError as exc:
+            _shm_full(exc)
+            return super().spill(data)
         try:
             segment.write(memoryview(data))
         except BaseException:
@@ -330,6 +365,8 @@ class SharedMemoryTransport(Transport):
 
     def load_spilled(self, message: bytes) -> Any:
         """Copy the spilled bytes out, free their segment at once, then decode them."""
+        if message[len(SPILLED) : len(SPILLED) + 1] == b"/":  # a file's absolute path: spilled to a file
+            return super().load_spilled(message)
         size, nbytes = _SPILL_HEAD.unpack_from(message, len(SPILLED))
         mapped = self._map(message[len(SPILLED) + _SPILL_HEAD.size :].decode(), size)
         try:
@@ -393,6 +430,7 @@ class SharedMemoryTransport(Transport):
             close_mapping(mapped)
         self._mapped.clear()
         unlink_segments(self.prefix)
+        _unlink_spilled_files(self.prefix)
 
 
 def default_transport(prefix: str) -> Transport:
