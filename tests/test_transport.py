@@ -297,3 +297,92 @@ def test_evicting_a_mapping_that_arrays_still_view_keeps_them_valid(pair) -> Non
     kept = [receiver.loads(sender.dumps(np.full(100_000, i))) for i in range(3)]
     assert len(receiver._mapped) == 1
     assert all((arr == i).all() for i, arr in enumerate(kept))
+
+
+def test_no_room_for_a_segment_sends_arrays_in_band_and_spills_to_a_file(
+    pair, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import errno
+
+    import neuraxle_stream.transport as transport
+
+    def full(name: str, capacity: int):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transport.Segment, "create", full)
+    monkeypatch.setattr(transport, "_warned_full", False)
+    sender, receiver = pair
+    X = np.arange(100_000, dtype=np.float64)
+    data = sender.dumps({"x": X})
+    assert not data.startswith(transport._SHM_MAGIC)  # in band, as PickleTransport's
+    assert_same_array(X, receiver.loads(data)["x"])
+    spilled = sender.spill(data)
+    assert spilled.startswith(transport.SPILLED) and os.path.isfile(spilled[len(transport.SPILLED) :].decode())
+    assert_same_array(X, receiver.load_spilled(spilled)["x"])
+    sender.spill(data)  # never read: close unlinks it
+    sender.close()
+    assert not [n for n in os.listdir(transport.tempfile.gettempdir()) if n.startswith(sender.prefix)]
+    warned = [r for r in caplog.records if "docker run --shm-size" in r.getMessage()]
+    assert len(warned) == 1  # once per process
+
+
+_SMALL_SHM_RUN = """
+import logging, os, sys
+import numpy as np
+from neuraxle_stream import SequentialQueuedPipeline
+from neuraxle_stream.shm_segments import SHM_DIR
+
+def neg(x):
+    return -x
+
+if __name__ == "__main__":
+    assert SHM_DIR == sys.argv[1], SHM_DIR
+    logging.basicConfig(format="%(process)d %(message)s")
+    X = np.random.default_rng(5).random((6, 4 << 20)).astype(np.float32)  # 16 MB rows
+    pipe = SequentialQueuedPipeline([("a", neg), ("b", np.sqrt)], batch_size=1, backend="process")
+    with pipe:
+        out = pipe.transform(-X)
+        out2 = list(pipe.stream(iter(-X[:3])))
+    np.testing.assert_array_equal(out, np.sqrt(X))
+    np.testing.assert_array_equal(np.stack(out2), np.sqrt(X[:3]))
+    print("done")
+"""
+
+
+@pytest.fixture
+def small_shm(tmp_path):
+    """A tmpfs of 8 MB, unmounted after (skips where mounting is not permitted)."""
+    import subprocess
+
+    folder = tmp_path / "shm"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("size", ["8m", "24m"])
+def test_a_full_shm_slows_a_run_down_but_never_kills_it(small_shm, tmp_path, size: str) -> None:
+    import subprocess
+    import sys
+
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(small_shm)], check=True)
+    temp = tmp_path / "tmp"  # where spilled files go: checked empty after
+    temp.mkdir()
+    env = {**os.environ, "NEURAXLE_STREAM_SHM_DIR": str(small_shm), "TMPDIR": str(temp)}
+    (tmp_path / "run.py").write_text(_SMALL_SHM_RUN)
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "run.py"), str(small_shm)],
+        env=env, capture_output=True, text=True, timeout=150, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]  # -7: SIGBUS
+    assert done.stdout.strip() == "done"
+    warned = [line.split()[0] for line in done.stderr.splitlines() if "docker run --shm-size" in line]
+    assert warned and len(warned) == len(set(warned))  # at least one process warned, each once
+    assert os.listdir(small_shm) == []
+    assert os.listdir(temp) == []
