@@ -7,6 +7,13 @@ A :class:`Segment` is one file of a sender's pool in
 the transport does with them (pools, leases, spilled messages) is in
 :mod:`~neuraxle_stream.transport`.
 
+A segment's pages are reserved when it is made (``posix_fallocate``): on
+tmpfs a file sized with ``ftruncate`` reserves nothing, and a write into a
+page that finds ``/dev/shm`` full (64 MB by default in a Docker container)
+raises ``SIGBUS`` in the writer, which kills it. Reserved, a full
+``/dev/shm`` is an ``OSError`` (``ENOSPC``) from :meth:`Segment.create`
+instead, and the transport sends that message another way.
+
 The run's owner unlinks its segments when the run closes, and workers
 when they see their parent die. When nobody is left to do it (the parent
 killed with SIGKILL together with its workers, or its whole process group

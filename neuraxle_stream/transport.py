@@ -23,6 +23,12 @@ No segment outlives the processes that use it, however they end::
         ──▶ multiprocessing's resource tracker unlinks them: each segment
             is registered with it when made and unregistered when unlinked
 
+A segment is made with its pages reserved; where ``/dev/shm`` has no room for
+it, the message goes without it, as :class:`PickleTransport` sends it (its
+arrays in band; spilled to a temporary file), and each process logs one
+warning: a full ``/dev/shm`` slows a run down but never kills a process with
+``SIGBUS``.
+
 Registering is one write to the tracker's pipe per *new* segment, and
 segments are reused, so messages pay nothing: see
 :mod:`~neuraxle_stream.shm_segments` for which tracker, and where none is.
@@ -244,7 +250,9 @@ class SharedMemoryTransport(Transport):
     smaller than the rest (64 MB by default in a Docker container), never
     holds more than :attr:`lease_budget` of what one process keeps, a
     receiver over its budget copies the data out and frees the segment at
-    once.
+    once. When no segment can be made (``/dev/shm`` full), the message's
+    arrays go in band and a spilled message goes to a temporary file, with
+    one warning per process.
 
     Segment names start with ``prefix``; whoever owns the run unlinks what is
     left under it when it closes (the segments of a killed worker, messages
@@ -343,10 +351,20 @@ class SharedMemoryTransport(Transport):
                 for segment in [seg for seg in self._pool if seg.is_free()][: n_free + 1 - self.max_free_segments]:
                     segment.destroy()
                     self._pool.remove(segment)
-            name = f"{self.prefix}-{os.getpid()}-{next(self._counter)}"
-            segment = Segment.create(name + TRACKED if tracking() else name, round_up(nbytes))
+            try:
+                segment = self._new_segment(round_up(nbytes))
+            except OSError:  # no room in /dev/shm: free this pool's idle segments, ask for no more than needed
+                for segment in [seg for seg in self._pool if seg.is_free()]:
+                    segment.destroy()
+                    self._pool.remove(segment)
+                segment = self._new_segment(nbytes)
             self._pool.append(segment)
             return segment
+
+    def _new_segment(self, capacity: int) -> Segment:
+        """A new segment of ``capacity`` bytes (``OSError`` when none can be made)."""
+        name = f"{self.prefix}-{os.getpid()}-{next(self._counter)}"
+        return Segment.create(name + TRACKED if tracking() else name, capacity)
 
     def spill(self, data: bytes) -> bytes:
         """Put ``data`` in a segment of this process's pool, as the buffers of an array go

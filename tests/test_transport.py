@@ -386,3 +386,28 @@ def test_a_full_shm_slows_a_run_down_but_never_kills_it(small_shm, tmp_path, siz
     assert warned and len(warned) == len(set(warned))  # at least one process warned, each once
     assert os.listdir(small_shm) == []
     assert os.listdir(temp) == []
+
+
+def test_no_room_for_the_rounded_up_size_makes_a_segment_of_the_exact_size(
+    pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import neuraxle_stream.transport as transport
+
+    create = transport.Segment.create
+    asked: list[int] = []
+
+    def no_room_over(name: str, capacity: int):
+        asked.append(capacity)
+        if capacity > 3 << 20:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return create(name, capacity)
+
+    monkeypatch.setattr(transport.Segment, "create", no_room_over)
+    sender, receiver = pair
+    X = np.arange(3 << 17, dtype=np.float64)  # 3 MiB: rounded up to 4 MiB
+    data = sender.dumps(X)
+    assert data.startswith(transport._SHM_MAGIC)
+    assert_same_array(X, receiver.loads(data))
+    assert asked == [4 << 20, 3 << 20]
