@@ -127,13 +127,14 @@ def step_checks(
     *,
     batch_sizes: Iterable[int | None] = (1, 3, None),
     backends: Iterable[str] = ("thread",),
-) -> Iterator[tuple[str, Callable[[], None]]]:
-    """Yield ``(check_name, check)`` pairs, each ``check()`` one check of :func:`check_step`.
+) -> list[tuple[str, Callable[[], None]]]:
+    """The ``(check_name, check)`` pairs, each ``check()`` one check of :func:`check_step`.
 
     A check raises :class:`StepCheckError` when the step fails it and
     ``unittest.SkipTest`` (a skip, to pytest) when it does not apply. The
     checks share the fitted step and its outputs, computed on first use.
-    Parameters are those of :func:`check_step`.
+    Parameters are those of :func:`check_step`. A list, which
+    ``pytest.mark.parametrize`` takes as it is (it deprecates iterators).
 
     Examples
     --------
@@ -148,7 +149,7 @@ def step_checks(
         def test_my_step(name, check):
             check()
     """
-    yield from _Subject(step, X, y, batch_sizes, backends).checks()
+    return list(_Subject(step, X, y, batch_sizes, backends).checks())
 
 
 def check_step(

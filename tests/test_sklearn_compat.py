@@ -107,6 +107,9 @@ def test_composites_are_tagged_from_their_steps() -> None:
 # --- feature names ---------------------------------------------------------------------------
 
 
+# set_output after fit: the second step was fitted on an array and now gets a frame;
+# scikit-learn's Pipeline warns the same (the test checks the columns, not the advice)
+@pytest.mark.filterwarnings("ignore:X has feature names, but PolynomialFeatures:UserWarning")
 def test_get_feature_names_out_and_set_output_pandas() -> None:
     frame = pd.DataFrame(np.random.RandomState(0).randn(20, 3), columns=["a", "b", "c"])
     steps = [StandardScaler(), PolynomialFeatures(2)]
