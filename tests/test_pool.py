@@ -10,6 +10,7 @@ aborted run is never reused. No timing assertions: waits are bounded only.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -346,15 +347,18 @@ _TIERS = """
 """
 
 
-def test_a_lean_first_call_starts_a_lean_server_and_scikit_learn_steps_a_second_one() -> None:
-    # a fresh interpreter: this one's fork server runs already
+def _in_a_fresh_interpreter(code: str) -> dict[str, Any]:
+    """Run ``code`` in a new Python (it can import ``faults``); the JSON object its last line prints."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_TIERS)], cwd=TESTS, env=env,
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=TESTS, env=env,
         capture_output=True, text=True, timeout=90,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    out = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+def test_a_lean_first_call_starts_a_lean_server_and_scikit_learn_steps_a_second_one() -> None:
+    out = _in_a_fresh_interpreter(_TIERS)  # this one's fork server runs already
     assert out["lean_workers_have_sklearn"] is False
     assert out["server"] == ["neuraxle_stream.workers", "neuraxle_stream.pool"]
     assert "neuraxle_stream.steps" in out["full_server"]
@@ -404,14 +408,7 @@ _SERVER_FIRST = """
 
 
 def test_the_fork_server_starts_before_a_fit_in_the_parent_that_workers_run_after() -> None:
-    # a fresh interpreter: this one's fork server runs already
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_SERVER_FIRST)], cwd=TESTS, env=env,
-        capture_output=True, text=True, timeout=90,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    out = _in_a_fresh_interpreter(_SERVER_FIRST)  # this one's fork server runs already
     assert out["after_fit_and_threads"] == [None, None]
     assert any(pid is not None for pid in out["at_fit"])  # its imports overlap the step's fit
 
