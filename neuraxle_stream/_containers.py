@@ -14,7 +14,6 @@ new kind is added by reading them side by side.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import mmap
@@ -438,7 +437,9 @@ def empty_rows_array(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray
     option = getattr(mmap, "MADV_NOHUGEPAGE", None)
     if out.nbytes < PLAIN_PAGES_BYTES or dtype.hasobject or option is None:
         return out  # (an object array's pages are written already: None in every item)
-    advise = _madvise()
+    from ._libc import function  # here: this module stands alone until an output is large
+
+    advise = function("madvise", "int", ("void_p", "size_t", "int"))
     if advise is not None:
         address = out.__array_interface__["data"][0]
         page = mmap.PAGESIZE
@@ -446,21 +447,6 @@ def empty_rows_array(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray
         if end > first:
             advise(first, end - first, option)  # a hint: its failure changes nothing
     return out
-
-
-@functools.cache
-def _madvise() -> Any | None:
-    """The C library's ``madvise``, typed; ``None`` where it cannot be called."""
-    try:
-        import ctypes  # here: only a process that makes a large output imports it
-
-        libc = ctypes.CDLL(None)  # an instance of our own: its functions' types are ours
-        advise = libc.madvise
-        advise.restype = ctypes.c_int
-        advise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    except (ImportError, OSError, AttributeError, TypeError):  # no ctypes, or no C library to load
-        return None
-    return advise
 
 
 class RowAccumulator:

@@ -57,6 +57,7 @@ import math
 import mmap
 import os
 import threading
+import types
 import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _libc as _c
 from ._containers import RowAccumulator
 from .shm_segments import SHM_DIR, shm_size
 from .transport import _PLAIN_DTYPES, SharedMemoryTransport
@@ -167,21 +169,14 @@ def _nameless_file() -> int:
     return fd
 
 
-@functools.cache
 def _libc() -> Any | None:
-    """The C library, its ``mmap`` and ``munmap`` typed; ``None`` where it cannot be called."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)  # an instance of our own: its functions' types are ours
-        libc.mmap.restype = ctypes.c_void_p
-        # off_t is a C long on Linux (64-bit, or 32-bit without large-file offsets); ours is always 0
-        libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
-        libc.munmap.restype = ctypes.c_int
-        libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-    except (ImportError, OSError, AttributeError, TypeError):  # no ctypes, or no C library to load
+    """The C library's ``mmap`` and ``munmap``, typed (:mod:`~neuraxle_stream._libc`); ``None`` where it cannot be called."""
+    # off_t is a C long on Linux (64-bit, or 32-bit without large-file offsets); ours is always 0
+    mapper = _c.function("mmap", "void_p", ("void_p", "size_t", "int", "int", "int", "long"))
+    unmapper = _c.function("munmap", "int", ("void_p", "size_t"))
+    if mapper is None or unmapper is None:
         return None
-    return libc
+    return types.SimpleNamespace(mmap=mapper, munmap=unmapper)
 
 
 class _Mapping:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
-from . import _containers, tracing
+from . import _containers, _libc, tracing
 from ._step_calls import call_hook
 from .hooks import StageInfo, WorkerHooks
 from .messages import (
@@ -551,11 +551,8 @@ def reuse_freed_memory() -> None:
     heap and up to 64 MiB of free heap is kept. Nothing happens on another C
     library.
     """
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, ImportError):  # not glibc (musl has no mallopt), or no ctypes
+    mallopt = _libc.function("mallopt", "int", ("int", "int"))
+    if mallopt is None:  # not glibc (musl has no mallopt), or no ctypes
         return
     for param, value in _MALLOPT:
         mallopt(param, value)

@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "neuraxle_stream"
 #: name a layer's modules before they are written).
 LAYERS: list[tuple[str, set[str]]] = [
     # the engine
-    ("leaves", {"_version", "config", "_step_calls", "exceptions", "stages", "_containers", "transport", "shm_segments",
+    ("leaves", {"_libc", "_version", "config", "_step_calls", "exceptions", "stages", "_containers", "transport", "shm_segments",
                 "shared_rows", "quantiles"}),
     ("steps and messages", {"steps", "messages", "minibatches", "queues", "savers", "joiner",
                             "trace_results", "tracing", "cache_keys", "caching", "torch_steps", "retries"}),
